@@ -1,0 +1,43 @@
+"""Skip decoder: five blocks of 3×(conv3×3, BN, ReLU) + bilinear ×2, from stride 32 back to full resolution."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DecoderBlock(nn.Module):
+    """3×(conv3×3, BN, ReLU) then bilinear upsampling ×2."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout), conv_bn_relu(cout, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.convs(x), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class SkipDecoder(nn.Module):
+    """Decodes encoder features (strides 2..32) into an out_channels map at input resolution.
+
+    Each block after the first takes concat(upsampled previous output, encoder skip at that stride).
+    The 1×1 head has no bias.
+    """
+
+    def __init__(self, encoder_channels: tuple[int, ...], out_channels: int, width: int = 128) -> None:
+        super().__init__()
+        skips = list(reversed(encoder_channels[:-1]))  # strides 16, 8, 4, 2
+        ins = [encoder_channels[-1]] + [width + s for s in skips]
+        self.blocks = nn.ModuleList(DecoderBlock(c, width) for c in ins)
+        self.head = nn.Conv2d(width, out_channels, 1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.blocks[0](features[-1])
+        for block, skip in zip(self.blocks[1:], reversed(features[:-1]), strict=True):
+            x = block(torch.cat((x, skip), dim=1))
+        return self.head(x)
