@@ -1,0 +1,148 @@
+"""Cityscapes: the official raw layout (leftImg8bit/gtFine/disparity) and its conversion to prepared arrays.
+
+Raw files: ``leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png``, ``gtFine/{split}/{city}/{stem}_gtFine_labelIds.png``,
+``disparity/{split}/{city}/{stem}_disparity.png`` (uint16) and optionally ``camera/{split}/{city}/{stem}_camera.json``,
+paired by stem ``{city}_{seq}_{frame}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crosstask_cli.data.labels import CITYSCAPES_MAX_ID, cityscapes_lookup
+from crosstask_cli.data.prepared import DatasetError
+from crosstask_cli.data.resize import resize_image, resize_nearest
+
+BASELINE_M = 0.209313  # Cityscapes stereo baseline, metres
+FOCAL_PX = 2262.52  # Cityscapes focal length at full resolution (2048×1024), pixels
+INVERSE_DEPTH_MAX = 0.4922  # clip of the inverse-depth encoding, as the original method and MTAN
+METRIC_DEPTH_MAX = 300.0
+RAW_SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class RawSample:
+    stem: str
+    image: Path
+    label: Path
+    disparity: Path
+    camera: Path | None
+
+
+def is_raw_layout(src: Path) -> bool:
+    return (src / "leftImg8bit").is_dir() and (src / "gtFine").is_dir()
+
+
+def find_raw_samples(src: Path, split: str) -> list[RawSample]:
+    """Pair images, labels and disparity of one split by stem; raise naming the first unpaired files."""
+    img_dir = src / "leftImg8bit" / split
+    if not img_dir.is_dir():
+        return []
+    images = sorted(img_dir.glob("*/*_leftImg8bit.png"))
+    samples, missing = [], []
+    for img in images:
+        city = img.parent.name
+        stem = img.name[: -len("_leftImg8bit.png")]
+        label = src / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
+        disp = src / "disparity" / split / city / f"{stem}_disparity.png"
+        camera = src / "camera" / split / city / f"{stem}_camera.json"
+        absent = [p for p in (label, disp) if not p.is_file()]
+        if absent:
+            missing.extend(str(p) for p in absent)
+            continue
+        samples.append(RawSample(stem, img, label, disp, camera if camera.is_file() else None))
+    if missing:
+        shown = "\n  ".join(missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DatasetError(
+            f"{src}: {len(missing)} label/disparity files missing for split {split!r}, e.g.\n  {shown}{more}"
+        )
+    return samples
+
+
+def read_png(path: Path, flags: int, what: str, dtype: type | None = None) -> np.ndarray:
+    import cv2
+
+    if not path.is_file() or path.stat().st_size == 0:
+        raise DatasetError(f"{path}: empty or missing {what} file")
+    data = cv2.imread(str(path), flags)
+    if data is None:
+        raise DatasetError(f"{path}: unreadable or corrupt {what} image")
+    if dtype is not None and data.dtype != dtype:
+        raise DatasetError(f"{path}: {what} has dtype {data.dtype}, expected {np.dtype(dtype).name}")
+    return data
+
+
+def disparity_to_depth(p: np.ndarray, kind: str, baseline: float = BASELINE_M, focal: float = FOCAL_PX) -> np.ndarray:
+    """Raw 16-bit Cityscapes disparity PNG values → depth (float32, 0 = invalid).
+
+    inverse: (p − 1)/65536 clipped at 0.4922; metric: metres = baseline·focal / ((p − 1)/256).
+    p = 0 (no measurement) and p = 1 (zero disparity) are invalid.
+    """
+    p = p.astype(np.float64)
+    valid = p > 1
+    if kind == "inverse":
+        depth = np.where(valid, np.minimum((p - 1) / 65536.0, INVERSE_DEPTH_MAX), 0.0)
+    elif kind == "metric":
+        disp = np.where(valid, (p - 1) / 256.0, 1.0)
+        depth = np.where(valid, np.minimum(baseline * focal / disp, METRIC_DEPTH_MAX), 0.0)
+    else:
+        raise ValueError(f"depth kind must be 'inverse' or 'metric', got {kind!r}")
+    return depth.astype(np.float32)
+
+
+def read_camera(path: Path | None) -> tuple[float, float]:
+    if path is None:
+        return BASELINE_M, FOCAL_PX
+    try:
+        cam = json.loads(path.read_text())
+        return float(cam["extrinsic"]["baseline"]), float(cam["intrinsic"]["fx"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a Cityscapes camera json (need extrinsic.baseline, intrinsic.fx)") from exc
+
+
+def convert_raw_sample(
+    sample: RawSample, height: int, width: int, num_classes: int, depth_kind: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one raw sample and return (image H×W×3 uint8 RGB, labels H×W uint8, depth H×W float32)."""
+    import cv2
+
+    bgr = read_png(sample.image, cv2.IMREAD_COLOR, "image")
+    ids = read_png(sample.label, cv2.IMREAD_UNCHANGED, "label")
+    disp = read_png(sample.disparity, cv2.IMREAD_UNCHANGED, "disparity", np.uint16)
+    if ids.ndim != 2:
+        raise DatasetError(f"{sample.label}: label image has {ids.shape[2]} channels, expected one (labelIds)")
+    if ids.dtype != np.uint8:
+        if ids.dtype == np.uint16 and int(ids.max()) <= 255:
+            ids = ids.astype(np.uint8)
+        else:
+            raise DatasetError(f"{sample.label}: label image dtype {ids.dtype}, expected 8-bit labelIds")
+    if disp.ndim != 2:
+        raise DatasetError(f"{sample.disparity}: disparity has several channels, expected one 16-bit channel")
+    if int(ids.max()) > CITYSCAPES_MAX_ID:
+        bad = sorted(set(np.unique(ids).tolist()) - set(range(CITYSCAPES_MAX_ID + 1)))
+        raise DatasetError(f"{sample.label}: label ids {bad[:10]} are outside the Cityscapes table (0..33)")
+    shapes = {bgr.shape[:2], ids.shape, disp.shape}
+    if len(shapes) != 1:
+        raise DatasetError(
+            f"{sample.stem}: image {bgr.shape[:2]}, label {ids.shape} and disparity {disp.shape} differ in size"
+        )
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    baseline, focal = read_camera(sample.camera) if depth_kind == "metric" else (BASELINE_M, FOCAL_PX)
+    depth = disparity_to_depth(disp, depth_kind, baseline, focal)
+    labels = cityscapes_lookup(num_classes)[ids]
+    return (
+        resize_image(rgb, height, width),
+        resize_nearest(labels, height, width),
+        resize_nearest(depth, height, width),
+    )
+
+
+def depth_meta(kind: str) -> dict:
+    if kind == "inverse":
+        return {"kind": "inverse", "unit": "disparity/256 (px at 2048 wide / 256)", "max": INVERSE_DEPTH_MAX}
+    return {"kind": "metric", "unit": "m", "max": METRIC_DEPTH_MAX}

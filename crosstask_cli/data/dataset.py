@@ -1,0 +1,146 @@
+"""Torch dataset over a prepared split, with the method's augmentation.
+
+Returns (image 3×H×W float32 normalised with ImageNet statistics, seg H×W int64 with 255 = ignore,
+depth 1×H×W float32 in dataset units with 0 = invalid, index).
+
+Augmentation (DESIGN §2): random scale s ∈ {1.0, 1.2, 1.5}: crop an (H/s)×(W/s) window at a random place and
+resize it back (image bilinear, labels and depth nearest at pixel centres); metric depth is divided by s,
+inverse depth multiplied by s (the object appears s times closer). Then a horizontal flip with p = 0.5.
+Randomness comes from a generator seeded by (seed, epoch, index), so results are identical whatever the
+number of DataLoader workers or their order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from crosstask_cli.data.prepared import PreparedSplit, open_split, read_meta
+from crosstask_cli.data.resize import nearest_indices
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCALES = (1.0, 1.2, 1.5)
+
+
+def normalisation() -> dict:
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input": "RGB in [0, 1]"}
+
+
+def normalise(images_uint8: torch.Tensor) -> torch.Tensor:
+    """B×H×W×3 or H×W×3 uint8 → …×3×H×W float32 normalised."""
+    x = images_uint8.float().div_(255.0)
+    x = x.movedim(-1, -3)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def scale_crop(
+    image: np.ndarray, labels: np.ndarray, depth: np.ndarray, scale: float, top: float, left: float, depth_kind: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop a 1/scale window whose corner is at fractions (top, left) of the free range and resize it back."""
+    import cv2
+
+    h, w = labels.shape
+    ch, cw = int(round(h / scale)), int(round(w / scale))
+    y0, x0 = int(round(top * (h - ch))), int(round(left * (w - cw)))
+    img = cv2.resize(np.ascontiguousarray(image[y0 : y0 + ch, x0 : x0 + cw]), (w, h), interpolation=cv2.INTER_LINEAR)
+    rows, cols = y0 + nearest_indices(ch, h)[:, None], x0 + nearest_indices(cw, w)[None, :]
+    lab = labels[rows, cols]
+    dep = depth[rows, cols]
+    dep = dep / scale if depth_kind == "metric" else dep * scale
+    return img, lab, dep.astype(np.float32)
+
+
+class PreparedDataset(Dataset):
+    """A split of a prepared dataset (see :mod:`crosstask_cli.data.prepared`)."""
+
+    def __init__(self, root: str | Path, split: str = "train", augment: bool = False, seed: int = 0) -> None:
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        self.split_name = split
+        self._split: PreparedSplit | None = None
+        self.length = int(self.meta["splits"][split]) if split in self.meta["splits"] else len(self.split)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.depth_kind = self.meta["depth"]["kind"]
+
+    @property
+    def split(self) -> PreparedSplit:
+        # Opened lazily so that each DataLoader worker maps the files itself.
+        if self._split is None:
+            self._split = open_split(self.root, self.split_name)
+        return self._split
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_split"] = None
+        return state
+
+    @property
+    def files(self) -> list[str]:
+        return self.split.files
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = self.split
+        return np.array(s.images[index]), np.array(s.labels[index]), np.array(s.depth[index])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``key`` is an index, or (epoch, index) as yielded by :class:`EpochSampler` (so that workers that
+        outlive an epoch still augment with the right epoch's randomness)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        image, labels, depth = self.load(index)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            scale = float(rng.choice(SCALES))
+            top, left, flip = rng.random(), rng.random(), rng.random() < 0.5
+            if scale != 1.0:
+                image, labels, depth = scale_crop(image, labels, depth, scale, top, left, self.depth_kind)
+            if flip:
+                image, labels, depth = image[:, ::-1], labels[:, ::-1], depth[:, ::-1]
+        img = normalise(torch.from_numpy(np.ascontiguousarray(image)))
+        seg = torch.from_numpy(np.ascontiguousarray(labels)).long()
+        dep = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).unsqueeze(0)
+        return img, seg, dep, index
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffles indices with a generator seeded by (seed, epoch) and yields (epoch, index) pairs.
+
+    With ``num_replicas`` > 1 each rank takes every ``num_replicas``-th index of the shared permutation
+    (padded by wrapping so all ranks see the same count), as DistributedSampler does.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0) -> None:
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+        self.per_rank = -(-length // num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        total = self.per_rank * self.num_replicas
+        order = (order * (total // max(len(order), 1) + 1))[:total]
+        for i in order[self.rank : total : self.num_replicas]:
+            yield (self.epoch, i)
+
+    def __len__(self) -> int:
+        return self.per_rank

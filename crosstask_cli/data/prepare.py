@@ -1,0 +1,265 @@
+"""``crosstask prepare``: turn a dataset as users hold it into the prepared format (atomically).
+
+Progress is reported through an optional ``progress(description, total)`` factory returning an
+``advance(n)`` callable, so the CLI can draw Rich bars while the API stays UI-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crosstask_cli import __version__
+from crosstask_cli.data import cityscapes as cs
+from crosstask_cli.data.labels import class_info
+from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
+from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared, read_meta, replace_dir
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+DEFAULT_SIZES = {"cityscapes": (128, 256), "synthetic": (128, 256), "nyu": (288, 384)}
+
+
+def _no_progress(description: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclass
+class PrepareOptions:
+    height: int
+    width: int
+    num_classes: int
+    depth: str = "inverse"
+    val_from_train: int = 0
+    seed: int = 0
+    workers: int = 2
+    force: bool = False
+
+
+def detect_layout(src: Path) -> str:
+    """'prepared', 'cityscapes-raw', 'cityscapes-mtan' or 'nyu-mtan'; DatasetError listing the layouts otherwise."""
+    src = Path(src)
+    if not src.exists():
+        raise DatasetError(f"{src}: no such directory")
+    if not src.is_dir():
+        raise DatasetError(f"{src}: is a file, expected a dataset directory")
+    if is_prepared(src):
+        return "prepared"
+    if cs.is_raw_layout(src):
+        return "cityscapes-raw"
+    if is_mtan_layout(src, ("label_7", "label_19")):
+        return "cityscapes-mtan"
+    if is_mtan_layout(src, ("label",)):
+        return "nyu-mtan"
+    raise DatasetError(
+        f"{src}: matches no known dataset layout. Expected one of:\n"
+        "  Cityscapes raw:    leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/.../*_gtFine_labelIds.png, "
+        "disparity/.../*_disparity.png\n"
+        "  MTAN CityScapes:   {train,val}/{image,label_7,label_19,depth}/<i>.npy\n"
+        "  MTAN NYUv2:        {train,val}/{image,label,depth,normal}/<i>.npy\n"
+        "  prepared:          meta.json + {split}/{images,labels,depth}.npy"
+    )
+
+
+def _holdout(ids: list, n: int, seed: int, src: Path) -> tuple[list[int], list[int]]:
+    if n < 0 or n >= len(ids):
+        raise DatasetError(f"{src}: --val-from-train {n} must be between 0 and {len(ids) - 1} (train has {len(ids)})")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    held = sorted(order[:n].tolist())
+    keep = sorted(order[n:].tolist())
+    return keep, held
+
+
+def _write_splits(
+    writer: PreparedWriter,
+    plan: dict[str, list],
+    convert: Callable[[object], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ident: Callable[[object], str],
+    opts: PrepareOptions,
+    progress: ProgressFactory,
+) -> None:
+    for split, items in plan.items():
+        arrays = writer.new_split(split, len(items), opts.height, opts.width)
+        advance = progress(f"{split}", len(items))
+        with ThreadPoolExecutor(max(1, opts.workers)) as pool:
+            for i, (img, lab, dep) in enumerate(pool.map(convert, items)):
+                arrays["images"][i], arrays["labels"][i], arrays["depth"][i] = img, lab, dep
+                advance(1)
+        writer.finish_split(split, [ident(x) for x in items])
+
+
+def _split_plan(splits: dict[str, list], opts: PrepareOptions, src: Path) -> dict[str, list]:
+    if not splits.get("train"):
+        raise DatasetError(f"{src}: no training samples found")
+    if not splits.get("val"):
+        raise DatasetError(f"{src}: no validation samples found (the evaluation split 'val')")
+    plan = dict(splits)
+    if opts.val_from_train:
+        keep, held = _holdout(plan["train"], opts.val_from_train, opts.seed, src)
+        train = plan["train"]
+        plan["train"] = [train[i] for i in keep]
+        plan["holdout"] = [train[i] for i in held]
+    return plan
+
+
+def _base_meta(dataset: str, num_classes: int, opts: PrepareOptions, src: Path, layout: str) -> dict:
+    names, palette = class_info(dataset, num_classes)
+    return {
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "class_names": names,
+        "palette": [list(c) for c in palette],
+        "ignore_index": 255,
+        "height": opts.height,
+        "width": opts.width,
+        "source": {"path": str(Path(src).resolve()), "layout": layout},
+        "created_by": f"crosstask {__version__}",
+    }
+
+
+def prepare_cityscapes(
+    src: Path, out: Path, opts: PrepareOptions, progress: ProgressFactory = _no_progress, dataset: str = "cityscapes"
+) -> Path:
+    """Official raw or MTAN-preprocessed Cityscapes → prepared dataset at ``out``."""
+    src, out = Path(src), Path(out)
+    layout = detect_layout(src)
+    if opts.num_classes not in (7, 19):
+        raise DatasetError(f"Cityscapes has 7 or 19 classes, got --num-classes {opts.num_classes}")
+    if layout == "cityscapes-raw":
+        plan = _split_plan({s: cs.find_raw_samples(src, s) for s in cs.RAW_SPLITS}, opts, src)
+        convert = lambda s: cs.convert_raw_sample(s, opts.height, opts.width, opts.num_classes, opts.depth)  # noqa: E731
+        ident = lambda s: s.stem  # noqa: E731
+        depth = cs.depth_meta(opts.depth)
+    elif layout == "cityscapes-mtan":
+        if opts.depth != "inverse":
+            raise DatasetError(f"{src}: MTAN CityScapes holds inverse depth only; --depth metric needs the raw layout")
+        label_dir = f"label_{opts.num_classes}"
+        plan = _split_plan({s: [(s, i) for i in mtan_indices(src, s, label_dir)] for s in MTAN_SPLITS}, opts, src)
+        convert = lambda x: convert_mtan_sample(src, x[0], x[1], label_dir, opts.num_classes, opts.height, opts.width)  # noqa: E731
+        ident = lambda x: f"{x[0]}/{x[1]}"  # noqa: E731
+        depth = cs.depth_meta("inverse")
+    else:
+        raise DatasetError(f"{src}: layout {layout!r} is not Cityscapes (expected the raw or the MTAN layout)")
+    with PreparedWriter(out, force=opts.force) as writer:
+        _write_splits(writer, plan, convert, ident, opts, progress)
+        writer.write_meta({**_base_meta(dataset, opts.num_classes, opts, src, layout), "depth": depth})
+    return out
+
+
+def prepare_nyu(src: Path, out: Path, opts: PrepareOptions, progress: ProgressFactory = _no_progress) -> Path:
+    """MTAN's preprocessed NYUv2 (13 classes, metres) → prepared dataset at ``out``."""
+    src, out = Path(src), Path(out)
+    layout = detect_layout(src)
+    if layout != "nyu-mtan":
+        raise DatasetError(
+            f"{src}: expected MTAN's NYUv2 layout {{train,val}}/{{image,label,depth}}/<i>.npy, found {layout}"
+        )
+    opts.num_classes = 13
+    plan = _split_plan({s: [(s, i) for i in mtan_indices(src, s, "label")] for s in MTAN_SPLITS}, opts, src)
+    convert = lambda x: convert_mtan_sample(src, x[0], x[1], "label", 13, opts.height, opts.width)  # noqa: E731
+    with PreparedWriter(out, force=opts.force) as writer:
+        _write_splits(writer, plan, convert, lambda x: f"{x[0]}/{x[1]}", opts, progress)
+        writer.write_meta(
+            {**_base_meta("nyu", 13, opts, src, layout), "depth": {"kind": "metric", "unit": "m", "max": 10.0}}
+        )
+    return out
+
+
+def prepare_synthetic(
+    out: Path,
+    train: int = 400,
+    val: int = 100,
+    height: int = 256,
+    width: int = 512,
+    seed: int = 0,
+    force: bool = False,
+    progress: ProgressFactory = _no_progress,
+) -> Path:
+    """Render synthetic street scenes into ``out`` in the official Cityscapes raw layout (atomically)."""
+    from crosstask_cli.data.synthetic import render_split_to_raw
+
+    out = Path(out)
+    if train < 1 or val < 1:
+        raise DatasetError("synthetic sets need at least one train and one val image")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for split, n in (("train", train), ("val", val)):
+            render_split_to_raw(tmp, split, n, height, width, seed, progress(f"render {split}", n))
+        (tmp / "synthetic.json").write_text(
+            json.dumps(
+                {
+                    "generator": f"crosstask {__version__}",
+                    "seed": seed,
+                    "height": height,
+                    "width": width,
+                    "train": train,
+                    "val": val,
+                },
+                indent=2,
+            )
+        )
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def cache_dir(raw: Path, height: int, width: int, num_classes: int, depth: str = "inverse") -> Path:
+    suffix = "" if depth == "inverse" else f"-{depth}"
+    return Path(raw) / ".crosstask" / f"{height}x{width}-c{num_classes}{suffix}"
+
+
+def resolve_data(
+    dataset: str,
+    data: Path,
+    height: int,
+    width: int,
+    num_classes: int,
+    depth: str = "inverse",
+    progress: ProgressFactory = _no_progress,
+    workers: int = 2,
+) -> Path:
+    """Return a prepared directory for ``data``: itself if prepared, else a cache inside it, prepared once."""
+    data = Path(data)
+    layout = detect_layout(data)
+    if layout == "prepared":
+        return data
+    cache = cache_dir(data, height, width, num_classes, depth)
+    if is_prepared(cache):
+        return cache
+    if not os.access(data, os.W_OK):
+        raise DatasetError(
+            f"{data}: not writable, cannot create the prepared cache; run `crosstask prepare` to another --out"
+        )
+    opts = PrepareOptions(height, width, num_classes, depth=depth, workers=workers, force=True)
+    if layout == "nyu-mtan":
+        return prepare_nyu(data, cache, opts, progress)
+    return prepare_cityscapes(
+        data, cache, opts, progress, dataset="synthetic" if dataset == "synthetic" else "cityscapes"
+    )
+
+
+def check_compatible(meta: dict, num_classes: int, depth_kind: str | None, where: Path) -> None:
+    if meta["num_classes"] != num_classes:
+        raise DatasetError(f"{where}: dataset has {meta['num_classes']} classes, the model {num_classes}")
+    if depth_kind is not None and meta["depth"]["kind"] != depth_kind:
+        raise DatasetError(f"{where}: dataset depth is {meta['depth']['kind']}, the model predicts {depth_kind}")
+
+
+def summary(paths: Iterable[Path]) -> list[dict]:
+    return [
+        {"path": str(p), **{k: read_meta(p)[k] for k in ("dataset", "num_classes", "height", "width", "splits")}}
+        for p in paths
+    ]

@@ -1,0 +1,186 @@
+"""Prepared dataset format, version 1: memory-mapped arrays plus meta.json (DESIGN §2).
+
+    DIR/meta.json
+    DIR/{split}/images.npy  uint8   N×H×W×3 RGB
+    DIR/{split}/labels.npy  uint8   N×H×W   0..C−1, 255 = ignore
+    DIR/{split}/depth.npy   float32 N×H×W   dataset depth units, 0 = invalid
+    DIR/{split}/files.txt   one source id per line
+
+Writing happens in a temporary sibling directory that is renamed into place only when complete, so an
+interrupted prepare never leaves a half-written dataset, and ``--force`` never loses the old one early.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "crosstask-prepared"
+VERSION = 1
+
+
+class DatasetError(ValueError):
+    """Input data is missing, malformed or not in the expected layout (message names the file)."""
+
+
+def is_prepared(path: Path) -> bool:
+    meta = Path(path) / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def read_meta(path: Path) -> dict:
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise DatasetError(f"{path}: not a prepared dataset (no meta.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as exc:
+        raise DatasetError(f"{meta_file}: not valid JSON ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise DatasetError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if int(meta.get("version", 0)) > VERSION:
+        raise DatasetError(
+            f"{meta_file}: prepared format version {meta['version']} is newer than this crosstask "
+            f"understands ({VERSION}); upgrade crosstask"
+        )
+    return meta
+
+
+@dataclass
+class PreparedSplit:
+    """One split of a prepared dataset, arrays memory-mapped read-only."""
+
+    root: Path
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    depth: np.ndarray
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def open_split(root: Path, split: str) -> PreparedSplit:
+    root = Path(root)
+    meta = read_meta(root)
+    if split not in meta["splits"]:
+        raise DatasetError(f"{root}: no split {split!r}; available: {', '.join(meta['splits'])}")
+    d = root / split
+    try:
+        images = np.load(d / "images.npy", mmap_mode="r")
+        labels = np.load(d / "labels.npy", mmap_mode="r")
+        depth = np.load(d / "depth.npy", mmap_mode="r")
+        files = (d / "files.txt").read_text().splitlines()
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{d}: cannot read prepared split ({exc})") from exc
+    n = meta["splits"][split]
+    h, w = meta["height"], meta["width"]
+    expected = {"images": (n, h, w, 3), "labels": (n, h, w), "depth": (n, h, w)}
+    for name, arr in (("images", images), ("labels", labels), ("depth", depth)):
+        if arr.shape != expected[name]:
+            raise DatasetError(f"{d / (name + '.npy')}: shape {arr.shape}, meta.json says {expected[name]}")
+    if len(files) != n:
+        raise DatasetError(f"{d / 'files.txt'}: {len(files)} lines, expected {n}")
+    return PreparedSplit(root, split, images, labels, depth, files)
+
+
+class PreparedWriter:
+    """Writes a prepared dataset atomically.
+
+    Usage::
+
+        with PreparedWriter(out, force=False) as w:
+            arrays = w.new_split("train", n, h, w)   # dict of writable memmaps
+            ...fill arrays["images"][i] etc...
+            w.finish_split("train", files)
+            w.write_meta(meta)
+        # renamed into place here; on an exception the temporary directory is removed.
+    """
+
+    def __init__(self, out: Path, force: bool = False) -> None:
+        self.out = Path(out)
+        self.force = force
+        self.splits: dict[str, int] = {}
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> PreparedWriter:
+        if self.out.exists() and not self.force:
+            raise FileExistsError(f"{self.out} already exists; pass --force to replace it")
+        if self.out.exists() and not self.out.is_dir():
+            raise DatasetError(f"{self.out} exists and is not a directory")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.out.parent, os.W_OK):
+            raise PermissionError(f"cannot write to {self.out.parent}")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        return self
+
+    def new_split(self, split: str, n: int, height: int, width: int) -> dict[str, np.ndarray]:
+        assert self.tmp is not None
+        d = self.tmp / split
+        d.mkdir()
+        fmt = np.lib.format.open_memmap
+        arrays = {
+            "images": fmt(d / "images.npy", mode="w+", dtype=np.uint8, shape=(n, height, width, 3)),
+            "labels": fmt(d / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, height, width)),
+            "depth": fmt(d / "depth.npy", mode="w+", dtype=np.float32, shape=(n, height, width)),
+        }
+        self._arrays[split] = arrays
+        return arrays
+
+    def finish_split(self, split: str, files: list[str]) -> None:
+        assert self.tmp is not None
+        arrays = self._arrays.pop(split)
+        n = arrays["images"].shape[0]
+        if len(files) != n:
+            raise DatasetError(f"split {split}: {len(files)} ids for {n} samples")
+        for arr in arrays.values():
+            arr.flush()
+        del arrays
+        (self.tmp / split / "files.txt").write_text("".join(f"{f}\n" for f in files))
+        self.splits[split] = n
+
+    def write_meta(self, meta: dict) -> None:
+        assert self.tmp is not None
+        meta = {"format": FORMAT, "version": VERSION, **meta, "splits": dict(self.splits)}
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        self._arrays.clear()
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if not (self.tmp / "meta.json").is_file():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise RuntimeError("PreparedWriter closed without write_meta(); nothing was written")
+        replace_dir(self.tmp, self.out)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory ``src`` to ``dst``; an existing ``dst`` is removed only after the move."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        if old is not None:
+            os.replace(old, dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
