@@ -1,0 +1,3 @@
+from crosstask_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``crosstask`` command: thin Typer shells over the Python API."""

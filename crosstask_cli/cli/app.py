@@ -1,0 +1,57 @@
+"""Entry point of the ``crosstask`` command. Commands import their heavy modules lazily."""
+
+from __future__ import annotations
+
+import typer
+
+from crosstask_cli import __version__
+
+app = typer.Typer(
+    name="crosstask",
+    help="Multi-task semantic segmentation + depth with cross-task consistency: prepare data, train, "
+    "evaluate, predict and visualize.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crosstask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """crosstask: cross-task consistency for segmentation + depth."""
+
+
+def _register() -> None:
+    from crosstask_cli.cli import demo, evaluate, info, predict, prepare, train, visualize  # noqa: F401
+
+    app.add_typer(prepare.app, name="prepare")
+    app.command("train", help=train.HELP, no_args_is_help=True)(train.train_command)
+    app.command("eval", help=evaluate.HELP)(evaluate.eval_command)
+    app.command("predict", help=predict.HELP, no_args_is_help=True)(predict.predict_command)
+    app.add_typer(visualize.app, name="visualize")
+    app.command("demo", help=demo.HELP)(demo.demo_command)
+    app.command("info", help=info.HELP, no_args_is_help=True)(info.info_command)
+    try:
+        from crosstask_cli.cli import export
+
+        app.command("export", help=export.HELP, no_args_is_help=True)(export.export_command)
+    except ImportError:  # pragma: no cover - export module is optional until it lands
+        pass
+
+
+_register()
+
+
+def main() -> None:
+    app()

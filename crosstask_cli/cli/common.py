@@ -1,0 +1,104 @@
+"""Shared CLI plumbing: consoles, one-line errors instead of tracebacks, Rich progress bars."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+out = Console()
+err = Console(stderr=True)
+
+
+class CLIError(Exception):
+    """An error to report as one line, with exit code 1."""
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    # Imported lazily: these modules pull in numpy/torch.
+    from crosstask_cli.data.prepared import DatasetError
+    from crosstask_cli.engine.checkpoint import CheckpointError
+    from crosstask_cli.engine.trainer import NonFiniteLossError, RunDirError
+
+    return (
+        CLIError,
+        DatasetError,
+        CheckpointError,
+        RunDirError,
+        NonFiniteLossError,
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        PermissionError,
+        NotADirectoryError,
+        IsADirectoryError,
+        RuntimeError,
+        OSError,
+    )
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn expected exceptions into ``error: message`` on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, _expected_errors()):
+                message = str(exc) or type(exc).__name__
+                err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+                raise typer.Exit(1) from None
+            raise
+
+    return wrapper
+
+
+def progress_columns():
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+
+
+@contextmanager
+def progress_factory():
+    """Yield a ``progress(description, total) -> advance(n)`` factory drawing Rich bars on stderr."""
+    from rich.progress import Progress
+
+    with Progress(*progress_columns(), console=err, transient=False) as prog:
+
+        def factory(description: str, total: int) -> Callable[[int], None]:
+            task = prog.add_task(description, total=total, info="")
+            return lambda n: prog.advance(task, n)
+
+        yield factory
+
+
+def fmt(value: object, digits: int = 4) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def exit_code_for(ok: bool) -> None:
+    if not ok:
+        sys.exit(1)

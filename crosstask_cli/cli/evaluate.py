@@ -1,0 +1,142 @@
+"""``crosstask eval``: a checkpoint, or prediction files, against a prepared split."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from crosstask_cli.cli.common import CLIError, err, fmt, handle_errors, out
+
+HELP = """Evaluate a checkpoint (--ckpt) or a folder of predictions (--predictions) on a dataset split.
+
+Metrics (standard protocol): mIoU over classes present in target or prediction and pixel accuracy from one
+confusion matrix; abs err, abs rel err, RMSE and δ1–3 pooled over every valid depth pixel. `--protocol original`
+reproduces the reference implementation's averaging (per image / per batch) for comparison with its table.
+With --ckpt it also reports the consistency of direct and transferred predictions.
+"""
+
+
+def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
+    from crosstask_cli.data.prepare import check_compatible, resolve_data
+    from crosstask_cli.data.prepared import read_meta
+
+    ds = ckpt["dataset"]
+    if data is None:
+        data_str = ckpt.get("train_config", {}).get("data")
+        if not data_str:
+            raise CLIError("the checkpoint records no dataset path; pass --data DIR")
+        data = Path(data_str)
+    name = ds["name"] if ds["name"] in ("cityscapes", "nyu", "synthetic") else "cityscapes"
+    prepared = resolve_data(name, data, ds["height"], ds["width"], ds["num_classes"], ds["depth"]["kind"])
+    check_compatible(read_meta(prepared), ds["num_classes"], ds["depth"]["kind"], prepared)
+    return prepared
+
+
+def render_results(res: dict) -> None:
+    seg, dep = res["segmentation"], res["depth"]
+    t = Table(
+        title=f"{res.get('dataset') or ''} {res['split']} · {res['num_images']} images · {res['protocol']} protocol",
+        title_justify="left",
+    )
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("mIoU", fmt(seg["miou"]))
+    t.add_row("pixel accuracy", fmt(seg["pixel_acc"]))
+    for k, name in (
+        ("abs_err", "abs err"),
+        ("rel_err", "abs rel err"),
+        ("rmse", "RMSE"),
+        ("delta1", "δ < 1.25"),
+        ("delta2", "δ < 1.25²"),
+        ("delta3", "δ < 1.25³"),
+    ):
+        if k in dep:
+            t.add_row(name, fmt(dep[k]))
+    if "consistency" in res:
+        t.add_row("seg agreement (direct vs transferred)", fmt(res["consistency"]["seg_agreement"]))
+        t.add_row("depth gap |direct − transferred|", fmt(res["consistency"]["depth_gap"]))
+    out.print(t)
+    pc = Table(title="per-class IoU", title_justify="left")
+    pc.add_column("class")
+    pc.add_column("IoU", justify="right")
+    for name, v in seg["per_class_iou"].items():
+        pc.add_row(name, "absent" if isinstance(v, float) and math.isnan(v) else fmt(v))
+    out.print(pc)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    return obj
+
+
+@handle_errors
+def eval_command(
+    ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint to evaluate."),
+    predictions: Path = typer.Option(
+        None, "--predictions", help="Folder of <id>_seg.png / <id>_depth.npy files (as written by `crosstask predict`)."
+    ),
+    data: Path = typer.Option(
+        None, "--data", help="Dataset (prepared, raw or MTAN). Default with --ckpt: the one it was trained on."
+    ),
+    split: str = typer.Option("val", "--split", help="Split to evaluate (val is the official evaluation split)."),
+    protocol: str = typer.Option(
+        "standard",
+        "--protocol",
+        help="standard (pooled, batch-size invariant) or original (the reference implementation's averaging).",
+    ),
+    json_file: Path = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
+    batch_size: int = typer.Option(
+        8, "--batch-size", min=1, help="Evaluation batch size (the original protocol's depth averaging depends on it)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+) -> None:
+    from crosstask_cli.metrics import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise CLIError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if (ckpt is None) == (predictions is None):
+        raise CLIError("give exactly one of --ckpt CKPT or --predictions PRED_DIR")
+    if predictions is not None:
+        from crosstask_cli.data.prepare import detect_layout
+        from crosstask_cli.engine.evaluator import evaluate_predictions
+
+        if data is None:
+            raise CLIError("--predictions needs --data: the prepared dataset the predictions are for")
+        if detect_layout(data) != "prepared":
+            raise CLIError(f"{data}: --predictions is evaluated against a prepared dataset (see `crosstask prepare`)")
+        res = evaluate_predictions(predictions, data, split, protocol, batch_size)
+    else:
+        from rich.progress import Progress
+
+        from crosstask_cli.cli.common import progress_columns
+        from crosstask_cli.data.dataset import PreparedDataset
+        from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from crosstask_cli.engine.device import resolve_device
+        from crosstask_cli.engine.evaluator import evaluate
+
+        c = load_checkpoint(ckpt)
+        prepared = resolve_eval_data(c, data)
+        dev = resolve_device(device)
+        model = model_from_checkpoint(c).to(dev)
+        ds = PreparedDataset(prepared, split)
+        with Progress(*progress_columns(), console=err, transient=True) as prog:
+            task = prog.add_task(f"eval {split}", total=len(ds), info="")
+            res = evaluate(
+                model, ds, split, batch_size, dev, protocol, workers=workers, progress=lambda n: prog.advance(task, n)
+            )
+        res["checkpoint"] = str(ckpt)
+        res["data"] = str(prepared)
+    render_results(res)
+    if json_file is not None:
+        from crosstask_cli.engine.checkpoint import atomic_write_text
+
+        atomic_write_text(json_file, json.dumps(_json_safe(res), indent=2))
+        out.print(f"results written to [bold]{json_file}[/]")

@@ -1,0 +1,49 @@
+"""``crosstask info CKPT``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from crosstask_cli.cli.common import fmt, handle_errors, out
+
+HELP = "Show what a checkpoint holds: model, dataset, training config, epoch and metrics."
+
+
+@handle_errors
+def info_command(ckpt: Path = typer.Argument(..., help="A crosstask checkpoint (.pt).")) -> None:
+    from crosstask_cli.engine.checkpoint import load_checkpoint
+
+    c = load_checkpoint(ckpt)
+    table = Table(title=str(ckpt), show_header=False)
+    mc, ds = c["model_config"], c["dataset"]
+    table.add_row(
+        "model",
+        f"CrossTaskNet ResNet-{mc['enc_layers']}, {mc['num_classes']} classes"
+        + (", TTNet BN" if mc["ttnet_batch_norm"] else "")
+        + (", wider TTNet" if mc["wider_ttnet"] else ""),
+    )
+    table.add_row(
+        "parameters",
+        f"{sum(v.numel() for k, v in c['model'].items() if 'running' not in k and 'num_batches' not in k):,}",
+    )
+    table.add_row(
+        "dataset",
+        f"{ds['name']} {ds['height']}×{ds['width']}, depth {ds['depth']['kind']} ({ds['depth'].get('unit', '')})",
+    )
+    table.add_row("classes", ", ".join(ds["class_names"]))
+    table.add_row("epoch / step", f"{c.get('epoch')} / {c.get('step')}")
+    table.add_row("resumable", "yes" if "optimizer" in c else "no")
+    tc = c.get("train_config", {})
+    if tc:
+        table.add_row(
+            "training",
+            f"weighting {tc.get('weighting')}, lp {tc.get('lp')}, tdep {tc.get('tdep_loss')}, "
+            f"tseg {tc.get('tseg_loss')}, α {tc.get('alpha')}, γ {tc.get('gamma')}, lr {tc.get('lr')}",
+        )
+    for k in ("val_miou", "val_pixel_acc", "val_abs_err", "val_rel_err"):
+        if k in c.get("metrics", {}):
+            table.add_row(k, fmt(float(c["metrics"][k])))
+    out.print(table)

@@ -1,0 +1,63 @@
+"""``crosstask predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crosstask_cli.cli.common import err, handle_errors, out
+
+HELP = """Predict segmentation and depth for images (files and folders) with a checkpoint.
+
+Writes, at each input's original size: STEM_seg.png (class ids), STEM_seg_color.png, STEM_depth.npy (float32, the
+dataset's depth units) and STEM_depth_color.png; with --transfer also the TaskTransferNets' STEM_seg_transfer* and
+STEM_depth_transfer*. Folder structure is kept. Unreadable files are skipped and listed; the exit code is 1 only
+when nothing could be processed. An existing non-empty --out needs --force (inputs are never overwritten).
+"""
+
+
+@handle_errors
+def predict_command(
+    inputs: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, BMP, TIFF, WebP) and/or folders."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (best.pt or last.pt of a run)."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
+    transfer: bool = typer.Option(
+        False, "--transfer", help="Also write the transferred predictions (runs the TaskTransferNets)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
+    force: bool = typer.Option(
+        False, "--force", help="Write into an existing non-empty --out (replacing same-named outputs)."
+    ),
+) -> None:
+    from rich.progress import Progress
+
+    from crosstask_cli.cli.common import progress_columns
+    from crosstask_cli.predict import predict
+
+    with Progress(*progress_columns(), console=err, transient=True) as prog:
+        task = prog.add_task("predict", total=None, info="")
+        result = predict(
+            inputs,
+            ckpt,
+            out_dir,
+            batch_size,
+            recursive,
+            transfer,
+            device,
+            force,
+            progress=lambda n: prog.advance(task, n),
+            on_total=lambda n: prog.update(task, total=n),
+        )
+    for path, reason in result.skipped:
+        err.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    n, s = len(result.written), len(result.skipped)
+    if n == 0:
+        err.print(f"[bold red]error:[/] no image could be processed ({s} skipped)")
+        raise typer.Exit(1)
+    out.print(
+        f"[green]predicted[/] {n} image(s) → [bold]{out_dir}[/] in {result.seconds:.1f} s "
+        f"({result.images_per_second:.2f} images/s)" + (f"; skipped {s}" if s else "")
+    )

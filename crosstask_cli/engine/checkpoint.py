@@ -1,0 +1,99 @@
+"""Checkpoint files (DESIGN §5): one ``torch.save`` dict, written atomically, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "crosstask-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable crosstask checkpoint (message names the file and why)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a crosstask checkpoint. Never unpickles code (weights_only=True)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file (.pt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains Python objects other than tensors and plain data "
+                f"(possibly code); crosstask only loads weights-only checkpoints ({text})"
+            ) from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {text}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a crosstask checkpoint (no 'format': '{FORMAT}' entry)")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this crosstask supports ({VERSION}); upgrade crosstask"
+        )
+    for key in ("model_config", "dataset", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Rebuild the CrossTaskNet stored in a loaded checkpoint (eval mode, on CPU)."""
+    from crosstask_cli.models.network import CrossTaskNet, ModelConfig
+
+    model = CrossTaskNet(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

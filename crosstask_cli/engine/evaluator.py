@@ -1,0 +1,163 @@
+"""Evaluation of a model (or of prediction files) on a prepared split, with both metric protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from crosstask_cli.data.dataset import PreparedDataset
+from crosstask_cli.data.prepared import DatasetError, open_split, read_meta
+from crosstask_cli.data.resize import resize_nearest
+from crosstask_cli.engine.device import amp_dtype
+from crosstask_cli.losses import CrossTaskLoss
+from crosstask_cli.metrics import PROTOCOLS, ConfusionMatrix, ConsistencyMetrics, DepthMetrics, OriginalProtocolMetrics
+
+
+class MetricSet:
+    """Standard and original-protocol accumulators fed together; ``result(protocol)`` builds the JSON dict."""
+
+    def __init__(self, meta: dict) -> None:
+        self.meta = meta
+        self.cm = ConfusionMatrix(meta["num_classes"], meta.get("ignore_index", 255), meta.get("class_names"))
+        self.depth = DepthMetrics()
+        self.original = OriginalProtocolMetrics(meta["num_classes"], meta.get("ignore_index", 255))
+        self.consistency = ConsistencyMetrics(meta.get("ignore_index", 255))
+        self.has_consistency = False
+        self.images = 0
+
+    def update(self, seg_pred, seg_target, depth_pred, depth_target) -> None:
+        self.cm.update(seg_pred, seg_target)
+        self.depth.update(depth_pred, depth_target)
+        self.original.update(seg_pred, seg_target, depth_pred, depth_target)
+        self.images += seg_target.shape[0]
+
+    def result(self, protocol: str, split: str) -> dict:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        seg = self.cm.compute()
+        depth = self.depth.compute()
+        if protocol == "original":
+            o = self.original.compute()
+            seg = {**seg, "miou": o["miou"], "pixel_acc": o["pixel_acc"]}
+            depth = {"abs_err": o["abs_err"], "rel_err": o["rel_err"]}
+        out = {
+            "protocol": protocol,
+            "split": split,
+            "num_images": self.images,
+            "dataset": self.meta.get("dataset"),
+            "depth_kind": self.meta.get("depth", {}).get("kind"),
+            "segmentation": seg,
+            "depth": depth,
+        }
+        if self.has_consistency:
+            out["consistency"] = self.consistency.compute()
+        return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    data: str | Path | PreparedDataset,
+    split: str = "val",
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    protocol: str = "standard",
+    loss_fn: CrossTaskLoss | None = None,
+    max_batches: int | None = None,
+    consistency: bool = True,
+    amp: bool = False,
+    workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Evaluate ``model`` on a prepared split; returns the ``eval --json`` dict (DESIGN §4).
+
+    With ``loss_fn`` the mean of each loss component over batches is added under ``"loss"``; with
+    ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``.
+    """
+    device = torch.device(device)
+    ds = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split, augment=False)
+    subset = ds if max_batches is None else Subset(ds, range(min(len(ds), max_batches * batch_size)))
+    loader = DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+    metrics = MetricSet(ds.meta)
+    need_transfer = consistency or loss_fn is not None
+    loss_sums: dict[str, float] = {}
+    batches = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for images, seg_t, depth_t, _ in loader:
+            images = images.to(device, non_blocking=True)
+            seg_t = seg_t.to(device, non_blocking=True)
+            depth_t = depth_t.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+                pred = model(images, direct_only=not need_transfer)
+            pred = type(pred)(*(None if t is None else t.float() for t in pred))
+            metrics.update(pred.seg, seg_t, pred.depth, depth_t)
+            if consistency and pred.seg_from_depth is not None:
+                metrics.consistency.update(
+                    pred.seg, pred.seg_from_depth, pred.depth, pred.depth_from_seg, seg_t, depth_t
+                )
+                metrics.has_consistency = True
+            if loss_fn is not None:
+                for k, v in loss_fn(pred, seg_t, depth_t).items():
+                    loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+            batches += 1
+            if progress:
+                progress(images.shape[0])
+    finally:
+        model.train(was_training)
+    out = metrics.result(protocol, ds.split_name)
+    if loss_fn is not None:
+        out["loss"] = {k: v / max(batches, 1) for k, v in loss_sums.items()}
+    return out
+
+
+def read_prediction(pred_dir: Path, sample_id: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``<id>_seg.png`` and ``<id>_depth.npy``, resized (nearest at pixel centres) to height×width."""
+    import cv2
+
+    seg_path = pred_dir / f"{sample_id}_seg.png"
+    depth_path = pred_dir / f"{sample_id}_depth.npy"
+    for p in (seg_path, depth_path):
+        if not p.is_file():
+            raise DatasetError(f"{p}: missing prediction for sample {sample_id!r}")
+    seg = cv2.imread(str(seg_path), cv2.IMREAD_UNCHANGED)
+    if seg is None or seg.ndim != 2:
+        raise DatasetError(f"{seg_path}: expected a single-channel PNG of class ids")
+    try:
+        depth = np.load(depth_path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{depth_path}: not a readable .npy array ({exc})") from exc
+    if depth.ndim == 3 and depth.shape[0] == 1:
+        depth = depth[0]
+    if depth.ndim != 2:
+        raise DatasetError(f"{depth_path}: expected an H×W depth array, got shape {depth.shape}")
+    return resize_nearest(seg, height, width), resize_nearest(depth.astype(np.float32), height, width)
+
+
+def evaluate_predictions(
+    pred_dir: str | Path, data: str | Path, split: str = "val", protocol: str = "standard", batch_size: int = 8
+) -> dict:
+    """Evaluate prediction files (as written by ``crosstask predict``) against a prepared split."""
+    pred_dir, data = Path(pred_dir), Path(data)
+    if not pred_dir.is_dir():
+        raise DatasetError(f"{pred_dir}: not a directory of predictions")
+    meta = read_meta(data)
+    s = open_split(data, split)
+    metrics = MetricSet(meta)
+    h, w = meta["height"], meta["width"]
+    for start in range(0, len(s), batch_size):
+        ids = s.files[start : start + batch_size]
+        preds = [read_prediction(pred_dir, i, h, w) for i in ids]
+        seg_p = torch.from_numpy(np.stack([p[0] for p in preds]).astype(np.int64))
+        dep_p = torch.from_numpy(np.stack([p[1] for p in preds]))
+        seg_t = torch.from_numpy(np.asarray(s.labels[start : start + len(ids)]).astype(np.int64))
+        dep_t = torch.from_numpy(np.asarray(s.depth[start : start + len(ids)], dtype=np.float32))
+        metrics.update(seg_p, seg_t, dep_p, dep_t)
+    return metrics.result(protocol, split)

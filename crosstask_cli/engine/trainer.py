@@ -1,0 +1,435 @@
+"""The training loop: one backward per step, per-epoch validation, atomic checkpoints, exact resume.
+
+Run directory (DESIGN §5): config.json, metrics.csv, checkpoints/{last,best}.pt, plots/.
+UI is delegated to a :class:`TrainReporter`, so the loop runs the same from Python and from the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from crosstask_cli.data.dataset import EpochSampler, PreparedDataset, normalisation
+from crosstask_cli.data.prepare import check_compatible, prepare_synthetic, resolve_data
+from crosstask_cli.data.prepared import DatasetError, read_meta
+from crosstask_cli.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from crosstask_cli.engine.config import SELECT_METRICS, TrainConfig
+from crosstask_cli.engine.device import amp_dtype, configure_device, memory_format, resolve_device
+from crosstask_cli.engine.evaluator import evaluate
+from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
+from crosstask_cli.models.network import build_model
+from crosstask_cli.weighting import build_weighting
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (existing run without --resume/--force, nothing to resume)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN/inf more often than ``skip_nonfinite`` allows."""
+
+
+class TrainReporter:
+    """Receives progress events; the default does nothing. The CLI subclasses it with Rich output."""
+
+    def start(self, info: dict) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, loss: float | None) -> None: ...
+    def eval_start(self, split: str, images: int) -> None: ...
+    def eval_advance(self, n: int) -> None: ...
+    def epoch_end(self, row: dict) -> None: ...
+    def message(self, text: str) -> None: ...
+    def end(self, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int | None
+    best_score: float | None
+    last_row: dict | None
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_training_data(cfg: TrainConfig, reporter: TrainReporter | None = None, progress=None) -> Path:
+    """Resolve ``cfg.data`` to a prepared directory (generating the synthetic set when it is missing)."""
+    from crosstask_cli.engine.config import PAPER_DEFAULTS
+
+    data = Path(cfg.data or PAPER_DEFAULTS[cfg.dataset]["data"])
+    kwargs = {"progress": progress} if progress else {}
+    if cfg.dataset == "synthetic" and not data.exists():
+        if reporter:
+            reporter.message(
+                f"generating the synthetic dataset in {data} ({cfg.synthetic_train}+{cfg.synthetic_val} images)"
+            )
+        prepare_synthetic(
+            data, train=cfg.synthetic_train, val=cfg.synthetic_val, height=256, width=512, seed=0, **kwargs
+        )
+    if not data.exists():
+        raise DatasetError(f"{data}: dataset directory not found (pass --data DIR; see `crosstask prepare --help`)")
+    prepared = resolve_data(
+        cfg.dataset, data, cfg.height, cfg.width, cfg.num_classes, cfg.depth, workers=cfg.workers or 1, **kwargs
+    )
+    meta = read_meta(prepared)
+    check_compatible(meta, cfg.num_classes, None, prepared)
+    if (meta["height"], meta["width"]) != (cfg.height, cfg.width):
+        raise DatasetError(
+            f"{prepared}: prepared at {meta['height']}×{meta['width']}, but training asks for {cfg.height}×{cfg.width}"
+        )
+    return prepared
+
+
+def _read_rows(path: Path, max_epoch: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [r for r in csv.DictReader(f) if int(float(r["epoch"])) <= max_epoch]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _score(row: dict, metric: str) -> float:
+    return float(row["val_loss"] if metric == "loss" else row[f"val_{metric}"])
+
+
+def _better(a: float, b: float | None, metric: str) -> bool:
+    if b is None or math.isnan(b):
+        return not math.isnan(a)
+    return a < b if SELECT_METRICS[metric] == "min" else a > b
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, reporter: TrainReporter | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.reporter = reporter or TrainReporter()
+        self.device = resolve_device(cfg.device)
+        configure_device(self.device)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    def _dataset_info(self, meta: dict) -> dict:
+        return {
+            "name": meta["dataset"],
+            "num_classes": meta["num_classes"],
+            "class_names": meta["class_names"],
+            "palette": meta["palette"],
+            "ignore_index": meta.get("ignore_index", 255),
+            "depth": meta["depth"],
+            "height": meta["height"],
+            "width": meta["width"],
+            "normalisation": normalisation(),
+        }
+
+    def setup(self, prepared: Path) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.prepared = prepared
+        self.meta = read_meta(prepared)
+        self.model = build_model(
+            cfg.enc_layers, cfg.num_classes, cfg.pretrained, cfg.ttnet_batch_norm, cfg.wider_ttnet, cfg.encoder_weights
+        )
+        self.fmt = memory_format(self.device)
+        self.model.to(self.device, memory_format=self.fmt)
+        kwargs = {"alpha": cfg.gradnorm_alpha} if cfg.weighting == "gradnorm" else {}
+        self.weighting = build_weighting(cfg.weighting, **kwargs).to(self.device)
+        self.loss_fn = CrossTaskLoss(
+            cfg.num_classes,
+            cfg.alpha,
+            cfg.gamma,
+            cfg.lp,
+            cfg.tdep_loss,
+            cfg.tseg_loss,
+            cfg.label_smoothing,
+            self.meta.get("ignore_index", 255),
+        )
+        params = list(self.model.parameters()) + list(self.weighting.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.scheduler_step_size, cfg.scheduler_gamma)
+        self.amp = cfg.amp
+        self.amp_dtype = amp_dtype(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+
+        self.train_ds = PreparedDataset(prepared, "train", augment=True, seed=cfg.seed)
+        self.select_split = "holdout" if "holdout" in self.meta["splits"] else "val"
+        self.val_ds = PreparedDataset(prepared, self.select_split, augment=False)
+        if len(self.train_ds) == 0:
+            raise DatasetError(f"{prepared}: the train split is empty")
+        self.sampler = EpochSampler(len(self.train_ds), seed=cfg.seed)
+        pin = self.device.type == "cuda"
+        self.loader = DataLoader(
+            self.train_ds,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.workers,
+            pin_memory=pin,
+            drop_last=len(self.train_ds) > cfg.batch_size,
+            persistent_workers=cfg.workers > 0,
+            prefetch_factor=4 if cfg.workers > 0 else None,
+        )
+        self.epoch = 0
+        self.step_count = 0
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.rows: list[dict] = []
+        self.nonfinite = 0
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def _payload(self, resumable: bool, row: dict | None) -> dict:
+        payload = {
+            "model_config": self.model.config.to_dict(),
+            "dataset": self._dataset_info(self.meta),
+            "train_config": self.cfg.to_dict(),
+            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            "weighting": {
+                "name": self.cfg.weighting,
+                "state": self.weighting.state_dict(),
+                "weights": self.weighting.weights(),
+            },
+            "epoch": self.epoch,
+            "step": self.step_count,
+            "metrics": row or {},
+        }
+        if resumable:
+            payload.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=_rng_state(),
+                best_score=self.best_score,
+                best_epoch=self.best_epoch,
+                nonfinite=self.nonfinite,
+            )
+        return payload
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if "optimizer" not in ckpt:
+            raise RunDirError(f"{path}: checkpoint is not resumable (no optimizer state)")
+        self.model.load_state_dict(ckpt["model"])
+        self.weighting.load_state_dict(ckpt["weighting"]["state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        self.epoch, self.step_count = int(ckpt["epoch"]), int(ckpt["step"])
+        self.best_score, self.best_epoch = ckpt.get("best_score"), ckpt.get("best_epoch")
+        self.nonfinite = int(ckpt.get("nonfinite", 0))
+        self.rows = _read_rows(self.run_dir / "metrics.csv", self.epoch)
+
+    # --- loop -------------------------------------------------------------------------------------
+    def _train_step(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            pred = self.forward(images)
+        losses = self.loss_fn(pred, seg_t, depth_t)
+        total = self.weighting.combine({k: losses[k] for k in self.weighting.tasks}, self.model)
+        if not torch.isfinite(total):
+            bad = [k for k, v in losses.items() if not torch.isfinite(v)] or ["total (weighting)"]
+            names = [self.train_ds.files[int(i)] for i in ids]
+            self.nonfinite += 1
+            msg = (
+                f"non-finite loss at epoch {self.epoch + 1} step {self.step_count + 1}: component(s) "
+                f"{', '.join(bad)}; batch samples {', '.join(names[:8])}"
+            )
+            if self.nonfinite > self.cfg.skip_nonfinite:
+                raise NonFiniteLossError(
+                    msg + f". Stopped; the last good checkpoint is kept in {self.ckpt_dir}. "
+                    "Lower --lr, or allow skips with --skip-nonfinite N."
+                )
+            self.reporter.message(msg + f" (skipped, {self.nonfinite}/{self.cfg.skip_nonfinite})")
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.weighting.after_step()
+        self.step_count += 1
+        return {**{k: v.detach() for k, v in losses.items()}, "total": total.detach()}
+
+    def run_epoch(self) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        self.sampler.set_epoch(self.epoch)
+        steps = len(self.loader) if cfg.max_steps_per_epoch is None else min(len(self.loader), cfg.max_steps_per_epoch)
+        self.reporter.epoch_start(self.epoch + 1, cfg.epochs, steps)
+        start = time.perf_counter()
+        sums = torch.zeros(len(LOSS_NAMES) + 1, device=self.device)
+        done = 0
+        for i, (images, seg_t, depth_t, ids) in enumerate(self.loader):
+            if i >= steps:
+                break
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
+            seg_t = seg_t.to(self.device, non_blocking=True)
+            depth_t = depth_t.to(self.device, non_blocking=True)
+            out = self._train_step(images, seg_t, depth_t, ids)
+            if out is not None:
+                sums += torch.stack([out[k] for k in (*LOSS_NAMES, "total")]).float()
+                done += 1
+            show = out is not None and (i % 5 == 0 or i == steps - 1)
+            self.reporter.step(float(out["total"]) if show else None)
+        train_seconds = time.perf_counter() - start
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.epoch += 1
+        means = (sums / max(done, 1)).tolist()
+        row: dict = {"epoch": self.epoch, "step": self.step_count, "lr": lr}
+        row.update({f"train_{k}": v for k, v in zip((*LOSS_NAMES, "total"), means, strict=True)})
+        row.update({f"weight_{k}": v for k, v in self.weighting.weights().items()})
+
+        n_val = (
+            len(self.val_ds)
+            if cfg.max_val_batches is None
+            else min(len(self.val_ds), cfg.max_val_batches * cfg.eval_batch_size)
+        )
+        self.reporter.eval_start(self.select_split, n_val)
+        ev = evaluate(
+            self.model,
+            self.val_ds,
+            batch_size=cfg.eval_batch_size,
+            device=self.device,
+            loss_fn=self.loss_fn,
+            max_batches=cfg.max_val_batches,
+            amp=self.amp,
+            progress=self.reporter.eval_advance,
+        )
+        row["val_split"] = self.select_split
+        row["val_loss"] = ev["loss"]["seg_task"] + ev["loss"]["depth_task"]
+        row.update({f"val_{k}": v for k, v in ev["loss"].items()})
+        row.update({f"val_{k}": ev["segmentation"][k] for k in ("miou", "pixel_acc")})
+        row.update({f"val_{k}": ev["depth"][k] for k in ("abs_err", "rel_err", "rmse", "delta1")})
+        row.update({f"val_{k}": v for k, v in ev.get("consistency", {}).items()})
+        row["seconds"] = time.perf_counter() - start
+        row["train_seconds"] = train_seconds
+        return row
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        self.reporter.start(
+            {
+                "run_dir": str(self.run_dir),
+                "device": str(self.device),
+                "data": str(self.prepared),
+                "train": len(self.train_ds),
+                "select_split": self.select_split,
+                "val": len(self.val_ds),
+                "params": sum(p.numel() for p in self.model.parameters()),
+                "start_epoch": self.epoch,
+            }
+        )
+        row = self.rows[-1] if self.rows else None
+        while self.epoch < cfg.epochs:
+            row = self.run_epoch()
+            score = _score(row, cfg.select_metric)
+            improved = _better(score, self.best_score, cfg.select_metric)
+            if improved:
+                self.best_score, self.best_epoch = score, self.epoch
+            row["best"] = int(improved)
+            self.rows.append(row)
+            if improved:
+                save_checkpoint(self.ckpt_dir / "best.pt", self._payload(False, row))
+            save_checkpoint(self.ckpt_dir / "last.pt", self._payload(True, row))
+            _write_rows(self.run_dir / "metrics.csv", self.rows)
+            try:
+                from crosstask_cli.visualize import plot_training_curves
+
+                plot_training_curves(self.rows, self.run_dir / "plots")
+            except Exception as exc:  # noqa: BLE001 - a plotting failure must not stop training
+                self.reporter.message(f"could not draw training curves: {exc}")
+            self.reporter.epoch_end(row)
+        result = TrainResult(self.run_dir, self.epoch, self.best_epoch, self.best_score, row)
+        self.reporter.end(result)
+        return result
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    reporter: TrainReporter | None = None,
+    data_progress=None,
+    resume_overrides: dict | None = None,
+) -> TrainResult:
+    """Train a CrossTaskNet as configured; returns where the run went and its best score.
+
+    ``resume`` continues ``run_dir`` from ``checkpoints/last.pt`` with the config saved there (``cfg`` is
+    ignored); ``resume_overrides`` may change ``epochs``, ``device`` and ``workers``. Without ``resume``, an existing run in
+    ``run_dir`` is an error unless ``force``, which replaces it.
+    """
+    run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise RunDirError(f"--resume: {run_dir} holds no checkpoint (expected {last})")
+        saved = TrainConfig.load(run_dir / "config.json")
+        if saved.dataset != cfg.dataset:
+            raise RunDirError(f"{run_dir} is a {saved.dataset} run, not {cfg.dataset}")
+        overrides = dict(resume_overrides or {})
+        unknown = set(overrides) - {"epochs", "device", "workers"}
+        if unknown:
+            raise RunDirError(f"--resume continues the saved config; cannot change {', '.join(sorted(unknown))}")
+        cfg = saved.replace(**overrides)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise RunDirError(f"{run_dir} already holds a run; use --resume to continue it or --force to replace it")
+        if run_dir.is_file():
+            raise RunDirError(f"{run_dir} is a file, expected a run directory")
+        shutil.rmtree(run_dir)
+    cfg = cfg.replace(run_dir=str(run_dir))
+    reporter = reporter or TrainReporter()
+    prepared = prepare_training_data(cfg, reporter, data_progress)
+    trainer = Trainer(cfg, run_dir, reporter)
+    trainer.setup(prepared)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        trainer.resume(last)
+    else:
+        cfg.save(run_dir / "config.json")
+    return trainer.fit()

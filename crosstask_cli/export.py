@@ -1,0 +1,110 @@
+"""ONNX export of the direct predictions (the TaskTransferNets are training-time only).
+
+The graph takes ``image``: B×3×H×W float32 normalised as the checkpoint says, and returns ``seg_logits``
+(B×C×H×W) and ``depth`` (B×1×H×W, dataset units). Batch is dynamic, and so are H and W as multiples of 32
+(the encoder's stride); pad other sizes before calling. Needs the optional extra: pip install "crosstask-cli[onnx]".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MISSING_ONNX = (
+    "ONNX export needs the optional packages onnx, onnxscript and onnxruntime: "
+    'pip install "crosstask-cli[onnx]" (or pip install onnx onnxscript onnxruntime)'
+)
+
+
+class DirectPredictions(nn.Module):
+    """Wraps a CrossTaskNet to return (seg logits, depth) without the TaskTransferNets."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = self.model(image, direct_only=True)
+        return pred.seg, pred.depth
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_abs_diff_seg: float | None = None
+    max_abs_diff_depth: float | None = None
+    checked_shapes: list[tuple[int, ...]] | None = None
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(MISSING_ONNX) from exc
+
+
+def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, opset: int = 18) -> ExportResult:
+    """Export a checkpoint's direct predictions to ONNX; with ``verify`` compare against PyTorch in
+    onnxruntime on two batch sizes and two spatial sizes (max abs difference must stay ≤ 1e-4)."""
+    from crosstask_cli.engine.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+
+    _require_onnx()
+    c = load_checkpoint(ckpt)
+    h, w = c["dataset"]["height"], c["dataset"]["width"]
+    if h % 32 or w % 32:
+        raise ValueError(f"{ckpt}: the model's input size {h}×{w} is not a multiple of 32, which the ONNX graph needs")
+    module = DirectPredictions(model_from_checkpoint(c)).eval()
+    example = torch.randn(2, 3, h, w)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dynamic = {
+        "image": {
+            0: batch,
+            2: 32 * torch.export.Dim("h32", min=1, max=256),
+            3: 32 * torch.export.Dim("w32", min=1, max=256),
+        }
+    }
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            None,
+            dynamo=True,
+            input_names=["image"],
+            output_names=["seg_logits", "depth"],
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    onnx_path = Path(onnx_path)
+    atomic_write(onnx_path, lambda f: f.write(program.model_proto.SerializeToString()))
+    result = ExportResult(onnx_path)
+    if verify:
+        result = verify_onnx(module, onnx_path, [(1, 3, h, w), (3, 3, h + 32, w + 64)])
+    return result
+
+
+def verify_onnx(module: nn.Module, onnx_path: Path, shapes: list[tuple[int, ...]], tol: float = 1e-4) -> ExportResult:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError(MISSING_ONNX) from exc
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst_seg = worst_depth = 0.0
+    gen = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            seg, depth = module(x)
+        o_seg, o_depth = session.run(["seg_logits", "depth"], {"image": x.numpy()})
+        worst_seg = max(worst_seg, float((torch.from_numpy(o_seg) - seg).abs().max()))
+        worst_depth = max(worst_depth, float((torch.from_numpy(o_depth) - depth).abs().max()))
+    if worst_seg > tol or worst_depth > tol:
+        raise RuntimeError(
+            f"{onnx_path}: ONNX output differs from PyTorch (seg {worst_seg:.2e}, depth {worst_depth:.2e} > {tol})"
+        )
+    return ExportResult(onnx_path, worst_seg, worst_depth, shapes)

@@ -1,0 +1,213 @@
+"""Run a trained model on image files (DESIGN §6).
+
+For each input ``REL/STEM.EXT`` writes ``OUT/REL/STEM_seg.png`` (uint8 class ids), ``STEM_seg_color.png``,
+``STEM_depth.npy`` (float32 H×W, dataset depth units) and ``STEM_depth_color.png`` at the input's original
+size; with ``transfer`` also ``STEM_seg_transfer*`` and ``STEM_depth_transfer*``. Unreadable files are skipped
+and listed. Inputs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MANIFEST = "predictions.json"
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    written: list[str] = field(default_factory=list)  # relative stems REL/STEM
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.written) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def collect_inputs(inputs: Iterable[Path], recursive: bool = False) -> list[tuple[Path, Path]]:
+    """(file, relative output stem) pairs. Folders contribute their image files (recursively if asked);
+    files given explicitly are taken whatever their extension (and skipped later if unreadable)."""
+    pairs: list[tuple[Path, Path]] = []
+    for inp in inputs:
+        inp = Path(inp)
+        if inp.is_dir():
+            files = inp.rglob("*") if recursive else inp.glob("*")
+            for f in sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+                pairs.append((f, f.relative_to(inp).with_suffix("")))
+        elif inp.exists():
+            pairs.append((inp, Path(inp.stem)))
+        else:
+            raise FileNotFoundError(f"{inp}: no such file or directory")
+    seen: dict[Path, Path] = {}
+    for f, rel in pairs:
+        if rel in seen and seen[rel] != f:
+            raise ValueError(f"{f} and {seen[rel]} would write the same outputs ({rel}_*); predict them separately")
+        seen[rel] = f
+    return pairs
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Any common image file → H×W×3 uint8 RGB (grayscale, RGBA, 16-bit and EXIF orientation handled)."""
+    import cv2
+
+    if path.stat().st_size == 0:
+        raise ValueError("empty file")
+    # ANYDEPTH|ANYCOLOR keeps 16-bit data and applies the EXIF orientation (IMREAD_UNCHANGED would not).
+    img = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if img is None:
+        raise ValueError("not a readable image")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _encode_png(array: np.ndarray) -> bytes:
+    import cv2
+
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path], force: bool) -> None:
+    out_r = out.resolve()
+    for inp in inputs:
+        inp_r = Path(inp).resolve()
+        if Path(inp).is_dir() and (out_r == inp_r or inp_r in out_r.parents):
+            raise ValueError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
+    inputs_r = {f.resolve() for f, _ in pairs}
+    for _f, rel in pairs:
+        for suffix in ("_seg.png", "_seg_color.png", "_depth.npy", "_depth_color.png"):
+            if (out_r / f"{rel}{suffix}").resolve() in inputs_r:
+                raise ValueError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"--out {out} already exists and is not empty; pass --force to write into it")
+
+
+def predict(
+    inputs: Iterable[str | Path],
+    ckpt: str | Path,
+    out: str | Path,
+    batch_size: int = 8,
+    recursive: bool = False,
+    transfer: bool = False,
+    device: str = "auto",
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> PredictResult:
+    """Predict segmentation and depth for image files with a checkpoint; see the module docstring."""
+    import torch
+    import torch.nn.functional as F
+
+    from crosstask_cli.data.dataset import normalise
+    from crosstask_cli.data.labels import colorize
+    from crosstask_cli.data.resize import resize_image
+    from crosstask_cli.engine.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+    from crosstask_cli.engine.device import resolve_device
+    from crosstask_cli.visualize import colorize_depth
+
+    inputs = [Path(p) for p in inputs]
+    out = Path(out)
+    c = load_checkpoint(ckpt)
+    ds = c["dataset"]
+    h, w, palette, depth_kind = ds["height"], ds["width"], [tuple(p) for p in ds["palette"]], ds["depth"]["kind"]
+    dev = resolve_device(device)
+    model = model_from_checkpoint(c).to(dev)
+    pairs = collect_inputs(inputs, recursive)
+    _check_out(out, pairs, inputs, force)
+    if on_total:
+        on_total(len(pairs))
+    result = PredictResult(out)
+    manifest: dict[str, str] = {}
+    start = time.perf_counter()
+
+    def flush(batch: list[tuple[Path, Path, np.ndarray]]) -> None:
+        x = normalise(torch.from_numpy(np.stack([resize_image(img, h, w) for _, _, img in batch]))).to(dev)
+        with torch.inference_mode():
+            pred = model(x, direct_only=not transfer)
+        for i, (f, rel, img) in enumerate(batch):
+            size = img.shape[:2]
+            maps = {"": (pred.seg, pred.depth)}
+            if transfer:
+                maps["_transfer"] = (pred.seg_from_depth, pred.depth_from_seg)
+            files: dict[str, bytes] = {}
+            for tag, (seg_t, dep_t) in maps.items():
+                seg = F.interpolate(seg_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
+                labels = seg.argmax(1)[0].to(torch.uint8).cpu().numpy()
+                dep = F.interpolate(dep_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
+                depth = dep[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
+                files[f"_seg{tag}.png"] = _encode_png(labels)
+                files[f"_seg{tag}_color.png"] = _encode_png(colorize(labels, palette))
+                files[f"_depth{tag}.npy"] = _npy_bytes(depth)
+                files[f"_depth{tag}_color.png"] = _encode_png(colorize_depth(depth, depth_kind))
+            for suffix, data in files.items():
+                atomic_write(out / f"{rel}{suffix}", lambda fh, d=data: fh.write(d))
+            result.written.append(str(rel))
+            manifest[str(rel)] = str(f.resolve())
+            if progress:
+                progress(1)
+
+    batch: list[tuple[Path, Path, np.ndarray]] = []
+    for f, rel in pairs:
+        try:
+            img = read_image(f)
+        except (OSError, ValueError) as exc:
+            result.skipped.append((str(f), str(exc)))
+            if progress:
+                progress(1)
+            continue
+        batch.append((f, rel, img))
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    result.seconds = time.perf_counter() - start
+    if result.written:
+        old = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
+        atomic_write(
+            out / MANIFEST,
+            lambda fh: fh.write(
+                json.dumps(
+                    {
+                        "checkpoint": str(Path(ckpt).resolve()),
+                        "transfer": transfer,
+                        "inputs": {**old.get("inputs", {}), **manifest},
+                        "depth_kind": depth_kind,
+                        "class_names": ds["class_names"],
+                        "palette": ds["palette"],
+                    },
+                    indent=2,
+                ).encode()
+            ),
+        )
+    return result

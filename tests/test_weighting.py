@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import crosstask_cli as ct
+from crosstask_cli.weighting import build_weighting, weighting_names
+
+
+def test_registry_lists_the_methods_and_rejects_unknown():
+    assert {"fixed", "uncertainty", "gradnorm"} <= set(weighting_names())
+    with pytest.raises(ValueError, match="unknown weighting"):
+        build_weighting("nope")
+
+
+def test_fixed_is_the_plain_sum():
+    w = build_weighting("fixed")
+    assert w.combine({"seg_task": torch.tensor(2.0), "depth_task": torch.tensor(0.5)}).item() == 2.5
+
+
+def test_uncertainty_weights_move_towards_log_of_each_loss():
+    w = build_weighting("uncertainty")
+    opt = torch.optim.SGD(w.parameters(), lr=0.1)
+    losses = {"seg_task": torch.tensor(4.0), "depth_task": torch.tensor(0.25)}
+    for _ in range(2000):
+        opt.zero_grad()
+        w.combine(losses).backward()
+        opt.step()
+    s = w.log_vars.detach()
+    # optimum of ½e^{−s}L + ½s is s = log L: the larger loss gets the smaller weight
+    assert s[0].item() == pytest.approx(math.log(4.0), abs=1e-3)
+    assert s[1].item() == pytest.approx(math.log(0.25), abs=1e-3)
+    weights = w.weights()
+    assert weights["seg_task"] < weights["depth_task"]
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(4, 8)
+        self.heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 1)])
+
+    @property
+    def last_shared_layer(self):
+        return self.shared
+
+    def forward(self, x):
+        h = torch.relu(self.shared(x))
+        return [head(h) for head in self.heads]
+
+
+def test_gradnorm_weight_gradient_follows_the_rule_and_weights_stay_normalised():
+    torch.manual_seed(0)
+    model = Toy()
+    w = build_weighting("gradnorm", alpha=1.5)
+    opt = torch.optim.Adam(list(model.parameters()) + list(w.parameters()), lr=0.01)
+    x, y1, y2 = torch.randn(64, 4), torch.randn(64, 1), 10 * torch.randn(64, 1)
+    for step in range(60):
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        losses = {"seg_task": ((out[0] - y1) ** 2).mean(), "depth_task": ((out[1] - y2) ** 2).mean()}
+        total = w.combine(losses, model)
+        if step == 0:
+            # hand-computed: g_t = ‖∇_W L_t‖ at the shared layer; ratios are 1 at the first step
+            g = []
+            for loss in losses.values():
+                grads = torch.autograd.grad(loss, list(model.shared.parameters()), retain_graph=True)
+                g.append(torch.sqrt(sum((gr**2).sum() for gr in grads)))
+            g = torch.stack(g)
+            target = g.mean()
+            assert torch.allclose(w.task_weights.grad, torch.sign(g - target) * g, rtol=1e-5)
+        total.backward()
+        opt.step()
+        w.after_step()
+        tw = w.task_weights.detach()
+        assert (tw > 0).all()
+        assert tw.sum().item() == pytest.approx(2.0, abs=1e-5)
+    # the task with the larger gradient norm (the large-scale regression) is down-weighted
+    assert w.weights()["depth_task"] < w.weights()["seg_task"]
+
+
+@pytest.mark.parametrize("name", ["fixed", "uncertainty", "gradnorm"])
+def test_weighting_state_round_trips(name):
+    a = build_weighting(name)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.copy_(torch.tensor([0.3, 1.7]))
+    for buf in a.buffers():
+        if buf.dtype == torch.bool:
+            buf.fill_(True)
+        else:
+            buf.copy_(torch.tensor([5.0, 6.0]))
+    b = build_weighting(name)
+    b.load_state_dict(a.state_dict())
+    assert a.weights() == b.weights()
+    for (_, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_one_backward_per_training_step_with_gradnorm(synthetic_prepared, monkeypatch, tmp_path):
+    from crosstask_cli.engine.config import TrainConfig
+    from crosstask_cli.engine.trainer import Trainer
+
+    cfg = TrainConfig.for_dataset(
+        "synthetic", height=32, width=64, enc_layers=18, batch_size=2, workers=0, weighting="gradnorm", epochs=1
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup(synthetic_prepared)
+    calls = []
+    original = torch.Tensor.backward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", counting)
+    images, seg, depth, ids = next(iter(trainer.loader))
+    before = trainer.weighting.task_weights.detach().clone()
+    assert trainer._train_step(images, seg, depth, ids) is not None
+    assert len(calls) == 1
+    assert not torch.equal(before, trainer.weighting.task_weights.detach())  # weights were updated too
+    assert ct.GradNormWeighting is type(trainer.weighting)
