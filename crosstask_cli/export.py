@@ -2,7 +2,8 @@
 
 The graph takes ``image``: B×3×H×W float32 normalised as the checkpoint says, and returns ``seg_logits``
 (B×C×H×W) and ``depth`` (B×1×H×W, dataset units). Batch is dynamic, and so are H and W as multiples of 32
-(the encoder's stride); pad other sizes before calling. Needs the optional extra: pip install "crosstask-cli[onnx]".
+(the encoder's stride) from 64 up (torch.export specialises a size-1 dimension, so the traced example has at least
+two encoder cells per side); pad other sizes before calling. Needs the optional extra: pip install "crosstask-cli[onnx]".
 """
 
 from __future__ import annotations
@@ -58,15 +59,11 @@ def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, op
     if h % 32 or w % 32:
         raise ValueError(f"{ckpt}: the model's input size {h}×{w} is not a multiple of 32, which the ONNX graph needs")
     module = DirectPredictions(model_from_checkpoint(c)).eval()
-    example = torch.randn(2, 3, h, w)
+    eh, ew = max(h, 64), max(w, 64)
+    example = torch.randn(2, 3, eh, ew)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    dynamic = {
-        "image": {
-            0: batch,
-            2: 32 * torch.export.Dim("h32", min=1, max=256),
-            3: 32 * torch.export.Dim("w32", min=1, max=256),
-        }
-    }
+    cells_h, cells_w = torch.export.Dim("h32", min=2, max=256), torch.export.Dim("w32", min=2, max=256)
+    dynamic = {"image": {0: batch, 2: 32 * cells_h, 3: 32 * cells_w}}
     with torch.no_grad():
         program = torch.onnx.export(
             module,
@@ -84,7 +81,7 @@ def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, op
     atomic_write(onnx_path, lambda f: f.write(program.model_proto.SerializeToString()))
     result = ExportResult(onnx_path)
     if verify:
-        result = verify_onnx(module, onnx_path, [(1, 3, h, w), (3, 3, h + 32, w + 64)])
+        result = verify_onnx(module, onnx_path, [(1, 3, eh, ew), (3, 3, eh + 32, ew + 64)])
     return result
 
 

@@ -59,10 +59,12 @@ def read_image(path: Path) -> np.ndarray:
     """Any common image file → H×W×3 uint8 RGB (grayscale, RGBA, 16-bit and EXIF orientation handled)."""
     import cv2
 
-    if path.stat().st_size == 0:
+    data = path.read_bytes()
+    if not data:
         raise ValueError("empty file")
+    check_complete(data)
     # ANYDEPTH|ANYCOLOR keeps 16-bit data and applies the EXIF orientation (IMREAD_UNCHANGED would not).
-    img = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise ValueError("not a readable image")
     if img.dtype == np.uint16:
@@ -76,6 +78,14 @@ def read_image(path: Path) -> np.ndarray:
     if img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def check_complete(data: bytes) -> None:
+    """Reject truncated JPEG/PNG files, which OpenCV would otherwise decode partially (grey-filled)."""
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        raise ValueError("truncated JPEG (no end-of-image marker)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+        raise ValueError("truncated PNG (no IEND chunk)")
 
 
 def _encode_png(array: np.ndarray) -> bytes:

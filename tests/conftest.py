@@ -35,3 +35,24 @@ def synthetic_prepared(synthetic_raw, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prep") / "prepared"
     prepare_cityscapes(synthetic_raw, out, PrepareOptions(32, 64, 7), dataset="synthetic")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_raw, tmp_path_factory) -> Path:
+    """A finished 1-epoch training run (ResNet-18, 32×64) on ``synthetic_raw``; returns its run directory."""
+    import crosstask_cli as ct
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = ct.TrainConfig.for_dataset("synthetic", data=str(synthetic_raw), height=32, width=64, epochs=1, enc_layers=18,
+                                     batch_size=4, workers=0, max_steps_per_epoch=2)  # fmt: skip
+    ct.train(cfg, run_dir=run)
+    return run
+
+
+def run_cli(*args: str):
+    """Invoke the crosstask CLI in-process; returns the click Result (exit_code, output)."""
+    from typer.testing import CliRunner
+
+    from crosstask_cli.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)

@@ -55,8 +55,9 @@ def handle_errors(fn: Callable) -> Callable:
             raise
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc, _expected_errors()):
-                message = str(exc) or type(exc).__name__
-                err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+                # escaped: paths and hints such as "crosstask-cli[onnx]" contain square brackets
+                message = esc(str(exc) or type(exc).__name__)
+                err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             raise
 
@@ -89,6 +90,13 @@ def progress_factory():
             return lambda n: prog.advance(task, n)
 
         yield factory
+
+
+def esc(value: object) -> str:
+    """A value (path, message) made safe to interpolate into Rich markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 def fmt(value: object, digits: int = 4) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import fmt, handle_errors, out, progress_factory
+from crosstask_cli.cli.common import esc, fmt, handle_errors, out, progress_factory
 
 HELP = """Run the whole lifecycle on generated street scenes in a few minutes on a CPU: render a synthetic
 Cityscapes-layout dataset, train a small model (ResNet-18, 64×128), evaluate it, predict on validation images
@@ -42,9 +42,9 @@ def demo_command(
     out.print(t)
     a = Table(title="artefacts", title_justify="left", show_header=False)
     for name, path in res.artefacts.items():
-        a.add_row(name, str(path))
+        a.add_row(name, esc(path))
     out.print(a)
     out.print(
-        f"next: [bold]crosstask eval --ckpt {res.artefacts['best checkpoint']}[/] · "
-        f"[bold]crosstask predict IMAGES --ckpt {res.artefacts['best checkpoint']} --out preds[/]"
+        f"next: [bold]crosstask eval --ckpt {esc(res.artefacts['best checkpoint'])}[/] · "
+        f"[bold]crosstask predict IMAGES --ckpt {esc(res.artefacts['best checkpoint'])} --out preds[/]"
     )

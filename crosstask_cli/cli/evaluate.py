@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import CLIError, err, fmt, handle_errors, out
+from crosstask_cli.cli.common import CLIError, err, esc, fmt, handle_errors, out
 
 HELP = """Evaluate a checkpoint (--ckpt) or a folder of predictions (--predictions) on a dataset split.
 
@@ -139,4 +139,4 @@ def eval_command(
         from crosstask_cli.engine.checkpoint import atomic_write_text
 
         atomic_write_text(json_file, json.dumps(_json_safe(res), indent=2))
-        out.print(f"results written to [bold]{json_file}[/]")
+        out.print(f"results written to [bold]{esc(json_file)}[/]")

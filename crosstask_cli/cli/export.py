@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from crosstask_cli.cli.common import handle_errors, out
+from crosstask_cli.cli.common import esc, handle_errors, out
 
 HELP = """Export a checkpoint's direct predictions to ONNX (dynamic batch; height/width dynamic in multiples of
 32) and verify it against PyTorch with onnxruntime. Needs: pip install "crosstask-cli[onnx]"."""
@@ -31,7 +31,7 @@ def export_command(
         res = export_onnx(ckpt, onnx_file, verify=verify)
     except ImportError as exc:
         raise CLIError(str(exc)) from None
-    out.print(f"[green]exported[/] [bold]{res.path}[/] (inputs 'image' B×3×H×W; outputs 'seg_logits', 'depth')")
+    out.print(f"[green]exported[/] [bold]{esc(res.path)}[/] (inputs 'image' B×3×H×W; outputs 'seg_logits', 'depth')")
     if res.max_abs_diff_seg is not None:
         shapes = ", ".join("×".join(map(str, s)) for s in res.checked_shapes or [])
         out.print(

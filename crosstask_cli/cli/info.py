@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import fmt, handle_errors, out
+from crosstask_cli.cli.common import esc, fmt, handle_errors, out
 
 HELP = "Show what a checkpoint holds: model, dataset, training config, epoch and metrics."
 
@@ -17,7 +17,7 @@ def info_command(ckpt: Path = typer.Argument(..., help="A crosstask checkpoint (
     from crosstask_cli.engine.checkpoint import load_checkpoint
 
     c = load_checkpoint(ckpt)
-    table = Table(title=str(ckpt), show_header=False)
+    table = Table(title=esc(ckpt), show_header=False)
     mc, ds = c["model_config"], c["dataset"]
     table.add_row(
         "model",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from crosstask_cli.cli.common import err, handle_errors, out
+from crosstask_cli.cli.common import err, esc, handle_errors, out
 
 HELP = """Predict segmentation and depth for images (files and folders) with a checkpoint.
 
@@ -52,12 +52,12 @@ def predict_command(
             on_total=lambda n: prog.update(task, total=n),
         )
     for path, reason in result.skipped:
-        err.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        err.print(f"[yellow]skipped[/] {esc(path)}: {esc(reason)}", highlight=False)
     n, s = len(result.written), len(result.skipped)
     if n == 0:
         err.print(f"[bold red]error:[/] no image could be processed ({s} skipped)")
         raise typer.Exit(1)
     out.print(
-        f"[green]predicted[/] {n} image(s) → [bold]{out_dir}[/] in {result.seconds:.1f} s "
+        f"[green]predicted[/] {n} image(s) → [bold]{esc(out_dir)}[/] in {result.seconds:.1f} s "
         f"({result.images_per_second:.2f} images/s)" + (f"; skipped {s}" if s else "")
     )

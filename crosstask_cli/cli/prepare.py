@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from crosstask_cli.cli.common import CLIError, err, handle_errors, out, progress_factory
+from crosstask_cli.cli.common import CLIError, err, esc, handle_errors, out, progress_factory
 
 app = typer.Typer(
     help="Convert a dataset into crosstask's prepared format (memory-mapped arrays + meta.json), or render "
@@ -33,7 +33,7 @@ def _report(path: Path) -> None:
     meta = read_meta(path)
     splits = ", ".join(f"{k}: {v}" for k, v in meta["splits"].items())
     out.print(
-        f"[green]prepared[/] {meta['dataset']} → [bold]{path}[/] ({meta['height']}×{meta['width']}, "
+        f"[green]prepared[/] {meta['dataset']} → [bold]{esc(path)}[/] ({meta['height']}×{meta['width']}, "
         f"{meta['num_classes']} classes, depth {meta['depth']['kind']}; {splits})"
     )
 
@@ -121,7 +121,7 @@ def synthetic(
     with progress_factory() as progress:
         path = prepare_synthetic(out_dir, train, val, height, width, seed, force, progress)
     out.print(
-        f"[green]rendered[/] {train} train + {val} val scenes ({height}×{width}) → [bold]{path}[/] "
+        f"[green]rendered[/] {train} train + {val} val scenes ({height}×{width}) → [bold]{esc(path)}[/] "
         "(Cityscapes raw layout; use it with `--data` or `crosstask prepare cityscapes --src`)"
     )
     err.print("", end="")

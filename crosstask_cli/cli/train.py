@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import CLIError, err, fmt, handle_errors, out
+from crosstask_cli.cli.common import CLIError, err, esc, fmt, handle_errors, out
 
 HELP = """Train CrossTaskNet (ResNet encoder, two decoders, two TaskTransferNets) with cross-task consistency.
 
@@ -35,7 +35,7 @@ def _reporter():
             err.print(
                 f"[bold]training[/] on {info['device']}: {info['train']} train images, model selection on "
                 f"'{info['select_split']}' ({info['val']} images), {info['params']:,} parameters{resumed}\n"
-                f"run directory: [bold]{info['run_dir']}[/]"
+                f"run directory: [bold]{esc(info['run_dir'])}[/]"
             )
             self.progress.start()
 
@@ -84,7 +84,7 @@ def _reporter():
             self.progress.console.print(t)
 
         def message(self, text: str) -> None:
-            self.progress.console.print(f"[yellow]{text}[/]")
+            self.progress.console.print(f"[yellow]{esc(text)}[/]")
 
         def end(self, result) -> None:
             self.progress.stop()
@@ -282,6 +282,6 @@ def train_command(
     out.print(
         f"[green]done[/]: {result.epochs_done} epochs; best epoch {result.best_epoch} "
         f"({cfg.select_metric} {fmt(result.best_score)})\n"
-        f"  checkpoints: {ckpts / 'best.pt'}, {ckpts / 'last.pt'}\n"
-        f"  log: {result.run_dir / 'metrics.csv'}   curves: {result.run_dir / 'plots'}"
+        f"  checkpoints: {esc(ckpts / 'best.pt')}, {esc(ckpts / 'last.pt')}\n"
+        f"  log: {esc(result.run_dir / 'metrics.csv')}   curves: {esc(result.run_dir / 'plots')}"
     )

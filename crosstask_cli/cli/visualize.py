@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from crosstask_cli.cli.common import CLIError, handle_errors, out
+from crosstask_cli.cli.common import CLIError, esc, handle_errors, out
 
 app = typer.Typer(
     help="Draw PNG figures: prediction panels, dataset/prediction sample grids, training curves.", no_args_is_help=True
@@ -24,7 +24,7 @@ def predictions(
     from crosstask_cli.visualize import prediction_panels
 
     paths = prediction_panels(pred_dir, out_dir or pred_dir / "panels", limit)
-    out.print(f"[green]wrote[/] {len(paths)} panel(s) to [bold]{(out_dir or pred_dir / 'panels')}[/]")
+    out.print(f"[green]wrote[/] {len(paths)} panel(s) to [bold]{esc(out_dir or pred_dir / 'panels')}[/]")
 
 
 @app.command("samples")
@@ -65,7 +65,7 @@ def samples(
             name = "nyu" if layout == "nyu-mtan" else "cityscapes"
             prepared = resolve_data(name, data, height or 128, width or 256, classes)
     path = sample_grid(prepared, out_file, split, count, ckpt, device, seed)
-    out.print(f"[green]wrote[/] [bold]{path}[/]")
+    out.print(f"[green]wrote[/] [bold]{esc(path)}[/]")
 
 
 @app.command("curves")
@@ -78,4 +78,4 @@ def curves(
     from crosstask_cli.visualize import curves_from_run
 
     paths = curves_from_run(run_dir, out_dir)
-    out.print("[green]wrote[/] " + ", ".join(f"[bold]{p}[/]" for p in paths))
+    out.print("[green]wrote[/] " + ", ".join(f"[bold]{esc(p)}[/]" for p in paths))

@@ -56,10 +56,9 @@ def find_raw_samples(src: Path, split: str) -> list[RawSample]:
             continue
         samples.append(RawSample(stem, img, label, disp, camera if camera.is_file() else None))
     if missing:
-        shown = "\n  ".join(missing[:5])
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DatasetError(
-            f"{src}: {len(missing)} label/disparity files missing for split {split!r}, e.g.\n  {shown}{more}"
+            f"{src}: {len(missing)} label/disparity files missing for split {split!r}, e.g. {', '.join(missing[:3])}{more}"
         )
     return samples
 

@@ -60,12 +60,10 @@ def detect_layout(src: Path) -> str:
     if is_mtan_layout(src, ("label",)):
         return "nyu-mtan"
     raise DatasetError(
-        f"{src}: matches no known dataset layout. Expected one of:\n"
-        "  Cityscapes raw:    leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/.../*_gtFine_labelIds.png, "
-        "disparity/.../*_disparity.png\n"
-        "  MTAN CityScapes:   {train,val}/{image,label_7,label_19,depth}/<i>.npy\n"
-        "  MTAN NYUv2:        {train,val}/{image,label,depth,normal}/<i>.npy\n"
-        "  prepared:          meta.json + {split}/{images,labels,depth}.npy"
+        f"{src}: matches no known dataset layout; expected Cityscapes raw (leftImg8bit/{{train,val}}/<city>/*_leftImg8bit.png "
+        "+ gtFine/…/*_gtFine_labelIds.png + disparity/…/*_disparity.png), MTAN CityScapes "
+        "({train,val}/{image,label_7,label_19,depth}/<i>.npy), MTAN NYUv2 ({train,val}/{image,label,depth,normal}/<i>.npy) "
+        "or a prepared dataset (meta.json + <split>/{images,labels,depth}.npy)"
     )
 
 

@@ -157,7 +157,7 @@ def evaluate_predictions(
         preds = [read_prediction(pred_dir, i, h, w) for i in ids]
         seg_p = torch.from_numpy(np.stack([p[0] for p in preds]).astype(np.int64))
         dep_p = torch.from_numpy(np.stack([p[1] for p in preds]))
-        seg_t = torch.from_numpy(np.asarray(s.labels[start : start + len(ids)]).astype(np.int64))
-        dep_t = torch.from_numpy(np.asarray(s.depth[start : start + len(ids)], dtype=np.float32))
+        seg_t = torch.from_numpy(np.array(s.labels[start : start + len(ids)], dtype=np.int64))
+        dep_t = torch.from_numpy(np.array(s.depth[start : start + len(ids)], dtype=np.float32))
         metrics.update(seg_p, seg_t, dep_p, dep_t)
     return metrics.result(protocol, split)

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from crosstask_cli.predict import predict, read_image
+
+HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> Path:
+    """A folder of real and odd image files: a photograph, grayscale, RGBA, 16-bit, EXIF-rotated, broken ones."""
+    d = tmp_path_factory.mktemp("inputs")
+    photo = cv2.imread(str(HOPPER))
+    cv2.imwrite(str(d / "hopper.jpg"), photo)
+    cv2.imwrite(str(d / "gray.png"), np.tile(np.arange(50, dtype=np.uint8), (30, 1)))
+    rgba = np.zeros((21, 33, 4), np.uint8)
+    rgba[..., 2], rgba[..., 3] = 200, 128
+    cv2.imwrite(str(d / "rgba.png"), rgba)
+    cv2.imwrite(str(d / "deep.png"), (np.arange(40 * 24, dtype=np.uint16).reshape(24, 40) * 60))
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° on display: 40×20 stored, 20×40 shown
+    img.save(d / "rotated.jpg", exif=exif.tobytes())
+    cv2.imwrite(str(d / "sub_dir_image.bmp"), photo[:50, :70])
+    (d / "nested").mkdir()
+    cv2.imwrite(str(d / "nested" / "small.webp"), photo[:40, :60])
+    data = HOPPER.read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "notes.png").write_text("this is not an image")
+    (d / "empty.png").write_bytes(b"")
+    return d
+
+
+SIZES = {"hopper": (600, 512), "gray": (30, 50), "rgba": (21, 33), "deep": (24, 40), "rotated": (40, 20),
+         "sub_dir_image": (50, 70), "nested/small": (40, 60)}  # fmt: skip
+
+
+def test_read_image_handles_odd_formats(odd_images):
+    assert read_image(odd_images / "gray.png").shape == (30, 50, 3)
+    rgba = read_image(odd_images / "rgba.png")
+    assert rgba.shape == (21, 33, 3) and rgba[0, 0].tolist() == [200, 0, 0]
+    deep = read_image(odd_images / "deep.png")
+    assert deep.dtype == np.uint8 and deep.max() > 200
+    rotated = read_image(odd_images / "rotated.jpg")
+    assert rotated.shape == (40, 20, 3)  # EXIF orientation applied
+    for bad in ("truncated.jpg", "notes.png", "empty.png"):
+        with pytest.raises(ValueError):
+            read_image(odd_images / bad)
+
+
+def test_predict_writes_outputs_at_original_size_and_skips_bad_files(odd_images, tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints/best.pt"
+    res = predict([odd_images], ckpt, tmp_path / "out", batch_size=3, recursive=True, transfer=True, device="cpu")
+    assert sorted(res.written) == sorted(SIZES)
+    assert sorted(Path(p).name for p, _ in res.skipped) == ["empty.png", "notes.png", "truncated.jpg"]
+    for rel, (h, w) in SIZES.items():
+        seg = cv2.imread(str(tmp_path / "out" / f"{rel}_seg.png"), cv2.IMREAD_UNCHANGED)
+        assert seg.shape == (h, w) and seg.dtype == np.uint8 and seg.max() < 7
+        depth = np.load(tmp_path / "out" / f"{rel}_depth.npy")
+        assert depth.shape == (h, w) and depth.dtype == np.float32 and np.isfinite(depth).all()
+        assert cv2.imread(str(tmp_path / "out" / f"{rel}_seg_color.png")).shape == (h, w, 3)
+        assert cv2.imread(str(tmp_path / "out" / f"{rel}_depth_color.png")).shape == (h, w, 3)
+        assert np.load(tmp_path / "out" / f"{rel}_depth_transfer.npy").shape == (h, w)
+        assert cv2.imread(str(tmp_path / "out" / f"{rel}_seg_transfer.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+    manifest = json.loads((tmp_path / "out/predictions.json").read_text())
+    assert manifest["inputs"]["nested/small"].endswith("small.webp")
+
+
+def test_direct_predictions_do_not_depend_on_the_transfer_flag(tiny_run, tmp_path):
+    a = predict([HOPPER], tiny_run / "checkpoints/best.pt", tmp_path / "a", device="cpu")
+    b = predict([HOPPER], tiny_run / "checkpoints/best.pt", tmp_path / "b", transfer=True, device="cpu")
+    assert a.written == b.written == ["grace_hopper"]
+    assert np.array_equal(
+        np.load(tmp_path / "a/grace_hopper_depth.npy"), np.load(tmp_path / "b/grace_hopper_depth.npy")
+    )
+    assert not (tmp_path / "a/grace_hopper_depth_transfer.npy").exists()
+
+
+def test_predict_protects_inputs_and_existing_outputs(odd_images, tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints/best.pt"
+    with pytest.raises(ValueError, match="inside the input folder"):
+        predict([odd_images], ckpt, odd_images / "preds")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="--force"):
+        predict([HOPPER], ckpt, tmp_path / "out")
+    predict([HOPPER], ckpt, tmp_path / "out", force=True)
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+def test_cli_predict_exit_codes_and_foreign_checkpoint(odd_images, tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints/best.pt"
+    r = run_cli("predict", odd_images / "gray.png", odd_images / "notes.png", "--ckpt", ckpt, "--out", tmp_path / "o1")
+    assert r.exit_code == 0 and "skipped" in r.output and "images/s" in r.output
+    r = run_cli("predict", odd_images / "notes.png", odd_images / "empty.png", "--ckpt", ckpt, "--out", tmp_path / "o2")
+    assert r.exit_code == 1 and "no image could be processed" in r.output
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    r = run_cli("predict", HOPPER, "--ckpt", foreign, "--out", tmp_path / "o3")
+    assert r.exit_code == 1 and "not a crosstask checkpoint" in r.output
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    img = cv2.imread(str(path))
+    assert img is not None, f"{path} is not a valid PNG"
+    return img.shape[:2]
+
+
+def test_visualize_outputs_are_readable_pngs(odd_images, tiny_run, synthetic_prepared, tmp_path):
+    ckpt = tiny_run / "checkpoints/best.pt"
+    predict([odd_images / "hopper.jpg", odd_images / "gray.png"], ckpt, tmp_path / "p", transfer=True)
+    r = run_cli("visualize", "predictions", tmp_path / "p", "--out", tmp_path / "panels")
+    assert r.exit_code == 0, r.output
+    h, w = _png_size(tmp_path / "panels/hopper_panel.png")
+    assert w > 1000 and 300 < h < 1200  # five panels side by side
+    r = run_cli(
+        "visualize", "samples", "--data", synthetic_prepared, "--ckpt", ckpt, "-n", "3", "--out", tmp_path / "grid.png"
+    )
+    assert r.exit_code == 0, r.output
+    gh, gw = _png_size(tmp_path / "grid.png")
+    assert gw > 1.5 * gh and gh > 200
+    r = run_cli("visualize", "samples", "--data", synthetic_prepared, "--out", tmp_path / "gt.png")
+    assert r.exit_code == 0 and _png_size(tmp_path / "gt.png")[0] > 200
+    r = run_cli("visualize", "curves", tiny_run, "--out", tmp_path / "curves")
+    assert r.exit_code == 0
+    assert _png_size(tmp_path / "curves/losses.png")[1] > 800 and _png_size(tmp_path / "curves/metrics.png")[1] > 800
+    r = run_cli("visualize", "curves", tmp_path)
+    assert r.exit_code == 1 and "no metrics.csv" in r.output
+
+
+def test_onnx_export_matches_pytorch(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'crosstask-cli[onnx]')")
+    pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install 'crosstask-cli[onnx]')")
+    from crosstask_cli.export import export_onnx
+
+    res = export_onnx(tiny_run / "checkpoints/best.pt", tmp_path / "m.onnx")
+    assert res.max_abs_diff_seg <= 1e-4 and res.max_abs_diff_depth <= 1e-4
+    assert len(res.checked_shapes) == 2 and res.checked_shapes[0][0] != res.checked_shapes[1][0]
+    r = run_cli("export", "--ckpt", tiny_run / "checkpoints/best.pt", "--onnx", tmp_path / "m.onnx")
+    assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_export_without_onnx_says_what_to_install(tiny_run, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnx", "onnxscript", "onnxruntime"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    r = run_cli("export", "--ckpt", tiny_run / "checkpoints/best.pt", "--onnx", tmp_path / "x.onnx")
+    assert r.exit_code == 1 and "crosstask-cli[onnx]" in r.output
+    assert not os.path.exists(tmp_path / "x.onnx")
