@@ -38,8 +38,9 @@ class DemoResult:
 def run_demo(
     out: str | Path, settings: DemoSettings | None = None, force: bool = False, reporter=None, progress=None
 ) -> DemoResult:
+    from crosstask_cli.atomic import atomic_write_text
     from crosstask_cli.data.prepare import prepare_synthetic
-    from crosstask_cli.engine.checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from crosstask_cli.engine.config import TrainConfig
     from crosstask_cli.engine.evaluator import evaluate
     from crosstask_cli.engine.trainer import train

@@ -51,7 +51,8 @@ def _require_onnx() -> None:
 def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, opset: int = 18) -> ExportResult:
     """Export a checkpoint's direct predictions to ONNX; with ``verify`` compare against PyTorch in
     onnxruntime on two batch sizes and two spatial sizes (max abs difference must stay ≤ 1e-4)."""
-    from crosstask_cli.engine.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+    from crosstask_cli.atomic import atomic_write
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     _require_onnx()
     c = load_checkpoint(ckpt)

@@ -138,10 +138,11 @@ def predict(
     import torch
     import torch.nn.functional as F
 
+    from crosstask_cli.atomic import atomic_write
     from crosstask_cli.data.dataset import normalise
     from crosstask_cli.data.labels import colorize
     from crosstask_cli.data.resize import resize_image
-    from crosstask_cli.engine.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from crosstask_cli.engine.device import resolve_device
     from crosstask_cli.visualize import colorize_depth
 
@@ -178,7 +179,7 @@ def predict(
                 files[f"_seg{tag}.png"] = _encode_png(labels)
                 files[f"_seg{tag}_color.png"] = _encode_png(colorize(labels, palette))
                 files[f"_depth{tag}.npy"] = _npy_bytes(depth)
-                files[f"_depth{tag}_color.png"] = _encode_png(colorize_depth(depth, depth_kind))
+                files[f"_depth{tag}_color.png"] = _encode_png(colorize_depth(depth, depth_kind, mark_invalid=False))
             for suffix, data in files.items():
                 atomic_write(out / f"{rel}{suffix}", lambda fh, d=data: fh.write(d))
             result.written.append(str(rel))

@@ -19,7 +19,7 @@ def _pyplot():
 def plot_training_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """Draw ``losses.png`` (train and validation loss components) and ``metrics.png`` (validation metrics)
     from metrics.csv rows into ``out_dir``; returns the written paths."""
-    from crosstask_cli.engine.checkpoint import atomic_write
+    from crosstask_cli.atomic import atomic_write
 
     plt = _pyplot()
     out_dir = Path(out_dir)
@@ -93,14 +93,24 @@ def depth_range(depth: np.ndarray, kind: str) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def colorize_depth(depth: np.ndarray, kind: str, vrange: tuple[float, float] | None = None) -> np.ndarray:
-    """H×W depth → H×W×3 uint8 RGB with the perceptual 'magma' colormap, bright = near; invalid (0) dark grey."""
+def colorize_depth(
+    depth: np.ndarray, kind: str, vrange: tuple[float, float] | None = None, mark_invalid: bool = True
+) -> np.ndarray:
+    """H×W depth → H×W×3 uint8 RGB with the perceptual 'magma' colormap, bright = near.
+
+    ``mark_invalid``: ground truth's 0 (no measurement) is drawn dark grey; predictions have no invalid
+    pixels, so for them (False) a value ≤ 0 is simply the far end of the scale.
+    """
     import matplotlib
 
+    if not mark_invalid:
+        floor = 1e-6 if kind == "inverse" else None
+        depth = np.maximum(depth, floor) if floor else np.where(depth > 0, depth, np.inf)
     lo, hi = vrange or depth_range(depth, kind)
     norm = np.clip((depth_display(depth, kind) - lo) / (hi - lo), 0, 1)
     rgb = (matplotlib.colormaps[DEPTH_CMAP](norm)[..., :3] * 255 + 0.5).astype(np.uint8)
-    rgb[depth <= 0] = INVALID_RGB
+    if mark_invalid:
+        rgb[depth <= 0] = INVALID_RGB
     return rgb
 
 
@@ -124,15 +134,16 @@ def _legend(fig, class_names: list[str], palette: list, present: set[int] | None
 
 
 def _depth_axis(fig, ax, depth: np.ndarray, kind: str, unit: str, title: str, vrange=None) -> None:
+    """A predicted depth map with its colorbar."""
     import matplotlib
 
     lo, hi = vrange or depth_range(depth, kind)
-    ax.imshow(colorize_depth(depth, kind, (lo, hi)))
+    ax.imshow(colorize_depth(depth, kind, (lo, hi), mark_invalid=False))
     ax.set_title(title, fontsize=10)
     ax.axis("off")
     sm = matplotlib.cm.ScalarMappable(cmap=DEPTH_CMAP, norm=matplotlib.colors.Normalize(lo, hi))
     cb = fig.colorbar(sm, ax=ax, fraction=0.035, pad=0.02)
-    cb.set_label("1 / depth (1/m)" if kind == "metric" else unit, fontsize=8)
+    cb.set_label("1 / depth (1/m), bright = near" if kind == "metric" else "inverse depth, bright = near", fontsize=8)
     cb.ax.tick_params(labelsize=7)
 
 
@@ -143,8 +154,8 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
 
     import cv2
 
+    from crosstask_cli.atomic import atomic_write
     from crosstask_cli.data.labels import colorize
-    from crosstask_cli.engine.checkpoint import atomic_write
     from crosstask_cli.predict import MANIFEST, read_image
 
     plt = _pyplot()
@@ -186,7 +197,7 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
                 vr,
             )
             present |= set(np.unique(t_labels).tolist())
-        for ax in axes[:2]:
+        for ax in axes:
             ax.axis("off")
         _legend(fig, names, palette, present)
         fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -209,9 +220,10 @@ def sample_grid(
     image, GT seg, predicted seg, transferred seg, GT depth, predicted depth, transferred depth, |depth error|."""
     import torch
 
+    from crosstask_cli.atomic import atomic_write
     from crosstask_cli.data.dataset import PreparedDataset
     from crosstask_cli.data.labels import colorize
-    from crosstask_cli.engine.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     plt = _pyplot()
     ds = PreparedDataset(data, split)
@@ -258,7 +270,7 @@ def sample_grid(
             axes[r, c_i].axis("off")
         for d_i, (title, dmap) in enumerate(depth_cells):
             ax = axes[r, len(cells) + d_i]
-            ax.imshow(colorize_depth(np.where(depth > 0, dmap, 0) if d_i == 0 else dmap, kind, vr))
+            ax.imshow(colorize_depth(dmap, kind, vr, mark_invalid=d_i == 0))
             ax.set_title(title if r == 0 else "", fontsize=9)
             ax.axis("off")
         if model is not None:
@@ -273,7 +285,7 @@ def sample_grid(
             -0.02, 0.5, ds.files[i], transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=7
         )
     _legend(fig, names, palette)
-    fig.suptitle(f"{meta['dataset']} · {split} · depth: bright = near ({unit}), grey = invalid", fontsize=10)
+    fig.suptitle(f"{meta['dataset']} · {split} · depth in {unit}: bright = near, grey = no ground truth", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(out)
     _save(fig, path, atomic_write)

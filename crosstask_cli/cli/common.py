@@ -10,8 +10,15 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+
+def _console(stderr: bool) -> Console:
+    # Logs and pipes get a wide console so tables are not squeezed to 80 columns.
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=160)
+
+
+out = _console(False)
+err = _console(True)
 
 
 class CLIError(Exception):
@@ -105,6 +112,13 @@ def fmt(value: object, digits: int = 4) -> str:
             return "–"
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def fmt_sig(value: float, sig: int = 3) -> str:
+    """Compact number for narrow tables: 3 significant digits (0.0123, 1.45, 2.1e-05)."""
+    if value != value:
+        return "–"
+    return f"{value:.{sig}g}"
 
 
 def exit_code_for(ok: bool) -> None:

@@ -136,7 +136,7 @@ def eval_command(
         res["data"] = str(prepared)
     render_results(res)
     if json_file is not None:
-        from crosstask_cli.engine.checkpoint import atomic_write_text
+        from crosstask_cli.atomic import atomic_write_text
 
         atomic_write_text(json_file, json.dumps(_json_safe(res), indent=2))
         out.print(f"results written to [bold]{esc(json_file)}[/]")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import CLIError, err, esc, fmt, handle_errors, out
+from crosstask_cli.cli.common import CLIError, err, esc, fmt, fmt_sig, handle_errors, out
 
 HELP = """Train CrossTaskNet (ResNet encoder, two decoders, two TaskTransferNets) with cross-task consistency.
 
@@ -58,29 +58,24 @@ def _reporter():
             self.progress.advance(self.task, n)
 
         def epoch_end(self, row: dict) -> None:
-            t = Table(title=f"epoch {row['epoch']}", title_justify="left", pad_edge=False)
-            cols = [
-                ("seg", "train_seg"),
-                ("depth", "train_depth"),
-                ("tseg", "train_tseg"),
-                ("tdepth", "train_tdepth"),
-                ("val loss", "val_loss"),
-                ("mIoU", "val_miou"),
-                ("pix acc", "val_pixel_acc"),
-                ("abs", "val_abs_err"),
-                ("abs rel", "val_rel_err"),
-                ("lr", "lr"),
-            ]
-            weights = [k for k in row if k.startswith("weight_")]
-            for name, _ in cols:
-                t.add_column(name, justify="right")
-            for k in weights:
-                t.add_column("w " + k.removeprefix("weight_").removesuffix("_task"), justify="right")
-            t.add_column("s", justify="right")
-            t.add_column("best", justify="center")
-            values = [fmt(row[k]) if k != "lr" else f"{row[k]:.2e}" for _, k in cols]
-            values += [fmt(row[k], 3) for k in weights] + [f"{row['seconds']:.0f}", "★" if row.get("best") else ""]
-            t.add_row(*values)
+            from rich import box
+
+            weights = " ".join(
+                f"{k.removeprefix('weight_').removesuffix('_task')} {fmt_sig(float(v))}"
+                for k, v in row.items()
+                if k.startswith("weight_")
+            )
+            title = (
+                f"epoch {row['epoch']} · {row['seconds']:.0f} s · lr {float(row['lr']):.2g} · task weights {weights}"
+                + (" · [bold green]★ best[/]" if row.get("best") else "")
+            )
+            t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+            losses = ("seg", "depth", "tseg", "tdepth")
+            for name in ("", *losses, "loss", "mIoU", "pixacc", "abs", "absrel"):
+                t.add_column(name, justify="right" if name else "left", no_wrap=True)
+            t.add_row("train", *(fmt_sig(float(row[f"train_{k}"])) for k in losses), fmt_sig(float(row["train_total"])))
+            val = [row.get(f"val_{k}") for k in (*losses, "loss", "miou", "pixel_acc", "abs_err", "rel_err")]
+            t.add_row(row.get("val_split", "val"), *(fmt_sig(float(v)) if v is not None else "" for v in val))
             self.progress.console.print(t)
 
         def message(self, text: str) -> None:
@@ -187,6 +182,11 @@ def train_command(
     skip_nonfinite: int = typer.Option(
         None, "--skip-nonfinite", help="Tolerate up to N batches with a non-finite loss (skipped) before stopping (0)."
     ),
+    save_every_steps: int = typer.Option(
+        None,
+        "--save-every-steps",
+        help="Also write last.pt every N steps inside an epoch (long epochs on preemptible machines); --resume continues from that step.",
+    ),
     synthetic_train: int = typer.Option(
         None, "--synthetic-train", help="Scenes to generate for train when the synthetic set is missing (400)."
     ),
@@ -241,6 +241,7 @@ def train_command(
         eval_batch_size=eval_batch_size,
         select_metric=select_metric,
         skip_nonfinite=skip_nonfinite,
+        save_every_steps=save_every_steps,
         synthetic_train=synthetic_train,
         synthetic_val=synthetic_val,
     )
@@ -248,7 +249,14 @@ def train_command(
         if run_dir is None:
             raise CLIError("--resume needs --run-dir: the run to continue")
         allowed = {"epochs", "device", "workers"}
-        changed = sorted(k for k, v in given.items() if v is not None and k not in allowed)
+        saved_path = run_dir / "config.json"
+        saved = TrainConfig.load(saved_path).to_dict() if saved_path.is_file() else {}
+        # Repeating the original command with --resume is fine; changing the recipe is not.
+        changed = sorted(
+            k
+            for k, v in given.items()
+            if v is not None and k not in allowed and (list(v) if isinstance(v, tuple) else v) != saved.get(k)
+        )
         if changed:
             raise CLIError(
                 f"--resume continues the saved config; it cannot change {', '.join('--' + c.replace('_', '-') for c in changed)}"

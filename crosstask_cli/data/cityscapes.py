@@ -143,5 +143,5 @@ def convert_raw_sample(
 
 def depth_meta(kind: str) -> dict:
     if kind == "inverse":
-        return {"kind": "inverse", "unit": "disparity/256 (px at 2048 wide / 256)", "max": INVERSE_DEPTH_MAX}
+        return {"kind": "inverse", "unit": "inverse depth (disparity px / 256)", "max": INVERSE_DEPTH_MAX}
     return {"kind": "metric", "unit": "m", "max": METRIC_DEPTH_MAX}

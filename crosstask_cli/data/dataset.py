@@ -126,10 +126,14 @@ class EpochSampler(torch.utils.data.Sampler):
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self.start = 0
         self.per_rank = -(-length // num_replicas)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation; ``start`` skips that many of this rank's first indices
+        (to resume in the middle of an epoch)."""
         self.epoch = epoch
+        self.start = start
 
     def __iter__(self):
         if self.shuffle:
@@ -139,8 +143,8 @@ class EpochSampler(torch.utils.data.Sampler):
             order = list(range(self.length))
         total = self.per_rank * self.num_replicas
         order = (order * (total // max(len(order), 1) + 1))[:total]
-        for i in order[self.rank : total : self.num_replicas]:
+        for i in order[self.rank : total : self.num_replicas][self.start :]:
             yield (self.epoch, i)
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.per_rank - self.start

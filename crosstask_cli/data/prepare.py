@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from crosstask_cli import __version__
+from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
 from crosstask_cli.data.labels import class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
-from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared, read_meta, replace_dir
+from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared, read_meta
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -189,8 +189,7 @@ def prepare_synthetic(
         raise DatasetError("synthetic sets need at least one train and one val image")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         for split, n in (("train", train), ("val", val)):
             render_split_to_raw(tmp, split, n, height, width, seed, progress(f"render {split}", n))

@@ -12,14 +12,15 @@ interrupted prepare never leaves a half-written dataset, and ``--force`` never l
 
 from __future__ import annotations
 
+import errno
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from crosstask_cli.atomic import replace_dir, temp_dir_beside
 
 FORMAT = "crosstask-prepared"
 VERSION = 1
@@ -122,10 +123,12 @@ class PreparedWriter:
             raise FileExistsError(f"{self.out} already exists; pass --force to replace it")
         if self.out.exists() and not self.out.is_dir():
             raise DatasetError(f"{self.out} exists and is not a directory")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.out.parent, os.W_OK):
-            raise PermissionError(f"cannot write to {self.out.parent}")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        try:
+            self.tmp = temp_dir_beside(self.out)
+        except PermissionError as exc:
+            raise PermissionError(
+                f"{self.out.parent}: permission denied, cannot write the prepared dataset there"
+            ) from exc
         return self
 
     def new_split(self, split: str, n: int, height: int, width: int) -> dict[str, np.ndarray]:
@@ -163,24 +166,12 @@ class PreparedWriter:
         self._arrays.clear()
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise OSError(
+                    errno.ENOSPC, f"{self.out}: no space left on device while preparing; nothing was written"
+                ) from exc
             return
         if not (self.tmp / "meta.json").is_file():
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise RuntimeError("PreparedWriter closed without write_meta(); nothing was written")
         replace_dir(self.tmp, self.out)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished directory ``src`` to ``dst``; an existing ``dst`` is removed only after the move."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    try:
-        os.replace(src, dst)
-    except OSError:
-        if old is not None:
-            os.replace(old, dst)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -91,6 +91,7 @@ class TrainConfig:
     eval_batch_size: int = 8
     select_metric: str = "loss"
     skip_nonfinite: int = 0
+    save_every_steps: int | None = None
     synthetic_train: int = 400
     synthetic_val: int = 100
     extra: dict = field(default_factory=dict)
@@ -152,6 +153,10 @@ class TrainConfig:
             bad(f"Cityscapes-style data has 7 or 19 classes, got --num-classes {self.num_classes}")
         if self.workers < 0:
             bad(f"--workers must be ≥ 0, got {self.workers}")
+        if self.save_every_steps is not None and self.save_every_steps < 1:
+            bad("--save-every-steps must be ≥ 1")
+        if self.skip_nonfinite < 0:
+            bad("--skip-nonfinite must be ≥ 0")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             bad("--max-steps-per-epoch must be ≥ 1")
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
@@ -184,6 +189,6 @@ class TrainConfig:
             raise ValueError(f"{path}: not a valid crosstask config ({exc})") from exc
 
     def save(self, path: Path) -> None:
-        from crosstask_cli.engine.checkpoint import atomic_write_text
+        from crosstask_cli.atomic import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))

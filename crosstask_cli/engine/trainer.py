@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from crosstask_cli.atomic import atomic_write_text
 from crosstask_cli.data.dataset import EpochSampler, PreparedDataset, normalisation
 from crosstask_cli.data.prepare import check_compatible, prepare_synthetic, resolve_data
 from crosstask_cli.data.prepared import DatasetError, read_meta
-from crosstask_cli.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from crosstask_cli.engine.config import SELECT_METRICS, TrainConfig
 from crosstask_cli.engine.device import amp_dtype, configure_device, memory_format, resolve_device
 from crosstask_cli.engine.evaluator import evaluate
@@ -148,6 +149,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         configure_device(self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        for stale in self.ckpt_dir.glob(".*.tmp"):  # left by a process killed while writing a checkpoint
+            stale.unlink(missing_ok=True)
 
     def _dataset_info(self, meta: dict) -> dict:
         return {
@@ -215,9 +218,10 @@ class Trainer:
         self.best_epoch: int | None = None
         self.rows: list[dict] = []
         self.nonfinite = 0
+        self.partial: dict | None = None  # progress inside the current epoch, from a mid-epoch checkpoint
 
     # --- checkpoints -------------------------------------------------------------------------------
-    def _payload(self, resumable: bool, row: dict | None) -> dict:
+    def _payload(self, resumable: bool, row: dict | None, partial: dict | None = None) -> dict:
         payload = {
             "model_config": self.model.config.to_dict(),
             "dataset": self._dataset_info(self.meta),
@@ -241,6 +245,7 @@ class Trainer:
                 best_score=self.best_score,
                 best_epoch=self.best_epoch,
                 nonfinite=self.nonfinite,
+                partial_epoch=partial,
             )
         return payload
 
@@ -257,6 +262,7 @@ class Trainer:
         self.epoch, self.step_count = int(ckpt["epoch"]), int(ckpt["step"])
         self.best_score, self.best_epoch = ckpt.get("best_score"), ckpt.get("best_epoch")
         self.nonfinite = int(ckpt.get("nonfinite", 0))
+        self.partial = ckpt.get("partial_epoch")
         self.rows = _read_rows(self.run_dir / "metrics.csv", self.epoch)
 
     # --- loop -------------------------------------------------------------------------------------
@@ -292,13 +298,23 @@ class Trainer:
     def run_epoch(self) -> dict:
         cfg = self.cfg
         self.model.train()
-        self.sampler.set_epoch(self.epoch)
-        steps = len(self.loader) if cfg.max_steps_per_epoch is None else min(len(self.loader), cfg.max_steps_per_epoch)
-        self.reporter.epoch_start(self.epoch + 1, cfg.epochs, steps)
-        start = time.perf_counter()
+        full = (
+            len(self.train_ds) // cfg.batch_size if self.loader.drop_last else -(-len(self.train_ds) // cfg.batch_size)
+        )
+        steps = full if cfg.max_steps_per_epoch is None else min(full, cfg.max_steps_per_epoch)
+        first = 0
         sums = torch.zeros(len(LOSS_NAMES) + 1, device=self.device)
         done = 0
-        for i, (images, seg_t, depth_t, ids) in enumerate(self.loader):
+        if self.partial is not None:  # resuming inside this epoch
+            first, done = int(self.partial["batches"]), int(self.partial["done"])
+            sums = self.partial["sums"].to(self.device)
+            self.partial = None
+        self.sampler.set_epoch(self.epoch, start=first * cfg.batch_size)
+        self.reporter.epoch_start(self.epoch + 1, cfg.epochs, steps)
+        for _ in range(first):
+            self.reporter.step(None)
+        start = time.perf_counter()
+        for i, (images, seg_t, depth_t, ids) in enumerate(self.loader, start=first):
             if i >= steps:
                 break
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
@@ -310,6 +326,11 @@ class Trainer:
                 done += 1
             show = out is not None and (i % 5 == 0 or i == steps - 1)
             self.reporter.step(float(out["total"]) if show else None)
+            if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps:
+                partial = {"batches": i + 1, "done": done, "sums": sums.detach().cpu()}
+                save_checkpoint(
+                    self.ckpt_dir / "last.pt", self._payload(True, self.rows[-1] if self.rows else None, partial)
+                )
         train_seconds = time.perf_counter() - start
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -405,9 +426,12 @@ def train(
     """
     run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
     last = run_dir / "checkpoints" / "last.pt"
+    fresh_resume = False
     if resume:
-        if not last.is_file():
+        if not last.is_file() and not (run_dir / "config.json").is_file():
             raise RunDirError(f"--resume: {run_dir} holds no checkpoint (expected {last})")
+        # A run killed before its first checkpoint restarts from scratch with its saved config.
+        fresh_resume = not last.is_file()
         saved = TrainConfig.load(run_dir / "config.json")
         if saved.dataset != cfg.dataset:
             raise RunDirError(f"{run_dir} is a {saved.dataset} run, not {cfg.dataset}")
@@ -428,8 +452,10 @@ def train(
     trainer = Trainer(cfg, run_dir, reporter)
     trainer.setup(prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
+    if resume and not fresh_resume:
         trainer.resume(last)
+    elif fresh_resume:
+        reporter.message(f"{run_dir} has no checkpoint yet: starting its saved config from the beginning")
     else:
         cfg.save(run_dir / "config.json")
     return trainer.fit()
