@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from crosstask_cli.metrics import class_labels
 from crosstask_cli.models.network import Predictions
 
 DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
@@ -133,7 +134,9 @@ class CrossTaskLoss:
             direct = pred.seg.detach().float()
             transferred_log_probs = F.log_softmax(pred.seg_from_depth.float(), dim=1)
             if self.tseg_loss == "ce":
-                tseg = smoothed_cross_entropy(transferred_log_probs, direct.argmax(1), self.label_smoothing, labelled)
+                tseg = smoothed_cross_entropy(
+                    transferred_log_probs, class_labels(direct), self.label_smoothing, labelled
+                )
             else:
                 direct_log_probs = F.log_softmax(direct, dim=1)
                 kl = (direct_log_probs.exp() * (direct_log_probs - transferred_log_probs)).sum(1)

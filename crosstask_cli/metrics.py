@@ -15,6 +15,15 @@ import torch
 PROTOCOLS = ("standard", "original")
 
 
+def class_labels(logits: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W scores → B×H×W class ids (first maximum on ties, like argmax).
+
+    ``max(1).indices`` rather than ``argmax(1)``: on CPU, argmax over the class dimension of an NCHW tensor
+    is an order of magnitude slower (41 ms vs 2.3 ms for 8×7×128×256 here).
+    """
+    return logits.max(1).indices
+
+
 class ConfusionMatrix:
     """Streaming C×C confusion matrix (rows = target, columns = prediction), int64.
 
@@ -32,18 +41,30 @@ class ConfusionMatrix:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        c = self.num_classes
         if pred.ndim == target.ndim + 1:
-            pred = pred.argmax(1)
+            pred = class_labels(pred)  # already in 0..C−1
+        else:
+            pred = pred.clamp(0, c - 1)
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        keep = target != self.ignore_index
-        t = target[keep].long()
-        p = pred[keep].long()
-        if t.numel() and (int(t.max()) >= self.num_classes or int(t.min()) < 0):
-            raise ValueError(f"target class id out of range 0..{self.num_classes - 1}")
-        p = p.clamp(0, self.num_classes - 1)
-        counts = torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2)
-        self.matrix += counts.reshape(self.num_classes, self.num_classes).to(self.matrix.device, torch.int64)
+        if not 0 <= self.ignore_index <= 255 or target.dtype == torch.int8:
+            raise ValueError("targets must be non-negative class ids with an ignore index in 0..255")
+        # One bincount over a 256×C table indexed by (target, pred): rows 0..C−1 are the confusion matrix, the
+        # ignore row is dropped, and any other non-empty row is an out-of-range target. No masked copies.
+        idx = target.long() * c + pred.long()
+        counts = torch.bincount(idx.flatten(), minlength=256 * c)
+        if counts.numel() > 256 * c:
+            raise ValueError(f"target class id out of range 0..{c - 1}")
+        table = counts.view(256, c)
+        bad = table[c:].sum() - table[self.ignore_index].sum() if self.ignore_index >= c else table[c:].sum()
+        if int(bad):
+            raise ValueError(f"target class id out of range 0..{c - 1}")
+        block = table[:c]
+        if self.ignore_index < c:  # an ignore index inside the class range: that row is not counted
+            block = block.clone()
+            block[self.ignore_index] = 0
+        self.matrix += block.to(self.matrix.device, torch.int64)
 
     def merge(self, other: torch.Tensor) -> None:
         """Add a matrix from elsewhere (another process or shard)."""
@@ -81,22 +102,24 @@ class DepthMetrics:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        pred = pred.reshape(target.shape).double()
-        target = target.double()
+        # float32 elementwise passes, float64 accumulation: exact enough and twice as fast as float64 throughout
+        pred = pred.reshape(target.shape).float()
+        target = target.float()
         valid = target > 0
-        p, t = pred[valid], target[valid]
-        err = (p - t).abs()
-        ratio = torch.maximum(p / t, t / p.clamp(min=1e-12))
-        ratio = torch.where(p > 0, ratio, torch.full_like(ratio, math.inf))
+        safe_t = torch.where(valid, target, 1.0)
+        err = torch.where(valid, (pred - target).abs(), 0.0)
+        ratio = torch.maximum(pred / safe_t, safe_t / pred.clamp(min=1e-12))
+        ratio = torch.where(valid & (pred > 0), ratio, torch.inf)
+        f64 = torch.float64
         row = torch.stack(
             [
-                torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device),
-                err.sum(),
-                (err / t).sum(),
-                err.square().sum(),
-                (ratio < 1.25).sum().double(),
-                (ratio < 1.25**2).sum().double(),
-                (ratio < 1.25**3).sum().double(),
+                valid.sum().to(f64),
+                err.sum(dtype=f64),
+                (err / safe_t).sum(dtype=f64),
+                err.square().sum(dtype=f64),
+                (ratio < 1.25).sum().to(f64),
+                (ratio < 1.25**2).sum().to(f64),
+                (ratio < 1.25**3).sum().to(f64),
             ]
         )
         self.sums += row.cpu()
@@ -146,7 +169,7 @@ class OriginalProtocolMetrics:
         self, seg_pred: torch.Tensor, seg_target: torch.Tensor, depth_pred: torch.Tensor, depth_target: torch.Tensor
     ) -> None:
         if seg_pred.ndim == seg_target.ndim + 1:
-            seg_pred = seg_pred.argmax(1)
+            seg_pred = class_labels(seg_pred)
         b, c = seg_target.shape[0], self.num_classes
         keep = (seg_target != self.ignore_index).reshape(b, -1)
         t = seg_target.reshape(b, -1).long().clamp(0, c - 1)
@@ -207,7 +230,7 @@ class ConsistencyMetrics:
         depth_target: torch.Tensor,
     ) -> None:
         labelled = seg_target != self.ignore_index
-        agree = (seg.argmax(1) == seg_from_depth.argmax(1)) & labelled
+        agree = (class_labels(seg) == class_labels(seg_from_depth)) & labelled
         valid = depth_target.reshape(depth.shape) > 0
         gap = ((depth - depth_from_seg).abs() * valid).double().sum()
         row = torch.stack([agree.sum().double(), labelled.sum().double(), gap, valid.sum().double()])

@@ -143,7 +143,8 @@ def predict(
     from crosstask_cli.data.labels import colorize
     from crosstask_cli.data.resize import resize_image
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from crosstask_cli.engine.device import resolve_device
+    from crosstask_cli.engine.device import memory_format, resolve_device
+    from crosstask_cli.metrics import class_labels
     from crosstask_cli.visualize import colorize_depth
 
     inputs = [Path(p) for p in inputs]
@@ -152,7 +153,8 @@ def predict(
     ds = c["dataset"]
     h, w, palette, depth_kind = ds["height"], ds["width"], [tuple(p) for p in ds["palette"]], ds["depth"]["kind"]
     dev = resolve_device(device)
-    model = model_from_checkpoint(c).to(dev)
+    fmt = memory_format(dev)
+    model = model_from_checkpoint(c).to(dev, memory_format=fmt)
     pairs = collect_inputs(inputs, recursive)
     _check_out(out, pairs, inputs, force)
     if on_total:
@@ -162,7 +164,8 @@ def predict(
     start = time.perf_counter()
 
     def flush(batch: list[tuple[Path, Path, np.ndarray]]) -> None:
-        x = normalise(torch.from_numpy(np.stack([resize_image(img, h, w) for _, _, img in batch]))).to(dev)
+        x = normalise(torch.from_numpy(np.stack([resize_image(img, h, w) for _, _, img in batch])))
+        x = x.to(dev).contiguous(memory_format=fmt)
         with torch.inference_mode():
             pred = model(x, direct_only=not transfer)
         for i, (f, rel, img) in enumerate(batch):
@@ -173,7 +176,7 @@ def predict(
             files: dict[str, bytes] = {}
             for tag, (seg_t, dep_t) in maps.items():
                 seg = F.interpolate(seg_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
-                labels = seg.argmax(1)[0].to(torch.uint8).cpu().numpy()
+                labels = class_labels(seg)[0].to(torch.uint8).cpu().numpy()
                 dep = F.interpolate(dep_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
                 depth = dep[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
                 files[f"_seg{tag}.png"] = _encode_png(labels)

@@ -224,6 +224,7 @@ def sample_grid(
     from crosstask_cli.data.dataset import PreparedDataset
     from crosstask_cli.data.labels import colorize
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from crosstask_cli.metrics import class_labels
 
     plt = _pyplot()
     ds = PreparedDataset(data, split)
@@ -255,8 +256,8 @@ def sample_grid(
             x, _, _, _ = ds[i]
             with torch.inference_mode():
                 p = model(x[None].to(device))
-            seg_p = p.seg.argmax(1)[0].to(torch.uint8).cpu().numpy()
-            seg_t = p.seg_from_depth.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            seg_p = class_labels(p.seg)[0].to(torch.uint8).cpu().numpy()
+            seg_t = class_labels(p.seg_from_depth)[0].to(torch.uint8).cpu().numpy()
             dep_p = p.depth[0, 0].clamp(min=0).cpu().numpy()
             dep_t = p.depth_from_seg[0, 0].clamp(min=0).cpu().numpy()
             cells += [

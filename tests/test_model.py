@@ -140,3 +140,19 @@ def test_encoder_weights_from_a_local_state_dict(tmp_path):
         ct.build_model(enc_layers=34, encoder_weights=path)
     with pytest.raises(FileNotFoundError):
         ct.build_model(enc_layers=18, encoder_weights=tmp_path / "missing.pth")
+
+
+def test_decoder_head_before_last_upsampling_is_the_same_function():
+    """The decoders apply their bias-free 1×1 head before the last bilinear ×2 (cheaper); this must equal the
+    original order head(upsample(x))."""
+    torch.manual_seed(0)
+    model = ct.build_model(enc_layers=18, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        out = model(x, direct_only=True)
+        feats = model.encoder(x)
+        for decoder, got in ((model.seg_decoder, out.seg), (model.depth_decoder, out.depth)):
+            y = decoder.blocks[0](feats[-1])
+            for block, skip in zip(decoder.blocks[1:], reversed(feats[:-1]), strict=True):
+                y = block(torch.cat((y, skip), 1))
+            assert torch.allclose(got, decoder.head(y), atol=1e-6, rtol=1e-5)

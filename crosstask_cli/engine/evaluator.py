@@ -12,9 +12,16 @@ from torch.utils.data import DataLoader, Subset
 from crosstask_cli.data.dataset import PreparedDataset
 from crosstask_cli.data.prepared import DatasetError, open_split, read_meta
 from crosstask_cli.data.resize import resize_nearest
-from crosstask_cli.engine.device import amp_dtype
+from crosstask_cli.engine.device import amp_dtype, memory_format
 from crosstask_cli.losses import CrossTaskLoss
-from crosstask_cli.metrics import PROTOCOLS, ConfusionMatrix, ConsistencyMetrics, DepthMetrics, OriginalProtocolMetrics
+from crosstask_cli.metrics import (
+    PROTOCOLS,
+    ConfusionMatrix,
+    ConsistencyMetrics,
+    DepthMetrics,
+    OriginalProtocolMetrics,
+    class_labels,
+)
 
 
 class MetricSet:
@@ -30,6 +37,8 @@ class MetricSet:
         self.images = 0
 
     def update(self, seg_pred, seg_target, depth_pred, depth_target) -> None:
+        if seg_pred.ndim == seg_target.ndim + 1:
+            seg_pred = class_labels(seg_pred)  # once for both protocols
         self.cm.update(seg_pred, seg_target)
         self.depth.update(depth_pred, depth_target)
         self.original.update(seg_pred, seg_target, depth_pred, depth_target)
@@ -89,10 +98,12 @@ def evaluate(
     loss_sums: dict[str, float] = {}
     batches = 0
     was_training = model.training
+    fmt = memory_format(device)
+    model.to(memory_format=fmt)
     model.eval()
     try:
         for images, seg_t, depth_t, _ in loader:
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
             seg_t = seg_t.to(device, non_blocking=True)
             depth_t = depth_t.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):

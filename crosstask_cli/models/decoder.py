@@ -19,7 +19,11 @@ class DecoderBlock(nn.Module):
         self.convs = nn.Sequential(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout), conv_bn_relu(cout, cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.convs(x), scale_factor=2, mode="bilinear", align_corners=False)
+        return upsample2x(self.convs(x))
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class SkipDecoder(nn.Module):
@@ -38,6 +42,9 @@ class SkipDecoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = self.blocks[0](features[-1])
-        for block, skip in zip(self.blocks[1:], reversed(features[:-1]), strict=True):
+        for block, skip in zip(self.blocks[1:-1], reversed(features[1:-1]), strict=True):
             x = block(torch.cat((x, skip), dim=1))
-        return self.head(x)
+        x = self.blocks[-1].convs(torch.cat((x, features[0]), dim=1))
+        # head(upsample(x)) == upsample(head(x)): both are linear and the head has no bias, so the last
+        # upsampling runs on out_channels maps instead of 128 (same function, far less full-resolution work).
+        return upsample2x(self.head(x))
