@@ -182,6 +182,11 @@ def train_command(
     skip_nonfinite: int = typer.Option(
         None, "--skip-nonfinite", help="Tolerate up to N batches with a non-finite loss (skipped) before stopping (0)."
     ),
+    sync_bn: bool = typer.Option(
+        None,
+        "--sync-bn/--no-sync-bn",
+        help="Multi-GPU (torchrun): synchronise BatchNorm statistics across processes (CUDA only).",
+    ),
     save_every_steps: int = typer.Option(
         None,
         "--save-every-steps",
@@ -242,6 +247,7 @@ def train_command(
         select_metric=select_metric,
         skip_nonfinite=skip_nonfinite,
         save_every_steps=save_every_steps,
+        sync_bn=sync_bn,
         synthetic_train=synthetic_train,
         synthetic_val=synthetic_val,
     )
@@ -274,8 +280,13 @@ def train_command(
         else:
             cfg = TrainConfig.for_dataset(dataset, **given)
         overrides = None
+    import os
+
     from crosstask_cli.cli.common import progress_factory
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks
+        train(cfg, run_dir=run_dir, resume=resume, force=force, resume_overrides=overrides)
+        return
     with progress_factory() as data_progress:
         result = train(
             cfg,

@@ -92,6 +92,7 @@ class TrainConfig:
     select_metric: str = "loss"
     skip_nonfinite: int = 0
     save_every_steps: int | None = None
+    sync_bn: bool = False
     synthetic_train: int = 400
     synthetic_val: int = 100
     extra: dict = field(default_factory=dict)

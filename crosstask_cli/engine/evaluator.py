@@ -44,6 +44,23 @@ class MetricSet:
         self.original.update(seg_pred, seg_target, depth_pred, depth_target)
         self.images += seg_target.shape[0]
 
+    def reduce(self, dist, device: torch.device) -> None:
+        """Sum every accumulator over the processes of a distributed run (each evaluated a shard)."""
+        from crosstask_cli.engine.distributed import all_reduce_sum_
+
+        o = self.original
+        scalars = torch.tensor([o.miou_sum, o.acc_sum, o.images, o.seg_images, o.abs_sum, o.rel_sum,
+                                o.depth_images, self.images, float(self.has_consistency)], dtype=torch.float64)  # fmt: skip
+        parts = [self.cm.matrix.double(), self.depth.sums, self.consistency.sums, scalars]
+        flat = all_reduce_sum_(torch.cat([t.flatten() for t in parts]).to(device), dist).cpu()
+        sizes = [t.numel() for t in parts]
+        cm, depth, cons, sc = torch.split(flat, sizes)
+        self.cm.matrix = cm.round().long().view_as(self.cm.matrix)
+        self.depth.sums, self.consistency.sums = depth.clone(), cons.clone()
+        (o.miou_sum, o.acc_sum, images_o, seg_images, o.abs_sum, o.rel_sum, depth_images, images, has_c) = sc.tolist()
+        o.images, o.seg_images, o.depth_images = int(images_o), int(seg_images), int(depth_images)
+        self.images, self.has_consistency = int(images), has_c > 0
+
     def result(self, protocol: str, split: str) -> dict:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -81,15 +98,20 @@ def evaluate(
     amp: bool = False,
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
+    dist=None,
 ) -> dict:
     """Evaluate ``model`` on a prepared split; returns the ``eval --json`` dict (DESIGN §4).
 
     With ``loss_fn`` the mean of each loss component over batches is added under ``"loss"``; with
-    ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``.
+    ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``. With a
+    distributed ``dist`` each process evaluates every world_size-th image and the metrics are summed.
     """
     device = torch.device(device)
     ds = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split, augment=False)
-    subset = ds if max_batches is None else Subset(ds, range(min(len(ds), max_batches * batch_size)))
+    indices = range(len(ds) if max_batches is None else min(len(ds), max_batches * batch_size))
+    if dist is not None and dist.enabled:
+        indices = indices[dist.rank :: dist.world_size]
+    subset = ds if len(indices) == len(ds) else Subset(ds, indices)
     loader = DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
     )
@@ -123,6 +145,16 @@ def evaluate(
                 progress(images.shape[0])
     finally:
         model.train(was_training)
+    if dist is not None and dist.enabled:
+        metrics.reduce(dist, device)
+        if loss_fn is not None:
+            from crosstask_cli.engine.distributed import all_reduce_sum_
+
+            keys = sorted(loss_sums)
+            packed = all_reduce_sum_(
+                torch.tensor([loss_sums[k] for k in keys] + [batches], dtype=torch.float64, device=device), dist
+            )
+            loss_sums, batches = dict(zip(keys, packed[:-1].tolist(), strict=True)), int(packed[-1].item())
     out = metrics.result(protocol, ds.split_name)
     if loss_fn is not None:
         out["loss"] = {k: v / max(batches, 1) for k, v in loss_sums.items()}

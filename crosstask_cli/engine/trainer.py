@@ -23,6 +23,7 @@ from crosstask_cli.atomic import atomic_write_text
 from crosstask_cli.data.dataset import EpochSampler, PreparedDataset, normalisation
 from crosstask_cli.data.prepare import check_compatible, prepare_synthetic, resolve_data
 from crosstask_cli.data.prepared import DatasetError, read_meta
+from crosstask_cli.engine import distributed as ddp
 from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from crosstask_cli.engine.config import SELECT_METRICS, TrainConfig
 from crosstask_cli.engine.device import amp_dtype, configure_device, memory_format, resolve_device
@@ -142,15 +143,19 @@ def _better(a: float, b: float | None, metric: str) -> bool:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, reporter: TrainReporter | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, reporter: TrainReporter | None = None, dist: ddp.DistInfo | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.reporter = reporter or TrainReporter()
-        self.device = resolve_device(cfg.device)
+        self.dist = dist or ddp.DistInfo()
+        self.reporter = reporter if (reporter is not None and self.dist.is_main) else TrainReporter()
+        self.device = resolve_device(ddp.device_for(self.dist, cfg.device))
         configure_device(self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        for stale in self.ckpt_dir.glob(".*.tmp"):  # left by a process killed while writing a checkpoint
-            stale.unlink(missing_ok=True)
+        if self.dist.is_main:
+            for stale in self.ckpt_dir.glob(".*.tmp"):  # left by a process killed while writing a checkpoint
+                stale.unlink(missing_ok=True)
 
     def _dataset_info(self, meta: dict) -> dict:
         return {
@@ -174,6 +179,10 @@ class Trainer:
             cfg.enc_layers, cfg.num_classes, cfg.pretrained, cfg.ttnet_batch_norm, cfg.wider_ttnet, cfg.encoder_weights
         )
         self.fmt = memory_format(self.device)
+        if self.dist.enabled and cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.fmt)
         kwargs = {"alpha": cfg.gradnorm_alpha} if cfg.weighting == "gradnorm" else {}
         self.weighting = build_weighting(cfg.weighting, **kwargs).to(self.device)
@@ -193,14 +202,24 @@ class Trainer:
         self.amp = cfg.amp
         self.amp_dtype = amp_dtype(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
+        seed_everything(cfg.seed + self.dist.rank)  # per-rank randomness; the weights came from one seed
 
         self.train_ds = PreparedDataset(prepared, "train", augment=True, seed=cfg.seed)
         self.select_split = "holdout" if "holdout" in self.meta["splits"] else "val"
         self.val_ds = PreparedDataset(prepared, self.select_split, augment=False)
         if len(self.train_ds) == 0:
             raise DatasetError(f"{prepared}: the train split is empty")
-        self.sampler = EpochSampler(len(self.train_ds), seed=cfg.seed)
+        self.sampler = EpochSampler(
+            len(self.train_ds), seed=cfg.seed, num_replicas=self.dist.world_size, rank=self.dist.rank
+        )
         pin = self.device.type == "cuda"
         self.loader = DataLoader(
             self.train_ds,
@@ -208,7 +227,7 @@ class Trainer:
             sampler=self.sampler,
             num_workers=cfg.workers,
             pin_memory=pin,
-            drop_last=len(self.train_ds) > cfg.batch_size,
+            drop_last=self.sampler.per_rank > cfg.batch_size,
             persistent_workers=cfg.workers > 0,
             prefetch_factor=4 if cfg.workers > 0 else None,
         )
@@ -272,8 +291,11 @@ class Trainer:
             pred = self.forward(images)
         losses = self.loss_fn(pred, seg_t, depth_t)
         total = self.weighting.combine({k: losses[k] for k in self.weighting.tasks}, self.model)
-        if not torch.isfinite(total):
-            bad = [k for k, v in losses.items() if not torch.isfinite(v)] or ["total (weighting)"]
+        # Every process must take the same decision, or DDP's collective calls would hang.
+        if not ddp.all_true(bool(torch.isfinite(total)), self.device, self.dist):
+            bad = [k for k, v in losses.items() if not torch.isfinite(v)] or (
+                ["total (weighting)"] if not torch.isfinite(total) else ["(on another process)"]
+            )
             names = [self.train_ds.files[int(i)] for i in ids]
             self.nonfinite += 1
             msg = (
@@ -289,6 +311,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.scaler.scale(total).backward()
+        ddp.average_gradients_(self.weighting.parameters(), self.dist)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.weighting.after_step()
@@ -298,9 +321,8 @@ class Trainer:
     def run_epoch(self) -> dict:
         cfg = self.cfg
         self.model.train()
-        full = (
-            len(self.train_ds) // cfg.batch_size if self.loader.drop_last else -(-len(self.train_ds) // cfg.batch_size)
-        )
+        per_rank = self.sampler.per_rank
+        full = per_rank // cfg.batch_size if self.loader.drop_last else -(-per_rank // cfg.batch_size)
         steps = full if cfg.max_steps_per_epoch is None else min(full, cfg.max_steps_per_epoch)
         first = 0
         sums = torch.zeros(len(LOSS_NAMES) + 1, device=self.device)
@@ -326,7 +348,7 @@ class Trainer:
                 done += 1
             show = out is not None and (i % 5 == 0 or i == steps - 1)
             self.reporter.step(float(out["total"]) if show else None)
-            if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps:
+            if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps and self.dist.is_main:
                 partial = {"batches": i + 1, "done": done, "sums": sums.detach().cpu()}
                 save_checkpoint(
                     self.ckpt_dir / "last.pt", self._payload(True, self.rows[-1] if self.rows else None, partial)
@@ -335,6 +357,9 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1
+        if self.dist.enabled:  # mean over every process's batches
+            packed = ddp.all_reduce_sum_(torch.cat([sums, torch.tensor([float(done)], device=self.device)]), self.dist)
+            sums, done = packed[:-1], int(packed[-1].item())
         means = (sums / max(done, 1)).tolist()
         row: dict = {"epoch": self.epoch, "step": self.step_count, "lr": lr}
         row.update({f"train_{k}": v for k, v in zip((*LOSS_NAMES, "total"), means, strict=True)})
@@ -349,6 +374,7 @@ class Trainer:
         ev = evaluate(
             self.model,
             self.val_ds,
+            dist=self.dist,
             batch_size=cfg.eval_batch_size,
             device=self.device,
             loss_fn=self.loss_fn,
@@ -389,6 +415,8 @@ class Trainer:
                 self.best_score, self.best_epoch = score, self.epoch
             row["best"] = int(improved)
             self.rows.append(row)
+            if not self.dist.is_main:
+                continue
             if improved:
                 save_checkpoint(self.ckpt_dir / "best.pt", self._payload(False, row))
             save_checkpoint(self.ckpt_dir / "last.pt", self._payload(True, row))
@@ -400,6 +428,7 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - a plotting failure must not stop training
                 self.reporter.message(f"could not draw training curves: {exc}")
             self.reporter.epoch_end(row)
+        ddp.barrier(self.dist)
         result = TrainResult(self.run_dir, self.epoch, self.best_epoch, self.best_score, row)
         self.reporter.end(result)
         return result
@@ -424,6 +453,16 @@ def train(
     ignored); ``resume_overrides`` may change ``epochs``, ``device`` and ``workers``. Without ``resume``, an existing run in
     ``run_dir`` is an error unless ``force``, which replaces it.
     """
+    dist = ddp.init_distributed(cfg.device)
+    try:
+        return _train(cfg, run_dir, resume, force, reporter, data_progress, resume_overrides, dist)
+    finally:
+        ddp.cleanup(dist)
+
+
+def _train(cfg, run_dir, resume, force, reporter, data_progress, resume_overrides, dist: ddp.DistInfo) -> TrainResult:
+    if run_dir is None and cfg.run_dir is None and dist.enabled:
+        raise RunDirError("distributed training needs --run-dir (every process must agree on it)")
     run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
     last = run_dir / "checkpoints" / "last.pt"
     fresh_resume = False
@@ -445,17 +484,25 @@ def train(
             raise RunDirError(f"{run_dir} already holds a run; use --resume to continue it or --force to replace it")
         if run_dir.is_file():
             raise RunDirError(f"{run_dir} is a file, expected a run directory")
-        shutil.rmtree(run_dir)
+        ddp.barrier(dist)  # every process has checked before the main one deletes
+        if dist.is_main:
+            shutil.rmtree(run_dir)
     cfg = cfg.replace(run_dir=str(run_dir))
-    reporter = reporter or TrainReporter()
-    prepared = prepare_training_data(cfg, reporter, data_progress)
-    trainer = Trainer(cfg, run_dir, reporter)
+    reporter = (reporter or TrainReporter()) if dist.is_main else TrainReporter()
+    if dist.is_main:  # prepares (and may write a cache) once; the others then find it
+        prepared = prepare_training_data(cfg, reporter, data_progress)
+    ddp.barrier(dist)
+    if not dist.is_main:
+        prepared = prepare_training_data(cfg)
+    trainer = Trainer(cfg, run_dir, reporter, dist)
     trainer.setup(prepared)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if resume and not fresh_resume:
         trainer.resume(last)
     elif fresh_resume:
         reporter.message(f"{run_dir} has no checkpoint yet: starting its saved config from the beginning")
-    else:
+    elif dist.is_main:
         cfg.save(run_dir / "config.json")
+    ddp.barrier(dist)
     return trainer.fit()

@@ -1,0 +1,115 @@
+"""DDP on CPU with the gloo backend: 2 processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from crosstask_cli.data.dataset import EpochSampler
+from crosstask_cli.engine.config import TrainConfig
+from crosstask_cli.engine.trainer import Trainer
+
+STEPS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(prepared: Path) -> TrainConfig:
+    return TrainConfig.for_dataset("synthetic", data=str(prepared), height=32, width=64, enc_layers=18, batch_size=2,
+                                   workers=0, epochs=1, weighting="uncertainty", device="cpu", lr=1e-3)  # fmt: skip
+
+
+def _trained_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    state = {f"model.{k}": v.detach().clone() for k, v in trainer.model.named_parameters()}
+    state.update({f"weighting.{k}": v.detach().clone() for k, v in trainer.weighting.named_parameters()})
+    return state
+
+
+def _ddp_worker(rank: int, world: int, port: int, prepared: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    from crosstask_cli.engine import distributed as ddp
+
+    info = ddp.init_distributed("cpu")
+    trainer = Trainer(_config(Path(prepared)), Path(out) / "run", dist=info)
+    trainer.setup(Path(prepared))
+    trainer.model.train()
+    trainer.sampler.set_epoch(0)
+    for i, (x, s, d, ids) in enumerate(trainer.loader):
+        if i == STEPS:
+            break
+        assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), s, d, ids) is not None
+    torch.save(_trained_state(trainer), Path(out) / f"rank{rank}.pt")
+    ddp.cleanup(info)
+
+
+def test_ddp_ranks_agree_and_match_a_single_process(synthetic_prepared, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(synthetic_prepared), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks hold different weights"
+
+    # Single process, same global batch: each rank's half is a separate forward (BatchNorm statistics are
+    # per process in DDP without --sync-bn, which is CUDA-only), gradients averaged, one optimizer step.
+    torch.set_num_threads(1)
+    ref = Trainer(_config(synthetic_prepared), tmp_path / "ref")
+    ref.setup(synthetic_prepared)
+    ref.model.train()
+    halves = []
+    for rank in range(2):
+        sampler = EpochSampler(len(ref.train_ds), seed=ref.cfg.seed, num_replicas=2, rank=rank)
+        sampler.set_epoch(0)
+        loader = torch.utils.data.DataLoader(ref.train_ds, batch_size=2, sampler=sampler)
+        halves.append(list(loader)[:STEPS])
+    for step in range(STEPS):
+        ref.optimizer.zero_grad(set_to_none=True)
+        for rank in range(2):
+            x, s, d, _ = halves[rank][step]
+            losses = ref.loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), s, d)
+            (ref.weighting.combine({k: losses[k] for k in ref.weighting.tasks}, ref.model) / 2).backward()
+        ref.optimizer.step()
+        ref.weighting.after_step()
+    single = _trained_state(ref)
+    initial = Trainer(_config(synthetic_prepared), tmp_path / "init")
+    initial.setup(synthetic_prepared)
+    moved = [k for k, v in _trained_state(initial).items() if not torch.equal(v, single[k])]
+    assert len(moved) > 0.9 * len(single)  # training did change the weights
+    for k in single:
+        assert torch.allclose(r0[k], single[k], atol=2e-5, rtol=1e-4), k
+
+
+def test_torchrun_launches_the_cli(synthetic_raw, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           "-m", "crosstask_cli", "train", "synthetic", "--data", str(synthetic_raw), "--run-dir", str(run),
+           "--height", "32", "--width", "64", "--enc-layers", "18", "--batch-size", "2", "--workers", "0",
+           "--epochs", "2", "--max-steps-per-epoch", "2", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[-1]["val_miou"]) >= 0  # validation ran, sharded over both ranks and reduced
+    assert proc.stdout.count("done:") == 1  # only rank 0 reports
+
+
+def test_sync_bn_is_refused_on_cpu(synthetic_prepared, tmp_path):
+    from crosstask_cli.engine.distributed import DistInfo
+
+    trainer = Trainer(_config(synthetic_prepared).replace(sync_bn=True), tmp_path / "r", dist=DistInfo(0, 2, 0))
+    with pytest.raises(ValueError, match="needs CUDA"):
+        trainer.setup(synthetic_prepared)
