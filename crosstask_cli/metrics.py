@@ -102,14 +102,14 @@ class DepthMetrics:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        # float32 elementwise passes, float64 accumulation: exact enough and twice as fast as float64 throughout
+        # float32 elementwise passes, float64 sums: results do not depend on how the split is batched.
         pred = pred.reshape(target.shape).float()
         target = target.float()
         valid = target > 0
         safe_t = torch.where(valid, target, 1.0)
-        err = torch.where(valid, (pred - target).abs(), 0.0)
-        ratio = torch.maximum(pred / safe_t, safe_t / pred.clamp(min=1e-12))
-        ratio = torch.where(valid & (pred > 0), ratio, torch.inf)
+        err = (pred - safe_t).abs_().mul_(valid)
+        ratio = torch.maximum(pred / safe_t, safe_t / pred)
+        ratio.masked_fill_(~valid | (pred <= 0), torch.inf)  # a non-positive prediction is never accurate
         f64 = torch.float64
         row = torch.stack(
             [

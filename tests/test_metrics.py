@@ -117,3 +117,13 @@ def test_original_protocol_depth_is_batch_weighted():
     seg3 = torch.zeros(3, 1, 2, dtype=torch.long)
     m.update(seg3, seg3, torch.ones(3, 1, 1, 2), torch.ones(3, 1, 1, 2))  # batch of 3: abs 0
     assert m.compute()["abs_err"] == pytest.approx(1 / 4)
+
+
+def test_non_positive_depth_predictions_never_count_as_accurate():
+    pred = torch.tensor([[[[-2.0, 0.0, 1.0]]]])
+    target = torch.tensor([[[[2.0, 1.0, 1.0]]]])
+    m = DepthMetrics()
+    m.update(pred, target)
+    r = m.compute()
+    assert r["delta3"] == pytest.approx(1 / 3)
+    assert r["abs_err"] == pytest.approx((4 + 1 + 0) / 3)
