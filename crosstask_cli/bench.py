@@ -100,6 +100,7 @@ class BenchConfig:
     matmul_n: int = 4096
     data: str | None = None  # a prepared dataset for the loader benchmark (else a temporary synthetic one)
     raw_samples: int = 4  # full-size (2048×1024) raw PNG samples decoded for the loader baseline; 0 = skip
+    weighting: str = "fixed"  # task weighting used in the training step (pcgrad costs one backward per task)
     channels_last: bool | None = None  # default: as training uses it (engine.device.memory_format)
 
 
@@ -135,7 +136,7 @@ def bench_model(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     loss_fn = ct.CrossTaskLoss(cfg.num_classes)
-    weighting = ct.build_weighting("fixed")
+    weighting = ct.build_weighting(cfg.weighting).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     b, h, w = cfg.batch_size, cfg.height, cfg.width
     x = torch.randn(b, 3, h, w, device=device).contiguous(memory_format=fmt)
@@ -152,8 +153,10 @@ def bench_model(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
         with torch.autocast(device.type, dtype=dtype, enabled=cfg.amp):
             pred = model(x)
         losses = loss_fn(pred, seg_t, depth_t)
-        weighting.combine({k: losses[k] for k in weighting.tasks}).backward()
+        task_losses = {k: losses[k] for k in weighting.tasks}
+        weighting.backward(weighting.combine(task_losses, model), task_losses, model)
         opt.step()
+        weighting.after_step()
 
     model.eval()
     flops_full = count_flops(lambda: forward(False)) / b

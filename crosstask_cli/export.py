@@ -21,15 +21,17 @@ MISSING_ONNX = (
 
 
 class DirectPredictions(nn.Module):
-    """Wraps a CrossTaskNet to return (seg logits, depth) without the TaskTransferNets."""
+    """Wraps a CrossTaskNet to return its direct predictions (seg logits and/or depth, as the model has them)
+    without the TaskTransferNets."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.names = [n for n, t in (("seg_logits", "seg"), ("depth", "depth")) if t in model.config.tasks]
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pred = self.model(image, direct_only=True)
-        return pred.seg, pred.depth
+        return tuple(t for t in (pred.seg, pred.depth) if t is not None)
 
 
 @dataclass
@@ -72,7 +74,7 @@ def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, op
             None,
             dynamo=True,
             input_names=["image"],
-            output_names=["seg_logits", "depth"],
+            output_names=module.names,
             dynamic_shapes=dynamic,
             opset_version=opset,
             external_data=False,
@@ -92,15 +94,16 @@ def verify_onnx(module: nn.Module, onnx_path: Path, shapes: list[tuple[int, ...]
     except ImportError as exc:
         raise ImportError(MISSING_ONNX) from exc
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst_seg = worst_depth = 0.0
+    worst = dict.fromkeys(module.names, 0.0)
     gen = torch.Generator().manual_seed(0)
     for shape in shapes:
         x = torch.randn(*shape, generator=gen)
         with torch.no_grad():
-            seg, depth = module(x)
-        o_seg, o_depth = session.run(["seg_logits", "depth"], {"image": x.numpy()})
-        worst_seg = max(worst_seg, float((torch.from_numpy(o_seg) - seg).abs().max()))
-        worst_depth = max(worst_depth, float((torch.from_numpy(o_depth) - depth).abs().max()))
+            expected = module(x)
+        got = session.run(module.names, {"image": x.numpy()})
+        for name, e, g in zip(module.names, expected, got, strict=True):
+            worst[name] = max(worst[name], float((torch.from_numpy(g) - e).abs().max()))
+    worst_seg, worst_depth = worst.get("seg_logits", 0.0), worst.get("depth", 0.0)
     if worst_seg > tol or worst_depth > tol:
         raise RuntimeError(
             f"{onnx_path}: ONNX output differs from PyTorch (seg {worst_seg:.2e}, depth {worst_depth:.2e} > {tol})"

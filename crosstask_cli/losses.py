@@ -17,6 +17,7 @@ from crosstask_cli.models.network import Predictions
 DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
 TDEPTH_LOSSES = ("l1", "ssim")
 TSEG_LOSSES = ("ce", "kl")
+CONSISTENCY = ("xtsc", "xtc", "none")
 LOSS_NAMES = ("seg", "depth", "tseg", "tdepth", "seg_task", "depth_task")
 
 
@@ -85,7 +86,9 @@ class CrossTaskLoss:
     ``alpha`` weighs the transferred-depth loss inside the segmentation task loss, ``gamma`` the
     transferred-segmentation loss inside the depth task loss:
     seg_task = (1−α)·seg + α·tdepth, depth_task = (1−γ)·depth + γ·tseg.
-    Calling it returns a dict of scalar tensors named by :data:`LOSS_NAMES`.
+    ``consistency``: ``xtsc`` (the method) trains the transferred predictions against the detached direct
+    ones; ``xtc`` against the ground truth; ``none`` has no transferred terms. A task the model lacks
+    contributes 0. Calling it returns a dict of scalar tensors named by :data:`LOSS_NAMES`.
     """
 
     num_classes: int
@@ -96,8 +99,11 @@ class CrossTaskLoss:
     tseg_loss: str = "ce"
     label_smoothing: float = 0.0
     ignore_index: int = 255
+    consistency: str = "xtsc"
 
     def __post_init__(self) -> None:
+        if self.consistency not in CONSISTENCY:
+            raise ValueError(f"unknown consistency {self.consistency!r}; choose from {CONSISTENCY}")
         if self.lp not in DEPTH_LOSSES:
             raise ValueError(f"unknown lp {self.lp!r}; choose from {DEPTH_LOSSES}")
         if self.tdep_loss not in TDEPTH_LOSSES:
@@ -114,31 +120,35 @@ class CrossTaskLoss:
     ) -> dict[str, torch.Tensor]:
         labelled = seg_target != self.ignore_index
         safe_target = torch.where(labelled, seg_target, torch.zeros_like(seg_target))
-        seg_log_probs = F.log_softmax(pred.seg.float(), dim=1)
-        seg = smoothed_cross_entropy(seg_log_probs, safe_target, 0.0, labelled)
-
         valid = depth_target > 0
-        depth_pred = pred.depth.float()
-        depth = masked_depth_loss(depth_pred, depth_target, valid, self.lp)
+        ref = pred.seg if pred.seg is not None else pred.depth
+        zero = ref.new_zeros((), dtype=torch.float32)
+        seg = depth = tdepth = tseg = zero
+        if pred.seg is not None:
+            seg = smoothed_cross_entropy(F.log_softmax(pred.seg.float(), dim=1), safe_target, 0.0, labelled)
+        if pred.depth is not None:
+            depth = masked_depth_loss(pred.depth.float(), depth_target, valid, self.lp)
 
-        zero = seg.new_zeros(())
-        tdepth, tseg = zero, zero
-        if pred.depth_from_seg is not None:
-            target = depth_pred.detach()
+        use_transfer = self.consistency != "none"
+        if use_transfer and pred.depth_from_seg is not None:
+            # xtsc: against the detached direct depth; xtc: against the ground truth
+            target = pred.depth.detach().float() if self.consistency == "xtsc" else depth_target
             transferred = pred.depth_from_seg.float()
             if self.tdep_loss == "l1":
                 tdepth = masked_depth_loss(transferred, target, valid, "l1")
             else:
                 tdepth = ssim_loss(transferred, target, valid)
-        if pred.seg_from_depth is not None:
-            direct = pred.seg.detach().float()
+        if use_transfer and pred.seg_from_depth is not None:
             transferred_log_probs = F.log_softmax(pred.seg_from_depth.float(), dim=1)
-            if self.tseg_loss == "ce":
+            if self.consistency == "xtc":
+                tseg = smoothed_cross_entropy(transferred_log_probs, safe_target, self.label_smoothing, labelled)
+            elif self.tseg_loss == "ce":
+                direct = pred.seg.detach().float()
                 tseg = smoothed_cross_entropy(
                     transferred_log_probs, class_labels(direct), self.label_smoothing, labelled
                 )
             else:
-                direct_log_probs = F.log_softmax(direct, dim=1)
+                direct_log_probs = F.log_softmax(pred.seg.detach().float(), dim=1)
                 kl = (direct_log_probs.exp() * (direct_log_probs - transferred_log_probs)).sum(1)
                 tseg = (kl * labelled).sum() / labelled.sum().clamp(min=1)
 

@@ -166,8 +166,18 @@ class OriginalProtocolMetrics:
 
     @torch.no_grad()
     def update(
-        self, seg_pred: torch.Tensor, seg_target: torch.Tensor, depth_pred: torch.Tensor, depth_target: torch.Tensor
+        self,
+        seg_pred: torch.Tensor | None,
+        seg_target: torch.Tensor,
+        depth_pred: torch.Tensor | None,
+        depth_target: torch.Tensor,
     ) -> None:
+        if seg_pred is not None:
+            self._update_seg(seg_pred, seg_target)
+        if depth_pred is not None:
+            self._update_depth(depth_pred, depth_target)
+
+    def _update_seg(self, seg_pred: torch.Tensor, seg_target: torch.Tensor) -> None:
         if seg_pred.ndim == seg_target.ndim + 1:
             seg_pred = class_labels(seg_pred)
         b, c = seg_target.shape[0], self.num_classes
@@ -188,6 +198,8 @@ class OriginalProtocolMetrics:
         self.seg_images += int(has_pixels.sum())
         self.images += b
 
+    def _update_depth(self, depth_pred: torch.Tensor, depth_target: torch.Tensor) -> None:
+        b = depth_target.shape[0]
         dp = depth_pred.reshape(depth_target.shape).double()
         dt = depth_target.double()
         valid = dt > 0

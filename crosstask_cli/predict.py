@@ -171,18 +171,20 @@ def predict(
         for i, (f, rel, img) in enumerate(batch):
             size = img.shape[:2]
             maps = {"": (pred.seg, pred.depth)}
-            if transfer:
+            if transfer and pred.seg_from_depth is not None:
                 maps["_transfer"] = (pred.seg_from_depth, pred.depth_from_seg)
             files: dict[str, bytes] = {}
             for tag, (seg_t, dep_t) in maps.items():
-                seg = F.interpolate(seg_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
-                labels = class_labels(seg)[0].to(torch.uint8).cpu().numpy()
-                dep = F.interpolate(dep_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
-                depth = dep[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
-                files[f"_seg{tag}.png"] = _encode_png(labels)
-                files[f"_seg{tag}_color.png"] = _encode_png(colorize(labels, palette))
-                files[f"_depth{tag}.npy"] = _npy_bytes(depth)
-                files[f"_depth{tag}_color.png"] = _encode_png(colorize_depth(depth, depth_kind, mark_invalid=False))
+                if seg_t is not None:  # a single-task model predicts one of the two
+                    seg = F.interpolate(seg_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
+                    labels = class_labels(seg)[0].to(torch.uint8).cpu().numpy()
+                    files[f"_seg{tag}.png"] = _encode_png(labels)
+                    files[f"_seg{tag}_color.png"] = _encode_png(colorize(labels, palette))
+                if dep_t is not None:
+                    dep = F.interpolate(dep_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
+                    depth = dep[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
+                    files[f"_depth{tag}.npy"] = _npy_bytes(depth)
+                    files[f"_depth{tag}_color.png"] = _encode_png(colorize_depth(depth, depth_kind, mark_invalid=False))
             for suffix, data in files.items():
                 atomic_write(out / f"{rel}{suffix}", lambda fh, d=data: fh.write(d))
             result.written.append(str(rel))

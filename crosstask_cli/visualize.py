@@ -224,7 +224,6 @@ def sample_grid(
     from crosstask_cli.data.dataset import PreparedDataset
     from crosstask_cli.data.labels import colorize
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from crosstask_cli.metrics import class_labels
 
     plt = _pyplot()
     ds = PreparedDataset(data, split)
@@ -256,15 +255,15 @@ def sample_grid(
             x, _, _, _ = ds[i]
             with torch.inference_mode():
                 p = model(x[None].to(device))
-            seg_p = class_labels(p.seg)[0].to(torch.uint8).cpu().numpy()
-            seg_t = class_labels(p.seg_from_depth)[0].to(torch.uint8).cpu().numpy()
-            dep_p = p.depth[0, 0].clamp(min=0).cpu().numpy()
-            dep_t = p.depth_from_seg[0, 0].clamp(min=0).cpu().numpy()
+            dep_p = _depth_cell(p.depth, depth.shape)
             cells += [
-                ("predicted seg", overlay(image, colorize(seg_p, palette))),
-                ("transferred seg", overlay(image, colorize(seg_t, palette))),
+                ("predicted seg", _seg_cell(p.seg, image, palette)),
+                ("transferred seg", _seg_cell(p.seg_from_depth, image, palette)),
             ]
-            depth_cells += [("predicted depth", dep_p), ("transferred depth", dep_t)]
+            depth_cells += [
+                ("predicted depth", dep_p),
+                ("transferred depth", _depth_cell(p.depth_from_seg, depth.shape)),
+            ]
         for c_i, (title, img) in enumerate(cells):
             axes[r, c_i].imshow(img)
             axes[r, c_i].set_title(title if r == 0 else "", fontsize=9)
@@ -292,6 +291,20 @@ def sample_grid(
     _save(fig, path, atomic_write)
     plt.close(fig)
     return path
+
+
+def _seg_cell(logits, image: np.ndarray, palette) -> np.ndarray:
+    """Overlay of a predicted segmentation, or a blank tile for a model without that output."""
+    from crosstask_cli.data.labels import colorize
+    from crosstask_cli.metrics import class_labels
+
+    if logits is None:
+        return np.full_like(image, 255)
+    return overlay(image, colorize(class_labels(logits)[0].cpu().numpy().astype(np.uint8), palette))
+
+
+def _depth_cell(depth, shape) -> np.ndarray:
+    return np.zeros(shape, np.float32) if depth is None else depth[0, 0].clamp(min=0).cpu().numpy()
 
 
 def curves_from_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:

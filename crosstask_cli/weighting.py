@@ -1,11 +1,14 @@
 """Task weighting: how the two task losses (seg_task, depth_task) become one scalar to backpropagate.
 
 Every method is an ``nn.Module`` (its learnable state goes into the optimizer and its buffers into
-checkpoints) with the same three calls per training step, so that a step has exactly one ``backward()``:
+checkpoints) with the same calls per training step:
 
-    total = weighting.combine(task_losses, model)    # before backward
-    total.backward()
-    optimizer.step(); weighting.after_step()          # after the optimizer step
+    total = weighting.combine(task_losses, model)        # the scalar that is optimised (and logged)
+    weighting.backward(total, task_losses, model, scaler) # gradients: one total.backward() by default
+    optimizer.step(); weighting.after_step()              # after the optimizer step
+    weighting.epoch_end(mean_task_losses)                 # once per epoch (DWA)
+
+All methods but PCGrad (which needs one gradient per task by definition) run exactly one backward pass.
 
 New methods register with :func:`register_weighting`.
 """
@@ -54,8 +57,15 @@ class TaskWeighting(nn.Module):
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
+        """Fill the parameters' .grad for this step: one backward pass of ``total``."""
+        (scaler.scale(total) if scaler is not None else total).backward()
+
     def after_step(self) -> None:
         """Called after the optimizer step (e.g. to renormalise weights)."""
+
+    def epoch_end(self, mean_losses: dict[str, float]) -> None:
+        """Called with each task's mean training loss at the end of every epoch."""
 
     def weights(self) -> dict[str, float]:
         """The current effective weight of each task, for logging."""
@@ -143,3 +153,106 @@ class GradNormWeighting(TaskWeighting):
 
     def weights(self) -> dict[str, float]:
         return dict(zip(self.tasks, self.task_weights.detach().tolist(), strict=True))
+
+
+@register_weighting("dwa")
+class DynamicWeightAverage(TaskWeighting):
+    """Liu et al. 2019 (MTAN), Dynamic Weight Average: w_k = K·exp(r_k/T) / Σ_i exp(r_i/T) with
+    r_k = L_k(t−1) / L_k(t−2), the ratio of the task's mean training losses over the last two epochs; weights
+    are 1 for the first two epochs. ``temperature`` T (2 in the paper) softens the weights."""
+
+    def __init__(self, tasks: tuple[str, ...] = TASKS, temperature: float = 2.0) -> None:
+        super().__init__(tasks)
+        if temperature <= 0:
+            raise ValueError(f"DWA temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+        self.register_buffer("history", torch.zeros(2, len(self.tasks)))  # losses of epochs t−2, t−1
+        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("task_weights", torch.ones(len(self.tasks)))
+
+    def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
+        stacked = torch.stack([losses[t] for t in self.tasks])
+        return (self.task_weights.to(stacked) * stacked).sum()
+
+    @torch.no_grad()
+    def epoch_end(self, mean_losses: dict[str, float]) -> None:
+        current = torch.tensor([float(mean_losses[t]) for t in self.tasks], dtype=self.history.dtype)
+        self.history[0] = self.history[1].clone()
+        self.history[1] = current.to(self.history.device)
+        self.epochs_seen += 1
+        if int(self.epochs_seen) >= 2:
+            ratio = self.history[1] / self.history[0].clamp(min=1e-12)
+            self.task_weights.copy_(len(self.tasks) * torch.softmax(ratio / self.temperature, dim=0))
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.tasks, self.task_weights.tolist(), strict=True))
+
+
+def pcgrad_project(grads: list[torch.Tensor], order_seed: int = 0) -> list[torch.Tensor]:
+    """Yu et al. 2020 (PCGrad): for each task gradient g_i and each other task j in random order, remove the
+    component along g_j when they conflict (g_i·g_j < 0): g_i ← g_i − (g_i·g_j)/‖g_j‖²·g_j. Non-conflicting
+    gradients are left unchanged. Inputs are flat gradients; returns the projected ones (sum them)."""
+    gen = torch.Generator().manual_seed(order_seed)
+    out = []
+    for i, g in enumerate(grads):
+        g = g.clone()
+        others = [j for j in torch.randperm(len(grads), generator=gen).tolist() if j != i]
+        for j in others:
+            dot = torch.dot(g, grads[j])
+            if dot < 0:
+                g -= dot / grads[j].dot(grads[j]).clamp(min=1e-20) * grads[j]
+        out.append(g)
+    return out
+
+
+@register_weighting("pcgrad")
+class PCGradWeighting(TaskWeighting):
+    """Projecting conflicting gradients (Yu et al. 2020) on the shared encoder; other parameters get the plain
+    sum of their task gradients.
+
+    Cost: one backward pass per task (``autograd.grad``) instead of one in total, and one flat copy of the
+    shared (encoder) gradient per task (ResNet-34: 21.3 M parameters → 85 MB per task in fp32). Not supported
+    with an fp16 GradScaler nor under DDP (its gradients are set outside DDP's reducer).
+    """
+
+    def __init__(self, tasks: tuple[str, ...] = TASKS, seed: int = 0) -> None:
+        super().__init__(tasks)
+        self.seed = int(seed)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
+        return sum(losses[t] for t in self.tasks)
+
+    def weights(self) -> dict[str, float]:
+        return {t: 1.0 for t in self.tasks}  # PCGrad changes directions, not weights
+
+    def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
+        if scaler is not None and scaler.is_enabled():
+            raise ValueError("pcgrad does not support fp16 loss scaling; use --amp on a bf16 GPU or fp32")
+        params = [p for p in model.parameters() if p.requires_grad]
+        shared = {id(p) for p in model.shared_parameters()}
+        per_task = []
+        for i, t in enumerate(self.tasks):
+            per_task.append(
+                torch.autograd.grad(losses[t], params, retain_graph=i < len(self.tasks) - 1, allow_unused=True)
+            )
+        shared_idx = [k for k, p in enumerate(params) if id(p) in shared]
+        shared_set = set(shared_idx)
+
+        def flat(grads) -> torch.Tensor:
+            return torch.cat(
+                [(grads[k] if grads[k] is not None else torch.zeros_like(params[k])).flatten() for k in shared_idx]
+            )
+
+        projected = pcgrad_project([flat(g) for g in per_task], order_seed=self.seed * 1_000_003 + int(self.steps))
+        combined = torch.stack(projected).sum(0)
+        offset = 0
+        for k, p in enumerate(params):
+            if k in shared_set:
+                n = p.numel()
+                p.grad = combined[offset : offset + n].view_as(p).clone()
+                offset += n
+            else:
+                parts = [g[k] for g in per_task if g[k] is not None]
+                p.grad = torch.stack(parts).sum(0) if parts else None
+        self.steps += 1

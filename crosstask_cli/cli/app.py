@@ -33,7 +33,7 @@ def _root(
 
 
 def _register() -> None:
-    from crosstask_cli.cli import bench, demo, evaluate, info, predict, prepare, train, visualize
+    from crosstask_cli.cli import bench, compare, demo, evaluate, info, predict, prepare, train, visualize
 
     app.add_typer(prepare.app, name="prepare")
     app.command("train", help=train.HELP, no_args_is_help=True)(train.train_command)
@@ -43,6 +43,7 @@ def _register() -> None:
     app.command("demo", help=demo.HELP)(demo.demo_command)
     app.command("info", help=info.HELP, no_args_is_help=True)(info.info_command)
     app.command("bench", help=bench.HELP)(bench.bench_command)
+    app.command("compare", help=compare.HELP, no_args_is_help=True)(compare.compare_command)
     try:
         from crosstask_cli.cli import export
 

@@ -43,6 +43,9 @@ def bench_command(
     parts: list[str] = typer.Option(
         list(PARTS), "--part", help="What to measure: model, metrics, loader (repeatable)."
     ),
+    weighting: str = typer.Option(
+        "fixed", "--weighting", help="Task weighting in the training step (e.g. pcgrad, to measure its cost)."
+    ),
     json_file: Path = typer.Option(None, "--json", help="Also write every figure as JSON."),
 ) -> None:
     from crosstask_cli.bench import BenchConfig, run_bench
@@ -51,7 +54,7 @@ def bench_command(
     if unknown:
         raise CLIError(f"--part must be one of {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")
     cfg = BenchConfig(enc_layers, num_classes, height, width, batch_size, device, amp, runs, warmup, matmul_n,
-                      str(data) if data else None, raw_samples)  # fmt: skip
+                      str(data) if data else None, raw_samples, weighting)  # fmt: skip
     res = run_bench(cfg, tuple(p for p in PARTS if p in parts), progress=lambda p: err.print(f"measuring {p}…"))
     f = res.figures
     t = Table(title=f"crosstask bench · ResNet-{enc_layers}, {num_classes} classes, {height}×{width}, batch {batch_size}, "

@@ -149,13 +149,26 @@ def train_command(
         None, "--wider-ttnet/--no-wider-ttnet", help="Double the TaskTransferNet channels."
     ),
     weighting: str = typer.Option(
-        None, "--weighting", help="Task weighting: fixed (default), uncertainty (Kendall 2018), gradnorm (Chen 2018)."
+        None,
+        "--weighting",
+        help="Task weighting: fixed (default), uncertainty (Kendall 2018), gradnorm (Chen 2018), dwa (Liu 2019), pcgrad (Yu 2020; one backward pass per task).",
     ),
     uncertainty_weights: bool = typer.Option(
         False, "--uncertainty-weights", help="Shorthand for --weighting uncertainty."
     ),
     gradnorm: bool = typer.Option(False, "--gradnorm", help="Shorthand for --weighting gradnorm."),
     gradnorm_alpha: float = typer.Option(None, "--gradnorm-alpha", help="GradNorm asymmetry α (1.5)."),
+    tasks: str = typer.Option(
+        None,
+        "--tasks",
+        help="seg,depth (default), or seg / depth alone for a single-task baseline (one decoder, no TaskTransferNets).",
+    ),
+    consistency: str = typer.Option(
+        None,
+        "--consistency",
+        help="xtsc (default, the method: transferred predictions against the detached direct ones), xtc (against the ground truth; its segmentation term is always CE) or none (plain multi-task learning, no TaskTransferNets).",
+    ),
+    dwa_temperature: float = typer.Option(None, "--dwa-temperature", help="Temperature T of --weighting dwa (2)."),
     num_classes: int = typer.Option(
         None, "--num-classes", help="Segmentation classes: cityscapes/synthetic 7 or 19, nyu 13."
     ),
@@ -234,6 +247,9 @@ def train_command(
         wider_ttnet=wider_ttnet,
         weighting=weighting,
         gradnorm_alpha=gradnorm_alpha,
+        dwa_temperature=dwa_temperature,
+        tasks=tuple(t.strip() for t in tasks.split(",")) if tasks else None,
+        consistency=consistency,
         num_classes=num_classes,
         depth=depth,
         workers=workers,

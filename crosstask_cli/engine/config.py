@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from crosstask_cli.losses import DEPTH_LOSSES, TDEPTH_LOSSES, TSEG_LOSSES
+from crosstask_cli.losses import CONSISTENCY, DEPTH_LOSSES, TDEPTH_LOSSES, TSEG_LOSSES
 from crosstask_cli.models.encoder import RESNET_DEPTHS
 
 DATASETS = ("cityscapes", "nyu", "synthetic")
@@ -79,6 +79,9 @@ class TrainConfig:
     wider_ttnet: bool = False
     weighting: str = "fixed"
     gradnorm_alpha: float = 1.5
+    dwa_temperature: float = 2.0
+    tasks: tuple[str, ...] = ("seg", "depth")
+    consistency: str = "xtsc"
     num_classes: int = 7
     depth: str = "inverse"
     workers: int = 2
@@ -115,6 +118,16 @@ class TrainConfig:
     def validate(self) -> None:
         def bad(msg: str) -> None:
             raise ValueError(msg)
+
+        self.tasks = tuple(self.tasks)
+        if not self.tasks or set(self.tasks) - {"seg", "depth"} or len(set(self.tasks)) != len(self.tasks):
+            bad(f"--tasks must be seg,depth, seg or depth, got {','.join(self.tasks)}")
+        if self.consistency not in CONSISTENCY:
+            bad(f"--consistency must be one of {', '.join(CONSISTENCY)}, got {self.consistency!r}")
+        if len(self.tasks) == 1:
+            self.consistency = "none"  # a single task has nothing to be consistent with
+        if self.dwa_temperature <= 0:
+            bad(f"--dwa-temperature must be positive, got {self.dwa_temperature}")
 
         if self.dataset not in DATASETS:
             bad(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
@@ -166,6 +179,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["tasks"] = list(self.tasks)
         return d
 
     @classmethod
@@ -177,6 +191,8 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        if "tasks" in d:
+            d["tasks"] = tuple(d["tasks"])
         cfg = cls(**d)
         cfg.validate()
         return cfg

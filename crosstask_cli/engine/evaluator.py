@@ -37,10 +37,13 @@ class MetricSet:
         self.images = 0
 
     def update(self, seg_pred, seg_target, depth_pred, depth_target) -> None:
-        if seg_pred.ndim == seg_target.ndim + 1:
+        """Predictions may be None for a task a single-task model does not have (its metrics stay NaN)."""
+        if seg_pred is not None and seg_pred.ndim == seg_target.ndim + 1:
             seg_pred = class_labels(seg_pred)  # once for both protocols
-        self.cm.update(seg_pred, seg_target)
-        self.depth.update(depth_pred, depth_target)
+        if seg_pred is not None:
+            self.cm.update(seg_pred, seg_target)
+        if depth_pred is not None:
+            self.depth.update(depth_pred, depth_target)
         self.original.update(seg_pred, seg_target, depth_pred, depth_target)
         self.images += seg_target.shape[0]
 

@@ -176,7 +176,14 @@ class Trainer:
         self.prepared = prepared
         self.meta = read_meta(prepared)
         self.model = build_model(
-            cfg.enc_layers, cfg.num_classes, cfg.pretrained, cfg.ttnet_batch_norm, cfg.wider_ttnet, cfg.encoder_weights
+            cfg.enc_layers,
+            cfg.num_classes,
+            cfg.pretrained,
+            cfg.ttnet_batch_norm,
+            cfg.wider_ttnet,
+            cfg.encoder_weights,
+            tasks=cfg.tasks,
+            transfer=cfg.consistency != "none",
         )
         self.fmt = memory_format(self.device)
         if self.dist.enabled and cfg.sync_bn:
@@ -184,8 +191,12 @@ class Trainer:
                 raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.fmt)
-        kwargs = {"alpha": cfg.gradnorm_alpha} if cfg.weighting == "gradnorm" else {}
-        self.weighting = build_weighting(cfg.weighting, **kwargs).to(self.device)
+        kwargs = {"gradnorm": {"alpha": cfg.gradnorm_alpha}, "dwa": {"temperature": cfg.dwa_temperature},
+                  "pcgrad": {"seed": cfg.seed}}.get(cfg.weighting, {})  # fmt: skip
+        if cfg.weighting == "pcgrad" and self.dist.enabled:
+            raise ValueError("--weighting pcgrad is not supported with several processes (torchrun)")
+        task_names = tuple(f"{t}_task" for t in cfg.tasks)
+        self.weighting = build_weighting(cfg.weighting, task_names, **kwargs).to(self.device)
         self.loss_fn = CrossTaskLoss(
             cfg.num_classes,
             cfg.alpha,
@@ -195,6 +206,7 @@ class Trainer:
             cfg.tseg_loss,
             cfg.label_smoothing,
             self.meta.get("ignore_index", 255),
+            cfg.consistency,
         )
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -310,7 +322,7 @@ class Trainer:
             self.reporter.message(msg + f" (skipped, {self.nonfinite}/{self.cfg.skip_nonfinite})")
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        self.scaler.scale(total).backward()
+        self.weighting.backward(total, {k: losses[k] for k in self.weighting.tasks}, self.model, self.scaler)
         ddp.average_gradients_(self.weighting.parameters(), self.dist)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -364,6 +376,7 @@ class Trainer:
         row: dict = {"epoch": self.epoch, "step": self.step_count, "lr": lr}
         row.update({f"train_{k}": v for k, v in zip((*LOSS_NAMES, "total"), means, strict=True)})
         row.update({f"weight_{k}": v for k, v in self.weighting.weights().items()})
+        self.weighting.epoch_end({t: row[f"train_{t}"] for t in self.weighting.tasks})  # DWA: next epoch's weights
 
         n_val = (
             len(self.val_ds)
@@ -383,7 +396,7 @@ class Trainer:
             progress=self.reporter.eval_advance,
         )
         row["val_split"] = self.select_split
-        row["val_loss"] = ev["loss"]["seg_task"] + ev["loss"]["depth_task"]
+        row["val_loss"] = sum(ev["loss"][t] for t in self.weighting.tasks)
         row.update({f"val_{k}": v for k, v in ev["loss"].items()})
         row.update({f"val_{k}": ev["segmentation"][k] for k in ("miou", "pixel_acc")})
         row.update({f"val_{k}": ev["depth"][k] for k in ("abs_err", "rel_err", "rmse", "delta1")})

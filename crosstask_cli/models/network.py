@@ -23,11 +23,12 @@ class Predictions(NamedTuple):
     seg: B×C×H×W logits; depth: B×1×H×W (dataset depth units);
     seg_from_depth: B×C×H×W log-probabilities from the depth→seg TaskTransferNet;
     depth_from_seg: B×1×H×W from the seg→depth TaskTransferNet. The transferred fields are None
-    for a ``direct_only`` forward.
+    for a ``direct_only`` forward and for models without TaskTransferNets; ``seg`` or ``depth`` is None for a
+    single-task model of the other task.
     """
 
-    seg: torch.Tensor
-    depth: torch.Tensor
+    seg: torch.Tensor | None
+    depth: torch.Tensor | None
     seg_from_depth: torch.Tensor | None = None
     depth_from_seg: torch.Tensor | None = None
 
@@ -40,9 +41,22 @@ class ModelConfig:
     num_classes: int = 7
     ttnet_batch_norm: bool = False
     wider_ttnet: bool = False
+    tasks: tuple[str, ...] = ("seg", "depth")
+    transfer: bool = True  # the TaskTransferNets (cross-task consistency); needs both tasks
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if not self.tasks or set(self.tasks) - {"seg", "depth"}:
+            raise ValueError(f"tasks must be seg, depth or both, got {','.join(self.tasks)}")
+
+    @property
+    def has_transfer(self) -> bool:
+        return self.transfer and set(self.tasks) == {"seg", "depth"}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
 
 
 class CrossTaskNet(nn.Module):
@@ -60,11 +74,16 @@ class CrossTaskNet(nn.Module):
             raise ValueError(f"num_classes must be at least 2, got {config.num_classes}")
         self.config = config
         self.encoder = ResNetEncoder(config.enc_layers)
-        self.seg_decoder = SkipDecoder(self.encoder.channels, config.num_classes)
-        self.depth_decoder = SkipDecoder(self.encoder.channels, 1)
-        tt = dict(batch_norm=config.ttnet_batch_norm, wider=config.wider_ttnet)
-        self.seg_to_depth = TaskTransferNet(config.num_classes, 1, log_softmax_input=True, **tt)
-        self.depth_to_seg = TaskTransferNet(1, config.num_classes, **tt)
+        # Submodules exist only for the configured tasks (single-task baselines have one decoder, plain
+        # multi-task models no TaskTransferNets), so parameter counts and checkpoints say what was trained.
+        if "seg" in config.tasks:
+            self.seg_decoder = SkipDecoder(self.encoder.channels, config.num_classes)
+        if "depth" in config.tasks:
+            self.depth_decoder = SkipDecoder(self.encoder.channels, 1)
+        if config.has_transfer:
+            tt = dict(batch_norm=config.ttnet_batch_norm, wider=config.wider_ttnet)
+            self.seg_to_depth = TaskTransferNet(config.num_classes, 1, log_softmax_input=True, **tt)
+            self.depth_to_seg = TaskTransferNet(1, config.num_classes, **tt)
 
     @property
     def num_classes(self) -> int:
@@ -81,9 +100,9 @@ class CrossTaskNet(nn.Module):
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         features = self.encoder(x)
-        seg = self.seg_decoder(features)
-        depth = self.depth_decoder(features)
-        if direct_only:
+        seg = self.seg_decoder(features) if "seg" in self.config.tasks else None
+        depth = self.depth_decoder(features) if "depth" in self.config.tasks else None
+        if direct_only or not self.config.has_transfer:
             out = Predictions(seg, depth)
         else:
             out = Predictions(seg, depth, self.depth_to_seg(depth), self.seg_to_depth(seg))
@@ -99,14 +118,17 @@ def build_model(
     ttnet_batch_norm: bool = False,
     wider_ttnet: bool = False,
     encoder_weights: str | Path | None = None,
+    tasks: tuple[str, ...] = ("seg", "depth"),
+    transfer: bool = True,
 ) -> CrossTaskNet:
     """Build a CrossTaskNet.
 
     ``pretrained=True`` loads torchvision's ImageNet weights from the local torch cache (never downloads;
     raises :class:`PretrainedWeightsMissing` naming the expected file). ``encoder_weights`` loads a local
-    ResNet state dict instead.
+    ResNet state dict instead. ``tasks`` and ``transfer`` build the baselines: one task only, or both
+    without TaskTransferNets (plain multi-task learning).
     """
-    model = CrossTaskNet(ModelConfig(enc_layers, num_classes, ttnet_batch_norm, wider_ttnet))
+    model = CrossTaskNet(ModelConfig(enc_layers, num_classes, ttnet_batch_norm, wider_ttnet, tuple(tasks), transfer))
     if encoder_weights is not None:
         model.encoder.load_weights(encoder_weights)
     elif pretrained:
