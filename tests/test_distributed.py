@@ -56,14 +56,22 @@ def _ddp_worker(rank: int, world: int, port: int, prepared: str, out: str) -> No
     ddp.cleanup(info)
 
 
-def test_ddp_ranks_agree_and_match_a_single_process(synthetic_prepared, tmp_path):
+@pytest.fixture
+def one_thread():
+    """The reference runs single-threaded like the workers; other tests compare bit-exactly at the default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ddp_ranks_agree_and_match_a_single_process(synthetic_prepared, tmp_path, one_thread):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(synthetic_prepared), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks hold different weights"
 
     # Single process, same global batch: each rank's half is a separate forward (BatchNorm statistics are
     # per process in DDP without --sync-bn, which is CUDA-only), gradients averaged, one optimizer step.
-    torch.set_num_threads(1)
     ref = Trainer(_config(synthetic_prepared), tmp_path / "ref")
     ref.setup(synthetic_prepared)
     ref.model.train()
