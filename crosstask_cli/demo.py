@@ -39,7 +39,7 @@ def run_demo(
     out: str | Path, settings: DemoSettings | None = None, force: bool = False, reporter=None, progress=None
 ) -> DemoResult:
     from crosstask_cli.atomic import atomic_write_text
-    from crosstask_cli.data.prepare import prepare_synthetic
+    from crosstask_cli.data.prepare import cache_dir, prepare_synthetic
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from crosstask_cli.engine.config import TrainConfig
     from crosstask_cli.engine.evaluator import evaluate
@@ -80,7 +80,7 @@ def run_demo(
     res.artefacts["training curves"] = run.run_dir / "plots"
 
     ckpt = load_checkpoint(best)
-    prepared = data / ".crosstask" / f"{s.height}x{s.width}-c7"
+    prepared = cache_dir(data, s.height, s.width, 7)  # where training prepared the raw scenes
     metrics = evaluate(model_from_checkpoint(ckpt), prepared, "val", batch_size=8)
     atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2, default=float))
     res.metrics = metrics
