@@ -2,7 +2,8 @@
 # The method's comparison on synthetic street scenes, sized for a 2-core CPU (about 25 minutes):
 # single-task baselines, plain multi-task learning with four weightings, and cross-task consistency
 # (xtc against ground truth, xtsc the method, xtsc + uncertainty as the paper's best setting).
-# Model selection on a 'holdout' split taken from train; the reported numbers are on 'val'.
+# Model selection by validation loss (the original method's rule) on a 'holdout' split taken from train;
+# the reported numbers are on 'val'.
 # Usage: scripts/compare_synthetic.sh [OUT_DIR]   (default runs/synthetic-comparison)
 set -euo pipefail
 OUT=${1:-runs/synthetic-comparison}
@@ -12,7 +13,7 @@ mkdir -p "$OUT"
 [ -d "$DATA/prepared" ] || crosstask prepare cityscapes --src "$DATA/raw" --out "$DATA/prepared" \
     --height 64 --width 128 --num-classes 7 --val-from-train 40 --seed 0
 COMMON=(--data "$DATA/prepared" --height 64 --width 128 --enc-layers 18 --epochs 5 --batch-size 8 --lr 1e-3
-        --scheduler-step-size 4 --select-metric miou --workers 1 --seed 0 --force)
+        --scheduler-step-size 4 --select-metric loss --workers 1 --seed 0 --force)
 run() {  # name, extra flags...
     local name=$1; shift
     crosstask train synthetic "${COMMON[@]}" --run-dir "$OUT/$name" "$@"

@@ -152,6 +152,9 @@ class TrainConfig:
             bad(f"--weighting must be one of {', '.join(weighting_names())}, got {self.weighting!r}")
         if self.select_metric not in SELECT_METRICS:
             bad(f"--select-metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
+        needs = {"miou": "seg", "pixel_acc": "seg", "abs_err": "depth", "rel_err": "depth"}.get(self.select_metric)
+        if needs is not None and needs not in self.tasks:
+            bad(f"--select-metric {self.select_metric} needs the {needs} task, but --tasks is {','.join(self.tasks)}")
         if self.lr <= 0:
             bad(f"--lr must be positive, got {self.lr}")
         if not 0 < self.scheduler_gamma <= 1:
