@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The method's comparison on synthetic street scenes, sized for a 2-core CPU (about 25 minutes):
+# The method's comparison on synthetic street scenes, sized for a 2-core CPU (15–25 minutes):
 # single-task baselines, plain multi-task learning with four weightings, and cross-task consistency
 # (xtc against ground truth, xtsc the method, xtsc + uncertainty as the paper's best setting).
 # Model selection by validation loss (the original method's rule) on a 'holdout' split taken from train;
