@@ -275,7 +275,12 @@ def sample_grid(
             ax.axis("off")
         if model is not None:
             ax = axes[r, -1]
-            error = np.where(depth > 0, np.abs(dep_p - depth), np.nan)
+            # no depth head (a segmentation-only model): nothing to compare, leave the tile blank
+            error = (
+                np.where(depth > 0, np.abs(dep_p - depth), np.nan)
+                if p.depth is not None
+                else np.full(depth.shape, np.nan)
+            )
             im = ax.imshow(error, cmap="viridis")
             ax.set_title("|depth error| (GT valid)" if r == 0 else "", fontsize=9)
             ax.axis("off")
