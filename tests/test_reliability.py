@@ -113,9 +113,6 @@ def test_mid_epoch_checkpoint_resumes_exactly(synthetic_raw, tmp_path):
                                      batch_size=4, workers=0, max_steps_per_epoch=3, save_every_steps=1)  # fmt: skip
     ct.train(cfg, run_dir=tmp_path / "straight")
 
-    class StopAfter(ct.engine.trainer.TrainReporter if False else object):
-        pass
-
     from crosstask_cli.engine.trainer import TrainReporter
 
     class Interrupt(TrainReporter):

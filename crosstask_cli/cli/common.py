@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -119,8 +118,3 @@ def fmt_sig(value: float, sig: int = 3) -> str:
     if value != value:
         return "–"
     return f"{value:.{sig}g}"
-
-
-def exit_code_for(ok: bool) -> None:
-    if not ok:
-        sys.exit(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
 from crosstask_cli.data.labels import class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
-from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared, read_meta
+from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -253,10 +253,3 @@ def check_compatible(meta: dict, num_classes: int, depth_kind: str | None, where
         raise DatasetError(f"{where}: dataset has {meta['num_classes']} classes, the model {num_classes}")
     if depth_kind is not None and meta["depth"]["kind"] != depth_kind:
         raise DatasetError(f"{where}: dataset depth is {meta['depth']['kind']}, the model predicts {depth_kind}")
-
-
-def summary(paths: Iterable[Path]) -> list[dict]:
-    return [
-        {"path": str(p), **{k: read_meta(p)[k] for k in ("dataset", "num_classes", "height", "width", "splits")}}
-        for p in paths
-    ]
