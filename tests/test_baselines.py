@@ -182,6 +182,12 @@ def test_single_task_run_trains_evaluates_and_predicts(synthetic_raw, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "p/grace_hopper_depth.npy").is_file() and not (tmp_path / "p/grace_hopper_seg.png").exists()
     assert np.load(tmp_path / "p/grace_hopper_depth.npy").shape == (600, 512)
+    r = run_cli("visualize", "samples", "--data", synthetic_raw, "--ckpt", tmp_path / "run/checkpoints/best.pt", "-n", "2",
+                "--out", tmp_path / "grid.png")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    import cv2
+
+    assert cv2.imread(str(tmp_path / "grid.png")) is not None
 
 
 def test_plain_multitask_and_pcgrad_run(synthetic_raw, tmp_path):
