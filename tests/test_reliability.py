@@ -78,15 +78,23 @@ def test_sigkill_anywhere_loses_nothing_and_checkpoints_stay_loadable(synthetic_
     watcher = CheckpointWatcher(run / "checkpoints")
     watcher.start()
     rng = random.Random(7)
+    last = run / "checkpoints" / "last.pt"
     kills, resume = 0, False
     for attempt in range(15):
+        before = last.stat().st_mtime_ns if last.exists() else None
         proc = _train_proc(run, synthetic_raw, *(["--resume"] if resume else []))
+        deadline = time.time() + 120
         if attempt == 1:  # aim at a checkpoint write: kill as soon as a temporary checkpoint file appears
-            deadline = time.time() + 60
             while proc.poll() is None and time.time() < deadline and not list((run / "checkpoints").glob(".*.tmp")):
                 time.sleep(0.002)
-        else:
-            time.sleep(rng.uniform(3.0, 7.0))
+        else:  # let this attempt make progress (a new last.pt), then kill at a random moment shortly after
+            while (
+                proc.poll() is None
+                and time.time() < deadline
+                and (not last.exists() or last.stat().st_mtime_ns == before)
+            ):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is None and kills < 4:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
