@@ -32,6 +32,8 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None):
         self.num_classes = num_classes
+        if not 0 <= ignore_index <= 255:
+            raise ValueError(f"ignore_index must be in 0..255 (targets are byte class ids), got {ignore_index}")
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -48,8 +50,6 @@ class ConfusionMatrix:
             pred = pred.clamp(0, c - 1)
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        if not 0 <= self.ignore_index <= 255 or target.dtype == torch.int8:
-            raise ValueError("targets must be non-negative class ids with an ignore index in 0..255")
         # One bincount over a 256×C table indexed by (target, pred): rows 0..C−1 are the confusion matrix, the
         # ignore row is dropped, and any other non-empty row is an out-of-range target. No masked copies.
         idx = target.long() * c + pred.long()

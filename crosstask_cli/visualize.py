@@ -221,7 +221,7 @@ def sample_grid(
     import torch
 
     from crosstask_cli.atomic import atomic_write
-    from crosstask_cli.data.dataset import PreparedDataset
+    from crosstask_cli.data.dataset import PreparedDataset, normalise
     from crosstask_cli.data.labels import colorize
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -252,7 +252,7 @@ def sample_grid(
         cells = [("image", image), ("ground truth seg", overlay(image, colorize(labels, palette)))]
         depth_cells = [("ground truth depth", depth)]
         if model is not None:
-            x, _, _, _ = ds[i]
+            x = normalise(torch.from_numpy(image))  # the sample already loaded above, not read again
             with torch.inference_mode():
                 p = model(x[None].to(device))
             dep_p = _depth_cell(p.depth, depth.shape)

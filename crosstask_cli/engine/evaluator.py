@@ -13,7 +13,7 @@ from crosstask_cli.data.dataset import PreparedDataset
 from crosstask_cli.data.prepared import DatasetError, open_split, read_meta
 from crosstask_cli.data.resize import resize_nearest
 from crosstask_cli.engine.device import amp_dtype, memory_format
-from crosstask_cli.losses import CrossTaskLoss
+from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
 from crosstask_cli.metrics import (
     PROTOCOLS,
     ConfusionMatrix,
@@ -120,7 +120,8 @@ def evaluate(
     )
     metrics = MetricSet(ds.meta)
     need_transfer = consistency or loss_fn is not None
-    loss_sums: dict[str, float] = {}
+    loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
+    loss_keys = list(LOSS_NAMES)  # fixed, so every process reduces the same vector
     batches = 0
     was_training = model.training
     fmt = memory_format(device)
@@ -141,8 +142,9 @@ def evaluate(
                 )
                 metrics.has_consistency = True
             if loss_fn is not None:
-                for k, v in loss_fn(pred, seg_t, depth_t).items():
-                    loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+                losses = loss_fn(pred, seg_t, depth_t)
+                row = torch.stack([losses[k].detach().double() for k in loss_keys])
+                loss_sums = row if loss_sums is None else loss_sums + row
             batches += 1
             if progress:
                 progress(images.shape[0])
@@ -153,14 +155,17 @@ def evaluate(
         if loss_fn is not None:
             from crosstask_cli.engine.distributed import all_reduce_sum_
 
-            keys = sorted(loss_sums)
-            packed = all_reduce_sum_(
-                torch.tensor([loss_sums[k] for k in keys] + [batches], dtype=torch.float64, device=device), dist
+            local = (
+                loss_sums if loss_sums is not None else torch.zeros(len(loss_keys), dtype=torch.float64, device=device)
             )
-            loss_sums, batches = dict(zip(keys, packed[:-1].tolist(), strict=True)), int(packed[-1].item())
+            packed = all_reduce_sum_(
+                torch.cat([local, torch.tensor([float(batches)], dtype=torch.float64, device=device)]), dist
+            )
+            loss_sums, batches = packed[:-1], int(packed[-1].item())
     out = metrics.result(protocol, ds.split_name)
     if loss_fn is not None:
-        out["loss"] = {k: v / max(batches, 1) for k, v in loss_sums.items()}
+        sums = loss_sums.tolist() if loss_sums is not None else [0.0] * len(loss_keys)
+        out["loss"] = {k: v / max(batches, 1) for k, v in zip(loss_keys, sums, strict=True)}
     return out
 
 
