@@ -156,3 +156,18 @@ def test_decoder_head_before_last_upsampling_is_the_same_function():
             for block, skip in zip(decoder.blocks[1:], reversed(feats[:-1]), strict=True):
                 y = block(torch.cat((y, skip), 1))
             assert torch.allclose(got, decoder.head(y), atol=1e-6, rtol=1e-5)
+
+
+def test_channels_last_model_returns_planar_segmentation_logits():
+    """The metrics' class-id extraction and the loss reduce over classes plane by plane; a channels_last model
+    must still hand them NCHW logits, with the same values as a contiguous-format model."""
+    torch.manual_seed(0)
+    model = ct.build_model(enc_layers=18, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    assert out.seg.is_contiguous() and out.seg_from_depth.is_contiguous()
+    for a, b in zip(ref, out, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

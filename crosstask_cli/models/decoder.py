@@ -47,4 +47,6 @@ class SkipDecoder(nn.Module):
         x = self.blocks[-1].convs(torch.cat((x, features[0]), dim=1))
         # head(upsample(x)) == upsample(head(x)): both are linear and the head has no bias, so the last
         # upsampling runs on out_channels maps instead of 128 (same function, far less full-resolution work).
-        return upsample2x(self.head(x))
+        # The few-channel output is made planar (NCHW) even in a channels_last model: per-pixel reductions over
+        # the classes (cross-entropy, the metrics' class ids) are then vectorised over whole planes on CPU.
+        return upsample2x(self.head(x).contiguous())
