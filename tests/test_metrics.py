@@ -5,7 +5,14 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from crosstask_cli.metrics import ConfusionMatrix, DepthMetrics, OriginalProtocolMetrics
+from crosstask_cli.engine.evaluator import MetricSet
+from crosstask_cli.metrics import (
+    ConfusionMatrix,
+    DepthMetrics,
+    OriginalProtocolMetrics,
+    class_labels,
+    depth_error_sums,
+)
 
 
 def random_seg(seed=0, n=6, c=5, h=9, w=11):
@@ -127,3 +134,89 @@ def test_non_positive_depth_predictions_never_count_as_accurate():
     r = m.compute()
     assert r["delta3"] == pytest.approx(1 / 3)
     assert r["abs_err"] == pytest.approx((4 + 1 + 0) / 3)
+
+
+@pytest.mark.parametrize("c", [1, 2, 7, 19, 255, 300])
+def test_class_labels_equal_argmax_in_every_layout(c):
+    g = torch.Generator().manual_seed(c)
+    logits = torch.randn(3, c, 5, 6, generator=g)
+    logits[0, :, 0, 0] = 1.0  # a full tie → class 0
+    if c > 3:
+        logits[1, :, 0, 0] = -5.0
+        logits[1, 1, 0, 0] = logits[1, 3, 0, 0] = 2.0  # the first of two maxima
+        logits[2, :, 1, 1] = -torch.inf
+        logits[2, c - 1, 1, 1] = torch.inf
+    expected = logits.argmax(1)
+    for x in (logits, logits.contiguous(memory_format=torch.channels_last), logits[:, :, :, ::2]):
+        got = class_labels(x)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, x.argmax(1))
+    assert torch.equal(class_labels(logits), expected)
+    assert torch.equal(class_labels(logits.double()), expected)
+    assert torch.equal(class_labels(logits[:, :, 0]), expected[:, 0])  # B×C×W: any trailing dims
+
+
+def test_class_labels_of_nan_scores_stay_in_range():
+    logits = torch.zeros(1, 4, 2, 2)
+    logits[0, 1, 0, 0] = torch.nan
+    got = class_labels(logits)
+    assert int(got.min()) >= 0 and int(got.max()) <= 3
+    assert got[0, 1, 1] == 0
+
+
+def reference_depth_sums(pred, target):
+    """DESIGN §4 written directly, in float64 with boolean selection."""
+    p, t = pred.double().reshape(target.shape), target.double()
+    v = t > 0
+    p, t = p[v], t[v]
+    err = (p - t).abs()
+    ratio = torch.where(p > 0, torch.maximum(p / t, t / p), torch.inf)
+    return torch.tensor([float(v.sum()), float(err.sum()), float((err / t).sum()), float((err**2).sum()),
+                         float((ratio < 1.25).sum()), float((ratio < 1.25**2).sum()), float((ratio < 1.25**3).sum())],
+                        dtype=torch.float64)  # fmt: skip
+
+
+def test_depth_error_sums_match_the_definition():
+    g = torch.Generator().manual_seed(1)
+    pred = torch.rand(4, 1, 16, 24, generator=g) * 2 - 0.2  # some non-positive predictions
+    target = torch.rand(4, 1, 16, 24, generator=g)
+    target[target < 0.25] = 0
+    target[0, 0, 0, :3] = -1.0  # negative targets are invalid too
+    pred[1, 0, 0, 0], target[1, 0, 0, 0] = 1.25, 1.0  # exactly on the δ1 threshold: not within it
+    pred[1, 0, 0, 1], target[1, 0, 0, 1] = 0.0, 1.0
+    got, ref = depth_error_sums(pred, target), reference_depth_sums(pred, target)
+    assert torch.equal(got[[0, 4, 5, 6]], ref[[0, 4, 5, 6]])  # counts: exact
+    assert torch.allclose(got, ref, rtol=1e-6)
+    assert torch.allclose(depth_error_sums(pred[:, 0], target[:, 0]), got)  # B×H×W accepted as well
+
+
+def test_metric_set_keeps_only_the_protocols_asked_for():
+    pred, target = random_seg(n=4)
+    dp, dt = torch.rand(4, 1, 9, 11) + 0.1, torch.rand(4, 1, 9, 11)
+    logits = torch.nn.functional.one_hot(pred, 5).permute(0, 3, 1, 2).float()
+    meta = {"num_classes": 5}
+    both, standard, original = MetricSet(meta), MetricSet(meta, ("standard",)), MetricSet(meta, ("original",))
+    for m in (both, standard, original):
+        m.update(logits, target, dp, dt)
+    assert both.result("standard", "val") == standard.result("standard", "val")
+    assert both.result("original", "val") == original.result("original", "val")
+    alone = OriginalProtocolMetrics(5)
+    alone.update(pred, target, dp, dt)
+    o = alone.compute()
+    assert original.result("original", "val")["segmentation"]["miou"] == pytest.approx(o["miou"], abs=1e-12)
+    assert original.result("original", "val")["depth"]["abs_err"] == pytest.approx(o["abs_err"], rel=1e-12)
+    assert standard.original.images == 0  # the per-image work was not done
+    with pytest.raises(ValueError, match="original"):
+        standard.result("original", "val")
+    with pytest.raises(ValueError, match="protocol"):
+        MetricSet(meta, ("pooled",))
+
+
+def test_original_protocol_with_an_ignore_index_inside_the_class_range():
+    target = torch.tensor([[[0, 1, 1, 2]]])
+    pred = torch.tensor([[[1, 1, 2, 2]]])
+    m = OriginalProtocolMetrics(3, ignore_index=0)
+    m.update(pred, target, None, torch.zeros(1, 1, 1, 4))
+    r = m.compute()
+    # the pixel with target 0 is not counted: class 1 IoU 1/2, class 2 IoU 1/2, class 0 absent
+    assert r["miou"] == pytest.approx(0.5) and r["pixel_acc"] == pytest.approx(2 / 3)

@@ -25,10 +25,19 @@ from crosstask_cli.metrics import (
 
 
 class MetricSet:
-    """Standard and original-protocol accumulators fed together; ``result(protocol)`` builds the JSON dict."""
+    """The accumulators of one evaluation, fed together; ``result(protocol)`` builds the JSON dict.
 
-    def __init__(self, meta: dict) -> None:
+    ``protocols``: which protocols' accumulators to feed (the per-image ones of ``original`` are only kept when
+    asked for). The confusion matrix and depth sums are always kept: both protocols report per-class IoU, and the
+    ``original`` depth averages are built from the same per-batch sums.
+    """
+
+    def __init__(self, meta: dict, protocols: tuple[str, ...] = PROTOCOLS) -> None:
+        unknown = set(protocols) - set(PROTOCOLS)
+        if unknown:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {sorted(unknown)}")
         self.meta = meta
+        self.protocols = tuple(protocols)
         self.cm = ConfusionMatrix(meta["num_classes"], meta.get("ignore_index", 255), meta.get("class_names"))
         self.depth = DepthMetrics()
         self.original = OriginalProtocolMetrics(meta["num_classes"], meta.get("ignore_index", 255))
@@ -38,13 +47,17 @@ class MetricSet:
 
     def update(self, seg_pred, seg_target, depth_pred, depth_target) -> None:
         """Predictions may be None for a task a single-task model does not have (its metrics stay NaN)."""
-        if seg_pred is not None and seg_pred.ndim == seg_target.ndim + 1:
-            seg_pred = class_labels(seg_pred)  # once for both protocols
+        original = "original" in self.protocols
         if seg_pred is not None:
-            self.cm.update(seg_pred, seg_target)
+            if original and seg_pred.ndim == seg_target.ndim + 1:
+                seg_pred = class_labels(seg_pred)  # once for both accumulators
+            self.cm.update(seg_pred, seg_target)  # from logits it needs no range clamp
+            if original:
+                self.original.update(seg_pred, seg_target, None, depth_target)
         if depth_pred is not None:
-            self.depth.update(depth_pred, depth_target)
-        self.original.update(seg_pred, seg_target, depth_pred, depth_target)
+            sums = self.depth.update(depth_pred, depth_target)
+            if original:
+                self.original.add_depth_sums(sums, depth_target.shape[0])
         self.images += seg_target.shape[0]
 
     def reduce(self, dist, device: torch.device) -> None:
@@ -65,8 +78,8 @@ class MetricSet:
         self.images, self.has_consistency = int(images), has_c > 0
 
     def result(self, protocol: str, split: str) -> dict:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if protocol not in self.protocols:
+            raise ValueError(f"protocol must be one of {self.protocols} (those this MetricSet kept), got {protocol!r}")
         seg = self.cm.compute()
         depth = self.depth.compute()
         if protocol == "original":
@@ -118,7 +131,9 @@ def evaluate(
     loader = DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
     )
-    metrics = MetricSet(ds.meta)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    metrics = MetricSet(ds.meta, (protocol,))
     need_transfer = consistency or loss_fn is not None
     loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
     loss_keys = list(LOSS_NAMES)  # fixed, so every process reduces the same vector
@@ -201,7 +216,9 @@ def evaluate_predictions(
         raise DatasetError(f"{pred_dir}: not a directory of predictions")
     meta = read_meta(data)
     s = open_split(data, split)
-    metrics = MetricSet(meta)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    metrics = MetricSet(meta, (protocol,))
     h, w = meta["height"], meta["width"]
     for start in range(0, len(s), batch_size):
         ids = s.files[start : start + batch_size]
