@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import run_cli
 
@@ -25,9 +26,10 @@ def test_bench_cli_small(synthetic_prepared, tmp_path):
     fl = res["figures"]["flops_per_image"]
     assert fl["forward_direct"] < fl["forward_full"] < fl["train_step"]
     assert res["figures"]["images_per_s"]["predict_direct"] > 0
-    assert {"train_vs_matmul", "direct_vs_full_forward", "metrics_vs_loop", "loader_vs_train_step"} <= set(
-        res["ratios"]
-    )
+    assert {"train_vs_matmul", "direct_vs_full_forward", "metrics_vs_loop", "metrics_original_vs_loop",
+            "loader_vs_train_step"} <= set(res["ratios"])  # fmt: skip
+    m = res["figures"]["metrics_update"]
+    assert m["standard"]["runs"] >= 30 and m["per_image_loop"]["runs"] == m["standard"]["runs"]
     assert "targets" in r.output
 
 
@@ -46,3 +48,15 @@ def test_the_benchmark_reference_loop_computes_the_same_metrics():
     dm = DepthMetrics()
     dm.update(dp, dt)
     assert abs(ref["abs_err"] - dm.compute()["abs_err"]) < 1e-6
+
+
+def test_the_metric_benchmark_refuses_to_time_metrics_that_disagree_with_the_loop(monkeypatch):
+    from crosstask_cli import bench
+
+    real = bench.reference_metric_loop
+    monkeypatch.setattr(bench, "reference_metric_loop", lambda *a: {**real(*a), "miou": 0.0})
+    cfg = bench.BenchConfig(height=16, width=32, batch_size=2, runs=1)
+    res = bench.BenchResult(config={}, device="cpu")
+    with pytest.raises(RuntimeError, match="miou"):
+        bench.bench_metrics(cfg, res, torch.device("cpu"))
+    assert "metrics_update" not in res.figures
