@@ -192,9 +192,14 @@ def test_config_file_reproduces_a_run(tiny_run, tmp_path):
 def test_demo_pipeline_in_miniature(tmp_path):
     from crosstask_cli.demo import DemoSettings, run_demo
 
-    s = DemoSettings(train=8, val=4, render_height=32, render_width=64, height=32, width=64, epochs=1, batch_size=4,
-                     predict_count=2, workers=0)  # fmt: skip
+    s = DemoSettings(train=8, val=4, holdout=4, render_height=32, render_width=64, height=32, width=64, epochs=1,
+                     batch_size=4, predict_count=2, workers=0)  # fmt: skip
     res = run_demo(tmp_path / "demo", s)
+    prepared = json.loads((res.artefacts["prepared dataset (train / holdout / val)"] / "meta.json").read_text())
+    assert prepared["splits"] == {"train": 8, "holdout": 4, "val": 4}
+    with open(res.artefacts["run directory"] / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["val_split"] == "holdout" for r in rows)  # the reported split chose nothing
     for name in ("best checkpoint", "evaluation (JSON)", "sample grid"):
         assert res.artefacts[name].is_file(), name
     assert len(list((tmp_path / "demo/panels").rglob("*_panel.png"))) == 2
