@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +63,19 @@ def test_the_metric_benchmark_refuses_to_time_metrics_that_disagree_with_the_loo
     with pytest.raises(RuntimeError, match="miou"):
         bench.bench_metrics(cfg, res, torch.device("cpu"))
     assert "metrics_update" not in res.figures
+
+
+def test_the_prepared_gpu_check_script_rehearses_on_cpu(tmp_path):
+    """scripts/gpu_check.sh is what a session with a GPU runs in one go; its CPU rehearsal keeps its flags in
+    step with the CLI, so that run is not wasted on a typo."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    env = {**os.environ, "CHECK_DEVICE": "cpu", "CHECK_QUICK": "1", "TMPDIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "training loss decreased" in r.stdout
+    for prec in ("fp32", "amp"):
+        res = json.loads((tmp_path / "out" / f"bench-32x64-b2-{prec}.json").read_text())
+        assert res["config"]["amp"] == (prec == "amp") and res["device"] == "cpu"
+        assert {"train_vs_matmul", "metrics_vs_loop", "loader_vs_train_step"} <= set(res["ratios"])
+    assert (tmp_path / "out" / "log.txt").stat().st_size > 0
