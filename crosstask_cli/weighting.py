@@ -125,14 +125,25 @@ class GradNormWeighting(TaskWeighting):
 
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         stacked = torch.stack([losses[t] for t in self.tasks])
+        return (self.task_weights.detach() * stacked).sum()
+
+    def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
+        """Set the weights' gradient from the task gradient norms, then one backward pass of ``total``.
+
+        With an fp16 GradScaler the norms are taken of the scaled losses' gradients (so that small fp16 gradients
+        do not underflow) and divided by the scale; the weights' gradient is stored scaled like every other, so
+        that ``scaler.step`` unscales it and skips the step when any gradient overflowed.
+        """
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
         w = self.task_weights
-        if self.training and model is not None and stacked.requires_grad:
+        stacked = torch.stack([losses[t] for t in self.tasks])
+        if self.training and stacked.requires_grad:
             params = self._shared_params(model)
             norms = []
             for loss in stacked:
-                grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                grads = torch.autograd.grad(loss * scale, params, retain_graph=True, allow_unused=True)
                 sq = sum((g.float().square().sum() for g in grads if g is not None), torch.zeros(()))
-                norms.append(sq.sqrt())
+                norms.append(sq.sqrt() / scale)
             g = torch.stack(norms).to(w.device).detach()
             current = stacked.detach().float()
             if not bool(self.initialised):
@@ -142,8 +153,8 @@ class GradNormWeighting(TaskWeighting):
             rel_rate = ratio / ratio.mean().clamp(min=1e-12)
             wg = w.detach() * g
             target = wg.mean() * rel_rate.pow(self.alpha)
-            w.grad = (torch.sign(wg - target) * g).to(w.dtype)
-        return (w.detach() * stacked).sum()
+            w.grad = (torch.sign(wg - target) * g * scale).to(w.dtype)
+        (scaler.scale(total) if scaler is not None else total).backward()
 
     @torch.no_grad()
     def after_step(self) -> None:

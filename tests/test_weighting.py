@@ -71,8 +71,9 @@ def test_gradnorm_weight_gradient_follows_the_rule_and_weights_stay_normalised()
                 g.append(torch.sqrt(sum((gr**2).sum() for gr in grads)))
             g = torch.stack(g)
             target = g.mean()
+        w.backward(total, losses, model)
+        if step == 0:
             assert torch.allclose(w.task_weights.grad, torch.sign(g - target) * g, rtol=1e-5)
-        total.backward()
         opt.step()
         w.after_step()
         tw = w.task_weights.detach()
@@ -123,3 +124,45 @@ def test_one_backward_per_training_step_with_gradnorm(synthetic_prepared, monkey
     assert len(calls) == 1
     assert not torch.equal(before, trainer.weighting.task_weights.detach())  # weights were updated too
     assert ct.GradNormWeighting is type(trainer.weighting)
+
+
+def test_gradnorm_under_an_fp16_grad_scaler_gives_the_unscaled_gradients():
+    """fp16 AMP scales the loss; GradNorm's own weight gradient must come out of ``scaler.unscale_`` equal to the
+    unscaled one, like the model's (the scale is a power of two, so this is exact up to float rounding)."""
+    x, y1, y2 = torch.randn(16, 4), torch.randn(16, 1), 3 * torch.randn(16, 1)
+    grads = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**14)):
+        torch.manual_seed(0)
+        model, w = Toy(), build_weighting("gradnorm", alpha=1.5)
+        opt = torch.optim.SGD(list(model.parameters()) + list(w.parameters()), lr=0.1)
+        for _ in range(2):  # the second step has loss ratios ≠ 1
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            losses = {"seg_task": ((out[0] - y1) ** 2).mean(), "depth_task": ((out[1] - y2) ** 2).mean()}
+            w.backward(w.combine(losses, model), losses, model, scaler)
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.unscale_(opt)
+                scaler.step(opt)
+                scaler.update()
+            w.after_step()
+        grads.append([w.task_weights.grad.clone()] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_gradnorm_takes_its_initial_losses_from_the_first_step_actually_taken():
+    """The trainer combines, checks the total is finite, and only then calls backward; a skipped non-finite
+    first batch must not become GradNorm's reference L(0)."""
+    torch.manual_seed(0)
+    model, w = Toy(), build_weighting("gradnorm")
+    x = torch.randn(8, 4)
+    out = model(x)
+    bad = {"seg_task": out[0].mean() * torch.nan, "depth_task": out[1].square().mean()}
+    assert not torch.isfinite(w.combine(bad, model))
+    assert not bool(w.initialised)
+    good = {"seg_task": out[0].square().mean(), "depth_task": out[1].square().mean()}
+    w.backward(w.combine(good, model), good, model)
+    expected = torch.stack([good["seg_task"], good["depth_task"]]).detach()
+    assert bool(w.initialised) and torch.allclose(w.initial_losses, expected)
