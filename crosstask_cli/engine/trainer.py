@@ -340,8 +340,9 @@ class Trainer:
         sums = torch.zeros(len(LOSS_NAMES) + 1, device=self.device)
         done = 0
         if self.partial is not None:  # resuming inside this epoch
-            first, done = int(self.partial["batches"]), int(self.partial["done"])
-            sums = self.partial["sums"].to(self.device)
+            first = int(self.partial["batches"])
+            if self.dist.is_main:  # the checkpoint holds every process's sums; the others restart theirs at 0
+                done, sums = int(self.partial["done"]), self.partial["sums"].to(self.device)
             self.partial = None
         self.sampler.set_epoch(self.epoch, start=first * cfg.batch_size)
         self.reporter.epoch_start(self.epoch + 1, cfg.epochs, steps)
@@ -360,11 +361,17 @@ class Trainer:
                 done += 1
             show = out is not None and (i % 5 == 0 or i == steps - 1)
             self.reporter.step(float(out["total"]) if show else None)
-            if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps and self.dist.is_main:
-                partial = {"batches": i + 1, "done": done, "sums": sums.detach().cpu()}
-                save_checkpoint(
-                    self.ckpt_dir / "last.pt", self._payload(True, self.rows[-1] if self.rows else None, partial)
-                )
+            if cfg.save_every_steps and (i + 1) % cfg.save_every_steps == 0 and i + 1 < steps:
+                part_sums, part_done = sums.detach(), done
+                if self.dist.enabled:  # every process reaches this step together: keep all of their sums
+                    packed = torch.cat([part_sums, torch.tensor([float(done)], device=self.device)])
+                    packed = ddp.all_reduce_sum_(packed, self.dist)
+                    part_sums, part_done = packed[:-1], int(packed[-1].item())
+                if self.dist.is_main:
+                    partial = {"batches": i + 1, "done": part_done, "sums": part_sums.cpu()}
+                    save_checkpoint(
+                        self.ckpt_dir / "last.pt", self._payload(True, self.rows[-1] if self.rows else None, partial)
+                    )
         train_seconds = time.perf_counter() - start
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
