@@ -143,6 +143,34 @@ def test_ddp_mid_epoch_resume_keeps_every_process_loss_sums(synthetic_prepared, 
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def _gradnorm_worker(rank: int, world: int, port: int, prepared: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    from crosstask_cli.engine import distributed as ddp
+
+    info = ddp.init_distributed("cpu")
+    trainer = Trainer(_config(Path(prepared)).replace(weighting="gradnorm"), Path(out) / "run", dist=info)
+    trainer.setup(Path(prepared))
+    trainer.model.train()
+    trainer.sampler.set_epoch(0)
+    x, s, d, ids = next(iter(trainer.loader))
+    with torch.no_grad():
+        losses = trainer.loss_fn(trainer.model(x.contiguous(memory_format=trainer.fmt)), s, d)
+    local = torch.stack([losses[t] for t in trainer.weighting.tasks]).float()
+    assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), s, d, ids) is not None
+    torch.save({"local": local, "initial": trainer.weighting.initial_losses.clone()}, Path(out) / f"gn{rank}.pt")
+    ddp.cleanup(info)
+
+
+def test_ddp_gradnorm_reference_losses_are_those_of_the_global_batch(synthetic_prepared, tmp_path, one_thread):
+    mp.spawn(_gradnorm_worker, args=(2, _free_port(), str(synthetic_prepared), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "gn0.pt"), torch.load(tmp_path / "gn1.pt")
+    assert not torch.allclose(r0["local"], r1["local"])  # the ranks saw different batches
+    assert torch.equal(r0["initial"], r1["initial"])
+    assert torch.allclose(r0["initial"], (r0["local"] + r1["local"]) / 2, rtol=1e-5)
+
+
 def test_torchrun_launches_the_cli(synthetic_raw, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -90,3 +90,14 @@ def all_true(flag: bool, device: torch.device, info: DistInfo) -> bool:
 def cleanup(info: DistInfo) -> None:
     if info.initialised_here and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def average_buffers_(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average a module's floating-point buffers across processes (e.g. GradNorm's reference losses L(0), which
+    each process first takes from its own batch)."""
+    if not info.enabled:
+        return
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b.div_(info.world_size)

@@ -324,6 +324,8 @@ class Trainer:
             return None
         self.weighting.backward(total, {k: losses[k] for k in self.weighting.tasks}, self.model, self.scaler)
         ddp.average_gradients_(self.weighting.parameters(), self.dist)
+        if self.step_count == 0:  # state a weighting took from this first batch becomes that of the global batch
+            ddp.average_buffers_(self.weighting, self.dist)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.weighting.after_step()
