@@ -13,8 +13,9 @@ from crosstask_cli.cli.common import CLIError, err, esc, handle_errors, out
 HELP = """Measure speed and memory in one run: forward / training-step time (median and spread of N runs after
 warm-up), images/s, FLOPs per image (torch.utils.flop_counter), achieved GFLOP/s against an fp32 matmul timed in
 the same run, peak memory, direct-only prediction, the prepared data loader against decoding full-size raw PNGs,
-and the vectorised metrics against a per-image, per-class loop. Prints how each figure compares with the
-project's targets."""
+and the evaluator's metric update from logits (standard and original protocol, at least 30 runs) against the
+original method's per-image, per-class loop, after checking that both give the same numbers. Prints how each
+figure compares with the project's targets."""
 
 PARTS = ("model", "metrics", "loader")
 
