@@ -113,6 +113,8 @@ def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     pred = pred.reshape(target.shape).float()
     target = target.float()
+    if target.numel() == 0:
+        return torch.zeros(7, dtype=torch.float64, device=target.device)
     buf = torch.empty((7, *target.shape), device=target.device)
     valid, err = buf[0], buf[1]
     valid.copy_(target > 0)

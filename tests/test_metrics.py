@@ -188,6 +188,7 @@ def test_depth_error_sums_match_the_definition():
     assert torch.equal(got[[0, 4, 5, 6]], ref[[0, 4, 5, 6]])  # counts: exact
     assert torch.allclose(got, ref, rtol=1e-6)
     assert torch.allclose(depth_error_sums(pred[:, 0], target[:, 0]), got)  # B×H×W accepted as well
+    assert torch.equal(depth_error_sums(pred[:0], target[:0]), torch.zeros(7, dtype=torch.float64))
 
 
 def test_metric_set_keeps_only_the_protocols_asked_for():
