@@ -62,7 +62,7 @@ def run_demo(
     prepare_synthetic(data, s.train + s.holdout, s.val, s.render_height, s.render_width, seed=s.seed, **kw)
     res.artefacts["dataset (Cityscapes raw layout)"] = data
     prepared = out / "data" / f"synthetic-{s.height}x{s.width}"
-    opts = PrepareOptions(s.height, s.width, 7, val_from_train=s.holdout, seed=s.seed, workers=max(1, s.workers))
+    opts = PrepareOptions(s.height, s.width, 7, val_from_train=s.holdout, seed=s.seed, workers=s.workers)
     prepare_cityscapes(data, prepared, opts, dataset="synthetic", **kw)
     res.artefacts["prepared dataset (train / holdout / val)"] = prepared
 

@@ -154,7 +154,7 @@ class GradNormWeighting(TaskWeighting):
             wg = w.detach() * g
             target = wg.mean() * rel_rate.pow(self.alpha)
             w.grad = (torch.sign(wg - target) * g * scale).to(w.dtype)
-        (scaler.scale(total) if scaler is not None else total).backward()
+        super().backward(total, losses, model, scaler)
 
     @torch.no_grad()
     def after_step(self) -> None:
