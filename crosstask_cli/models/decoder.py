@@ -1,10 +1,13 @@
-"""Skip decoder: five blocks of 3×(conv3×3, BN, ReLU) + bilinear ×2, from stride 32 back to full resolution."""
+"""Skip decoder: five blocks of 3×(conv3×3, BN, ReLU) + bilinear ×2 (``align_corners=True``), from stride 32 back
+to full resolution. Convolutions start Xavier-normal with zero bias, as the original."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from crosstask_cli.models.init import xavier_init_
 
 
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -23,7 +26,8 @@ class DecoderBlock(nn.Module):
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    """Bilinear ×2 with ``align_corners=True``, as the original method's decoders (and TaskTransferNets)."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
 class SkipDecoder(nn.Module):
@@ -39,6 +43,7 @@ class SkipDecoder(nn.Module):
         ins = [encoder_channels[-1]] + [width + s for s in skips]
         self.blocks = nn.ModuleList(DecoderBlock(c, width) for c in ins)
         self.head = nn.Conv2d(width, out_channels, 1, bias=False)
+        xavier_init_(self)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = self.blocks[0](features[-1])

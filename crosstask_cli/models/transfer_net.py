@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crosstask_cli.models.init import xavier_init_
+
 
 def _double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -22,7 +24,8 @@ class TaskTransferNet(nn.Module):
 
     Input B×in_channels×H×W with H, W multiples of 8. ``log_softmax_input`` is set for the seg→depth net,
     whose input is segmentation logits. Output B×out_channels×H×W; for out_channels > 1 the output is
-    log-probabilities (log-softmax), usable wherever logits are.
+    log-probabilities (log-softmax), usable wherever logits are. Convolutions start Xavier-normal with zero
+    bias, as the original.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class TaskTransferNet(nn.Module):
         self.head = nn.Conv2d(c1, out_channels, 1, bias=False)
         self.out_channels = out_channels
         self.log_softmax_input = log_softmax_input
+        xavier_init_(self)
 
     @staticmethod
     def _up(x: torch.Tensor) -> torch.Tensor:
