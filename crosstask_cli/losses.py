@@ -6,6 +6,7 @@ depth B×1×H×W with 0 = invalid in targets. Inputs are never modified.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from crosstask_cli.models.network import Predictions
 
 DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
 TDEPTH_LOSSES = ("l1", "ssim")
-TSEG_LOSSES = ("ce", "kl")
+TSEG_LOSSES = ("ce", "kl", "soft-kl")
 CONSISTENCY = ("xtsc", "xtc", "none")
 LOSS_NAMES = ("seg", "depth", "tseg", "tdepth", "seg_task", "depth_task")
 
@@ -63,20 +64,49 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> 
 
 
 def smoothed_cross_entropy(
-    log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float, mask: torch.Tensor
+    log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float, mask: torch.Tensor, reduction: str = "valid"
 ) -> torch.Tensor:
     """Cross-entropy against one-hot labels smoothed to (1−ε) on target and ε/(C−1) elsewhere.
 
-    log_probs: B×C×H×W, labels: B×H×W long, mask: B×H×W bool of pixels that count (mean over them).
+    log_probs: B×C×H×W, labels: B×H×W long, mask: B×H×W bool of the pixels that count. ``reduction``:
+    ``valid`` = mean over the masked pixels (``nn.CrossEntropyLoss(ignore_index=…)``), ``all`` = their sum
+    divided by every pixel of the batch (the original method's transferred-segmentation reduction).
     """
+    return _reduce(_smoothed_nll(log_probs, labels, smoothing), mask, reduction)
+
+
+def _smoothed_nll(log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Per-pixel −Σ_c q_c·log p_c for the smoothed one-hot q of ``labels``: B×H×W."""
     num_classes = log_probs.shape[1]
     nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+    if smoothing <= 0:
+        return nll
+    others = -(log_probs.sum(1)) - nll  # Σ_{c≠t} −log p_c
+    return (1 - smoothing) * nll + smoothing / (num_classes - 1) * others
+
+
+def _reduce(per_pixel: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    total = (per_pixel * mask).sum()
+    if reduction == "valid":
+        return total / mask.sum().clamp(min=1)
+    if reduction == "all":
+        return total / max(mask.numel(), 1)
+    raise ValueError(f"reduction must be valid or all, got {reduction!r}")
+
+
+def smoothed_one_hot_kl(
+    log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float, mask: torch.Tensor, reduction: str = "all"
+) -> torch.Tensor:
+    """KL(q ‖ p) per pixel, q = one-hot of ``labels`` smoothed to (1−ε) / ε/(C−1), p = exp(log_probs); reduced
+    like :func:`smoothed_cross_entropy`. KL = smoothed CE − H(q), and H(q) is the same constant at every pixel
+    (0·log 0 = 0), so with ε = 0 this equals the cross-entropy."""
+    num_classes = log_probs.shape[1]
+    neg_entropy = 0.0
     if smoothing > 0:
-        others = -(log_probs.sum(1)) - nll  # Σ_{c≠t} −log p_c
-        loss = (1 - smoothing) * nll + smoothing / (num_classes - 1) * others
-    else:
-        loss = nll
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
+        off = smoothing / (num_classes - 1)
+        neg_entropy = (1 - smoothing) * math.log(1 - smoothing) if smoothing < 1 else 0.0
+        neg_entropy += smoothing * math.log(off)
+    return _reduce(_smoothed_nll(log_probs, labels, smoothing) + neg_entropy, mask, reduction)
 
 
 @dataclass
@@ -87,7 +117,12 @@ class CrossTaskLoss:
     transferred-segmentation loss inside the depth task loss:
     seg_task = (1−α)·seg + α·tdepth, depth_task = (1−γ)·depth + γ·tseg.
     ``consistency``: ``xtsc`` (the method) trains the transferred predictions against the detached direct
-    ones; ``xtc`` against the ground truth; ``none`` has no transferred terms. A task the model lacks
+    ones; ``xtc`` against the ground truth (transferred depth with the ``lp`` loss, transferred seg with plain
+    cross-entropy, as the original); ``none`` has no transferred terms.
+    ``tseg_loss`` (xtsc): ``ce`` = label-smoothed cross-entropy against the argmax of the detached direct seg;
+    ``kl`` = KL(smoothed one-hot of that argmax ‖ softmax(transferred)); ``soft-kl`` (an extension) =
+    KL(softmax(detached direct) ‖ softmax(transferred)). All three are summed over the labelled pixels and
+    divided by every pixel of the batch, as the original reduces them. A task the model lacks
     contributes 0. Calling it returns a dict of scalar tensors named by :data:`LOSS_NAMES`.
     """
 
@@ -131,26 +166,25 @@ class CrossTaskLoss:
 
         use_transfer = self.consistency != "none"
         if use_transfer and pred.depth_from_seg is not None:
-            # xtsc: against the detached direct depth; xtc: against the ground truth
-            target = pred.depth.detach().float() if self.consistency == "xtsc" else depth_target
             transferred = pred.depth_from_seg.float()
-            if self.tdep_loss == "l1":
-                tdepth = masked_depth_loss(transferred, target, valid, "l1")
+            if self.consistency == "xtc":  # as the original's xtc: the direct depth loss against the ground truth
+                tdepth = masked_depth_loss(transferred, depth_target, valid, self.lp)
+            elif self.tdep_loss == "l1":  # xtsc: against the detached direct depth
+                tdepth = masked_depth_loss(transferred, pred.depth.detach().float(), valid, "l1")
             else:
-                tdepth = ssim_loss(transferred, target, valid)
+                tdepth = ssim_loss(transferred, pred.depth.detach().float(), valid)
         if use_transfer and pred.seg_from_depth is not None:
             transferred_log_probs = F.log_softmax(pred.seg_from_depth.float(), dim=1)
-            if self.consistency == "xtc":
-                tseg = smoothed_cross_entropy(transferred_log_probs, safe_target, self.label_smoothing, labelled)
-            elif self.tseg_loss == "ce":
-                direct = pred.seg.detach().float()
-                tseg = smoothed_cross_entropy(
-                    transferred_log_probs, class_labels(direct), self.label_smoothing, labelled
-                )
-            else:
+            if self.consistency == "xtc":  # as the original's xtc: plain cross-entropy against the ground truth
+                tseg = smoothed_cross_entropy(transferred_log_probs, safe_target, 0.0, labelled)
+            elif self.tseg_loss == "soft-kl":
                 direct_log_probs = F.log_softmax(pred.seg.detach().float(), dim=1)
                 kl = (direct_log_probs.exp() * (direct_log_probs - transferred_log_probs)).sum(1)
-                tseg = (kl * labelled).sum() / labelled.sum().clamp(min=1)
+                tseg = _reduce(kl, labelled, "all")
+            else:
+                direct_labels = class_labels(pred.seg.detach().float())
+                loss = smoothed_cross_entropy if self.tseg_loss == "ce" else smoothed_one_hot_kl
+                tseg = loss(transferred_log_probs, direct_labels, self.label_smoothing, labelled, "all")
 
         return {
             "seg": seg,

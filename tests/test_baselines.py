@@ -53,6 +53,23 @@ def test_losses_of_the_variants():
     assert seg_only["depth"] == 0 and seg_only["seg"] > 0 and seg_only["depth_task"] == 0
 
 
+def test_xtc_is_the_originals_direct_losses_on_the_transferred_predictions():
+    """xtc: transferred depth with the --lp loss and transferred seg with plain cross-entropy, both against the
+    ground truth; --tdep-loss and --label-smoothing belong to xtsc and do not apply."""
+    torch.manual_seed(0)
+    seg_t, depth_t = torch.randint(0, 3, (2, 8, 8)), torch.rand(2, 1, 8, 8) + 0.1
+    depth_t[0, 0, :2] = 0  # some invalid depth
+    pred = ct.Predictions(
+        torch.randn(2, 3, 8, 8), torch.rand(2, 1, 8, 8), torch.randn(2, 3, 8, 8), torch.rand(2, 1, 8, 8)
+    )
+    fn = ct.CrossTaskLoss(3, consistency="xtc", lp="mse", tdep_loss="ssim", label_smoothing=0.3)
+    out = fn(pred, seg_t, depth_t)
+    valid = depth_t > 0
+    per_image = [((pred.depth_from_seg[i] - depth_t[i]).square()[valid[i]]).mean() for i in range(2)]
+    assert out["tdepth"].item() == pytest.approx(float(sum(per_image) / 2), rel=1e-5)
+    assert out["tseg"].item() == pytest.approx(F.cross_entropy(pred.seg_from_depth, seg_t).item(), rel=1e-5)
+
+
 def test_xtc_trains_the_transfer_nets_from_ground_truth_only():
     torch.manual_seed(0)
     model = ct.build_model(enc_layers=18, num_classes=3)

@@ -66,21 +66,41 @@ def test_transferred_seg_ce_uses_argmax_of_direct_and_smoothing():
     )
     lp = F.log_softmax(transferred, 1)[0, :, 0, 0].tolist()
     expected = -((1 - eps) * lp[1] + eps / 2 * (lp[0] + lp[2]))
-    assert out["tseg"].item() == pytest.approx(expected, rel=1e-6)
+    # the original's reduction: summed over the labelled pixel, divided by both pixels of the batch
+    assert out["tseg"].item() == pytest.approx(expected / 2, rel=1e-6)
 
 
-def test_transferred_seg_kl_matches_definition():
+def _kl_case():
     torch.manual_seed(0)
     direct, transferred = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
     seg_t = torch.randint(0, 5, (2, 3, 4))
     seg_t[1, 2] = 255
-    fn = ct.CrossTaskLoss(5, tseg_loss="kl", label_smoothing=0.5)  # smoothing must not affect kl
     d = torch.ones(2, 1, 3, 4)
-    out = fn(ct.Predictions(direct, d, transferred, d), seg_t, d)
-    p = F.softmax(direct, 1)
-    kl = F.kl_div(F.log_softmax(transferred, 1), p, reduction="none").sum(1)
+    return ct.Predictions(direct, d, transferred, d), seg_t, d
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_transferred_seg_kl_is_the_originals_definition(eps):
+    pred, seg_t, d = _kl_case()
+    out = ct.CrossTaskLoss(5, tseg_loss="kl", label_smoothing=eps)(pred, seg_t, d)
+    # q: one-hot of argmax(direct), smoothed to 1−ε on it and ε/(C−1) elsewhere; KL(q ‖ softmax(transferred))
+    q = torch.full_like(pred.seg, eps / 4).scatter_(1, pred.seg.argmax(1, keepdim=True), 1 - eps)
+    kl = F.kl_div(F.log_softmax(pred.seg_from_depth, 1), q, reduction="none").sum(1)  # 0·log 0 counts 0
     keep = seg_t != 255
-    assert out["tseg"].item() == pytest.approx(kl[keep].mean().item(), rel=1e-5)
+    assert out["tseg"].item() == pytest.approx(kl[keep].sum().item() / seg_t.numel(), rel=1e-5)
+    if eps == 0:  # with a one-hot target KL and cross-entropy are the same loss
+        ce = ct.CrossTaskLoss(5, tseg_loss="ce")(pred, seg_t, d)["tseg"]
+        assert out["tseg"].item() == pytest.approx(ce.item(), rel=1e-6)
+
+
+def test_transferred_seg_soft_kl_distils_the_direct_distribution():
+    pred, seg_t, d = _kl_case()
+    fn = ct.CrossTaskLoss(5, tseg_loss="soft-kl", label_smoothing=0.5)  # smoothing does not apply to soft-kl
+    out = fn(pred, seg_t, d)
+    p = F.softmax(pred.seg, 1)
+    kl = F.kl_div(F.log_softmax(pred.seg_from_depth, 1), p, reduction="none").sum(1)
+    keep = seg_t != 255
+    assert out["tseg"].item() == pytest.approx(kl[keep].sum().item() / seg_t.numel(), rel=1e-5)
 
 
 def _ssim_reference(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> float:
@@ -154,7 +174,7 @@ def test_no_valid_depth_gives_finite_losses_and_inputs_are_not_modified():
     depth_t = torch.zeros(2, 1, 8, 8)
     copies = [t.clone() for t in (*pred, seg_t, depth_t)]
     for tdep in ("l1", "ssim"):
-        for tseg in ("ce", "kl"):
+        for tseg in ("ce", "kl", "soft-kl"):
             for lp in ("l1", "mse", "logl1", "smoothl1"):
                 out = ct.CrossTaskLoss(3, lp=lp, tdep_loss=tdep, tseg_loss=tseg, label_smoothing=0.1)(
                     pred, seg_t, depth_t

@@ -140,8 +140,14 @@ def train_command(
         None, "--label-smoothing", help="Label smoothing ε of the transferred-segmentation CE (0)."
     ),
     lp: str = typer.Option(None, "--lp", help="Direct depth loss: l1 (default), mse, logl1, smoothl1."),
-    tdep_loss: str = typer.Option(None, "--tdep-loss", help="Transferred depth loss: l1 (default) or ssim."),
-    tseg_loss: str = typer.Option(None, "--tseg-loss", help="Transferred segmentation loss: ce (default) or kl."),
+    tdep_loss: str = typer.Option(
+        None, "--tdep-loss", help="Transferred depth loss against the detached direct depth: l1 (default) or ssim."
+    ),
+    tseg_loss: str = typer.Option(
+        None,
+        "--tseg-loss",
+        help="Transferred segmentation loss against the argmax of the detached direct seg: ce (default; label-smoothed cross-entropy) or kl (KL from the smoothed one-hot, the original's definition); soft-kl distils the direct softmax instead (an extension). All are summed over labelled pixels and divided by all pixels, as the original.",
+    ),
     ttnet_batch_norm: bool = typer.Option(
         None, "--ttnet-batch-norm/--no-ttnet-batch-norm", help="Batch norm after every TaskTransferNet conv."
     ),
@@ -166,7 +172,7 @@ def train_command(
     consistency: str = typer.Option(
         None,
         "--consistency",
-        help="xtsc (default, the method: transferred predictions against the detached direct ones), xtc (against the ground truth; its segmentation term is always CE) or none (plain multi-task learning, no TaskTransferNets).",
+        help="xtsc (default, the method: transferred predictions against the detached direct ones), xtc (against the ground truth, as the original's xtc: transferred depth with the --lp loss, transferred seg with plain cross-entropy; --tdep-loss, --tseg-loss and --label-smoothing do not apply) or none (plain multi-task learning, no TaskTransferNets).",
     ),
     dwa_temperature: float = typer.Option(None, "--dwa-temperature", help="Temperature T of --weighting dwa (2)."),
     num_classes: int = typer.Option(
