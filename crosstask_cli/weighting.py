@@ -5,8 +5,11 @@ checkpoints) with the same calls per training step:
 
     total = weighting.combine(task_losses, model)        # the scalar that is optimised (and logged)
     weighting.backward(total, task_losses, model, scaler) # gradients: one total.backward() by default
-    optimizer.step(); weighting.after_step()              # after the optimizer step
+    optimizer.step(); weighting.after_step()              # after the optimizer step(s)
     weighting.epoch_end(mean_task_losses)                 # once per epoch (DWA)
+
+Learnable weighting parameters go into the model's optimizer (``model_optimizer_parameters``) unless the method
+trains them with an optimizer of its own (``configure_optimizers``: GradNorm, as the original method).
 
 All methods but PCGrad (which needs one gradient per task by definition) run exactly one backward pass.
 
@@ -57,6 +60,15 @@ class TaskWeighting(nn.Module):
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        """The method's learnable parameters that the model's optimizer trains (with its schedule)."""
+        return list(self.parameters())
+
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        """Optimizers of the method's own (stepped with the model's, never scheduled); ``lr`` is the model's
+        initial learning rate. Their state belongs in checkpoints."""
+        return []
+
     def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
         """Fill the parameters' .grad for this step: one backward pass of ``total``."""
         (scaler.scale(total) if scaler is not None else total).backward()
@@ -100,28 +112,49 @@ class UncertaintyWeighting(TaskWeighting):
         return dict(zip(self.tasks, w, strict=True))
 
 
+GRADNORM_PARAMS = ("conv", "block")
+
+
 @register_weighting("gradnorm")
 class GradNormWeighting(TaskWeighting):
-    """Chen et al. 2018, GradNorm.
+    """Chen et al. 2018, GradNorm (ICML), with the original cross-task method's settings.
 
     Learnable task weights w_t (renormalised after each step to sum to the task count, kept positive).
-    Their gradient is that of L_grad = Σ_t |w_t·g_t − mean(w·g)·r_t^α|, where g_t is the norm of ∇L_t at
-    the parameters of the model's last shared encoder layer and r_t the task's relative inverse training
-    rate (L_t/L_t(0) over its mean). The target term is a constant, so ∂L_grad/∂w_t = sign(·)·g_t, set
-    directly on w.grad: the g_t come from ``autograd.grad`` on that layer only, leaving one ``backward()``.
+    Their gradient is that of L_grad = Σ_t |w_t·g_t − mean(w·g)·r_t^α|, where g_t is the norm of ∇L_t (the
+    unweighted task loss) at the shared parameters and r_t the task's relative inverse training rate
+    (L_t/L_t(0) over its mean, L(0) from the first batch). The target term is a constant, so
+    ∂L_grad/∂w_t = sign(·)·g_t, set directly on w.grad: the g_t come from ``autograd.grad`` on the shared
+    parameters only, leaving one ``backward()``.
+
+    Defaults as the original: asymmetry ``alpha`` = 0.16; ``params="conv"`` measures g_t at the encoder's last
+    convolution weight (``layer4[-1].conv2.weight``), ``"block"`` at every parameter of the last layer4 block;
+    the weights are trained by their own Adam (betas 0.9/0.999, the model's initial lr, no schedule).
     """
 
-    def __init__(self, tasks: tuple[str, ...] = TASKS, alpha: float = 1.5, min_weight: float = 1e-3) -> None:
+    def __init__(
+        self, tasks: tuple[str, ...] = TASKS, alpha: float = 0.16, params: str = "conv", min_weight: float = 1e-3
+    ) -> None:
         super().__init__(tasks)
+        if params not in GRADNORM_PARAMS:
+            raise ValueError(f"GradNorm params must be one of {GRADNORM_PARAMS}, got {params!r}")
         self.alpha = float(alpha)
+        self.params = params
         self.min_weight = float(min_weight)
         self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
         self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
     def _shared_params(self, model: nn.Module) -> list[nn.Parameter]:
-        layer = model.encoder.last_shared_layer if hasattr(model, "encoder") else model.last_shared_layer
-        return [p for p in layer.parameters() if p.requires_grad]
+        src = model.encoder if hasattr(model, "encoder") else model
+        if self.params == "conv":
+            return [src.last_shared_weight]
+        return [p for p in src.last_shared_layer.parameters() if p.requires_grad]
+
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam([self.task_weights], lr=lr, betas=(0.9, 0.999))]
 
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         stacked = torch.stack([losses[t] for t in self.tasks])

@@ -141,10 +141,12 @@ def test_run_directory_rules(synthetic_raw, tiny_run, tmp_path):
         (["--enc-layers", "20"], "--enc-layers must be one of 18, 34, 50, 101, 152"),
         (["--epochs", "-3"], "--epochs must be a positive integer"),
         (["--lp", "l3"], "--lp must be one of l1, mse, logl1, smoothl1"),
-        (["--tseg-loss", "cross"], "--tseg-loss must be one of ce, kl"),
+        (["--tseg-loss", "cross"], "--tseg-loss must be one of ce, kl, soft-kl"),
         (["--height", "30"], "multiples of 8"),
         (["--weighting", "magic"], "--weighting must be one of"),
         (["--num-classes", "13"], "7 or 19 classes"),
+        (["--optimizer", "rmsprop"], "--optimizer must be one of adam, sgd"),
+        (["--gradnorm-params", "layer"], "--gradnorm-params must be one of conv, block"),
     ],
 )
 def test_invalid_flag_values_get_one_line_errors(synthetic_raw, tmp_path, args, message):
@@ -152,6 +154,21 @@ def test_invalid_flag_values_get_one_line_errors(synthetic_raw, tmp_path, args, 
     assert r.exit_code != 0
     assert message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_sgd_and_gradnorm_options_reach_the_run(synthetic_raw, tmp_path):
+    run = tmp_path / "sgd"
+    r = run_cli(
+        "train", "synthetic", "--data", synthetic_raw, "--run-dir", run, *TINY, "--optimizer", "sgd",
+        "--weighting", "gradnorm", "--gradnorm-params", "block", "--gradnorm-alpha", "0.5",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["optimizer"], cfg["gradnorm_params"], cfg["gradnorm_alpha"]) == ("sgd", "block", 0.5)
+    ckpt = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["momentum"] == 0.9  # SGD's state, not Adam's
+    (own,) = ckpt["weighting"]["optimizers"]  # GradNorm's own Adam, checkpointed for resume
+    assert own["param_groups"][0]["betas"] == (0.9, 0.999) and own["state"]
 
 
 def test_cli_train_bad_data_and_run_dirs(tmp_path, tiny_run, synthetic_raw):

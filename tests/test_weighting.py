@@ -47,6 +47,10 @@ class Toy(nn.Module):
     def last_shared_layer(self):
         return self.shared
 
+    @property
+    def last_shared_weight(self):
+        return self.shared.weight
+
     def forward(self, x):
         h = torch.relu(self.shared(x))
         return [head(h) for head in self.heads]
@@ -55,7 +59,7 @@ class Toy(nn.Module):
 def test_gradnorm_weight_gradient_follows_the_rule_and_weights_stay_normalised():
     torch.manual_seed(0)
     model = Toy()
-    w = build_weighting("gradnorm", alpha=1.5)
+    w = build_weighting("gradnorm", alpha=1.5, params="block")  # the GradNorm paper's α, the whole block
     opt = torch.optim.Adam(list(model.parameters()) + list(w.parameters()), lr=0.01)
     x, y1, y2 = torch.randn(64, 4), torch.randn(64, 1), 10 * torch.randn(64, 1)
     for step in range(60):
@@ -81,6 +85,72 @@ def test_gradnorm_weight_gradient_follows_the_rule_and_weights_stay_normalised()
         assert tw.sum().item() == pytest.approx(2.0, abs=1e-5)
     # the task with the larger gradient norm (the large-scale regression) is down-weighted
     assert w.weights()["depth_task"] < w.weights()["seg_task"]
+
+
+def test_gradnorm_defaults_are_the_originals_and_two_steps_match_a_hand_computation():
+    """α = 0.16, norms at the last conv weight only, weights trained by their own Adam (0.9/0.999, the initial lr);
+    the second step has loss ratios ≠ 1, so the relative inverse training rate enters."""
+    torch.manual_seed(0)
+    model = Toy()
+    w = build_weighting("gradnorm")
+    assert w.alpha == 0.16 and w.params == "conv" and w.model_optimizer_parameters() == []
+    (own,) = w.configure_optimizers(lr=0.05)
+    assert isinstance(own, torch.optim.Adam) and own.defaults["betas"] == (0.9, 0.999)
+    model_opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y1, y2 = torch.randn(32, 4), torch.randn(32, 1), 5 * torch.randn(32, 1)
+    b1, b2, eps, lr, alpha = 0.9, 0.999, 1e-8, 0.05, 0.16
+    weights, m, v, l0 = (torch.ones(2, dtype=torch.float64), 0.0, 0.0, None)
+    for step in (1, 2):
+        model_opt.zero_grad(set_to_none=True)
+        own.zero_grad(set_to_none=True)
+        out = model(x)
+        losses = {"seg_task": ((out[0] - y1) ** 2).mean(), "depth_task": ((out[1] - y2) ** 2).mean()}
+        # by hand: g_t = ‖∂L_t/∂W‖ at the shared weight only (not its bias), r_t = (L_t/L_t(0)) / mean
+        g = torch.stack(
+            [torch.autograd.grad(loss, model.shared.weight, retain_graph=True)[0].norm() for loss in losses.values()]
+        ).double()
+        cur = torch.stack(list(losses.values())).detach().double()
+        l0 = cur.clone() if l0 is None else l0
+        ratio = cur / l0
+        if step == 2:
+            assert not torch.allclose(ratio, torch.ones(2, dtype=torch.float64), atol=1e-3)
+        r = ratio / ratio.mean()
+        wg = weights * g
+        grad = torch.sign(wg - wg.mean() * r**alpha) * g
+        m = b1 * m + (1 - b1) * grad
+        v = b2 * v + (1 - b2) * grad**2
+        weights = weights - lr * (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + eps)
+        weights = weights.clamp(min=1e-3)
+        weights = weights * 2 / weights.sum()
+
+        w.backward(w.combine(losses, model), losses, model)
+        assert torch.allclose(w.task_weights.grad.double(), grad, rtol=1e-5)
+        model_opt.step()
+        own.step()
+        w.after_step()
+        assert torch.allclose(w.task_weights.detach().double(), weights, rtol=1e-5), step
+    assert not torch.allclose(weights, torch.ones(2, dtype=torch.float64))
+
+
+def test_gradnorm_params_are_not_in_the_model_optimizer_nor_scheduled(synthetic_prepared, tmp_path):
+    from crosstask_cli.engine.config import TrainConfig
+    from crosstask_cli.engine.trainer import Trainer
+
+    cfg = TrainConfig.for_dataset(
+        "synthetic", height=32, width=64, enc_layers=18, batch_size=2, workers=0, weighting="gradnorm", lr=3e-4,
+        scheduler_step_size=1, scheduler_gamma=0.5,
+    )  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup(synthetic_prepared)
+    in_model_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert id(trainer.weighting.task_weights) not in in_model_opt
+    (own,) = trainer.weighting_optimizers
+    assert own.param_groups[0]["params"] == [trainer.weighting.task_weights]
+    trainer.optimizer.step()  # no gradients yet: changes nothing, keeps the scheduler's order check quiet
+    trainer.scheduler.step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4)
+    assert own.param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert trainer.weighting._shared_params(trainer.model) == [trainer.model.encoder.layer4[-1].conv2.weight]
 
 
 @pytest.mark.parametrize("name", ["fixed", "uncertainty", "gradnorm"])

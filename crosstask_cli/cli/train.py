@@ -13,7 +13,7 @@ HELP = """Train CrossTaskNet (ResNet encoder, two decoders, two TaskTransferNets
 
 Unset options take the paper's defaults for the dataset: cityscapes 128×256, 250 epochs, batch 8, StepLR 80/0.5,
 α = γ = 0.01, 7 classes; nyu 288×384, 100 epochs, batch 6, StepLR 60/0.5, α = γ = 1e-4; synthetic as cityscapes with
-30 epochs (StepLR 20). Adam, lr 1e-4, betas (0.9, 0.99). `--data` may be raw Cityscapes, MTAN arrays or a prepared
+30 epochs (StepLR 20). Adam, lr 1e-4, betas (0.9, 0.99) (or --optimizer sgd). `--data` may be raw Cityscapes, MTAN arrays or a prepared
 directory (raw/MTAN data is prepared once into DATA/.crosstask/ and reused). The paper's best results use
 `--weighting uncertainty`.
 """
@@ -120,8 +120,11 @@ def train_command(
         None, "--encoder-weights", help="Start the encoder from a local ResNet state dict (.pth) instead."
     ),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size (cityscapes 8, nyu 6)."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate (1e-4)."),
-    betas: tuple[float, float] = typer.Option(None, "--betas", help="Adam betas (0.9 0.99)."),
+    optimizer: str = typer.Option(
+        None, "--optimizer", help="adam (default, the paper's) or sgd (momentum 0.9, the original's alternative)."
+    ),
+    lr: float = typer.Option(None, "--lr", help="Initial learning rate (1e-4)."),
+    betas: tuple[float, float] = typer.Option(None, "--betas", help="Adam betas (0.9 0.99); unused by sgd."),
     scheduler_step_size: int = typer.Option(
         None, "--scheduler-step-size", help="StepLR step in epochs (cityscapes 80, nyu 60)."
     ),
@@ -163,7 +166,14 @@ def train_command(
         False, "--uncertainty-weights", help="Shorthand for --weighting uncertainty."
     ),
     gradnorm: bool = typer.Option(False, "--gradnorm", help="Shorthand for --weighting gradnorm."),
-    gradnorm_alpha: float = typer.Option(None, "--gradnorm-alpha", help="GradNorm asymmetry α (1.5)."),
+    gradnorm_alpha: float = typer.Option(
+        None, "--gradnorm-alpha", help="GradNorm asymmetry α (0.16, the original's; the GradNorm paper used 1.5)."
+    ),
+    gradnorm_params: str = typer.Option(
+        None,
+        "--gradnorm-params",
+        help="Where GradNorm measures task gradient norms: conv (default, as the original: the encoder's last conv weight, layer4[-1].conv2) or block (every parameter of the last layer4 block). Its weights always train with their own Adam (betas 0.9/0.999, the initial lr, no schedule).",
+    ),
     tasks: str = typer.Option(
         None,
         "--tasks",
@@ -239,6 +249,7 @@ def train_command(
         pretrained=pretrained,
         encoder_weights=str(encoder_weights) if encoder_weights else None,
         batch_size=batch_size,
+        optimizer=optimizer,
         lr=lr,
         betas=tuple(betas) if betas else None,
         scheduler_step_size=scheduler_step_size,
@@ -253,6 +264,7 @@ def train_command(
         wider_ttnet=wider_ttnet,
         weighting=weighting,
         gradnorm_alpha=gradnorm_alpha,
+        gradnorm_params=gradnorm_params,
         dwa_temperature=dwa_temperature,
         tasks=tuple(t.strip() for t in tasks.split(",")) if tasks else None,
         consistency=consistency,

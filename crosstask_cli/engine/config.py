@@ -10,6 +10,7 @@ from crosstask_cli.losses import CONSISTENCY, DEPTH_LOSSES, TDEPTH_LOSSES, TSEG_
 from crosstask_cli.models.encoder import RESNET_DEPTHS
 
 DATASETS = ("cityscapes", "nyu", "synthetic")
+OPTIMIZERS = ("adam", "sgd")
 SELECT_METRICS = {"loss": "min", "miou": "max", "pixel_acc": "max", "abs_err": "min", "rel_err": "min"}
 
 # The reference implementation's flag table (Cityscapes / NYUv2); synthetic follows Cityscapes with a
@@ -65,6 +66,7 @@ class TrainConfig:
     pretrained: bool = False
     encoder_weights: str | None = None
     batch_size: int = 8
+    optimizer: str = "adam"
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
     scheduler_step_size: int = 80
@@ -78,7 +80,8 @@ class TrainConfig:
     ttnet_batch_norm: bool = False
     wider_ttnet: bool = False
     weighting: str = "fixed"
-    gradnorm_alpha: float = 1.5
+    gradnorm_alpha: float = 0.16
+    gradnorm_params: str = "conv"
     dwa_temperature: float = 2.0
     tasks: tuple[str, ...] = ("seg", "depth")
     consistency: str = "xtsc"
@@ -150,6 +153,12 @@ class TrainConfig:
 
         if self.weighting not in weighting_names():
             bad(f"--weighting must be one of {', '.join(weighting_names())}, got {self.weighting!r}")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        from crosstask_cli.weighting import GRADNORM_PARAMS
+
+        if self.gradnorm_params not in GRADNORM_PARAMS:
+            bad(f"--gradnorm-params must be one of {', '.join(GRADNORM_PARAMS)}, got {self.gradnorm_params!r}")
         if self.select_metric not in SELECT_METRICS:
             bad(f"--select-metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
         needs = {"miou": "seg", "pixel_acc": "seg", "abs_err": "depth", "rel_err": "depth"}.get(self.select_metric)

@@ -86,6 +86,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The model's optimizer: Adam with ``cfg.betas`` (the paper's), or SGD with momentum 0.9 (the original's
+    alternative); both at ``cfg.lr``, scheduled by StepLR."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
 def prepare_training_data(cfg: TrainConfig, reporter: TrainReporter | None = None, progress=None) -> Path:
     """Resolve ``cfg.data`` to a prepared directory (generating the synthetic set when it is missing)."""
     from crosstask_cli.engine.config import PAPER_DEFAULTS
@@ -191,7 +199,8 @@ class Trainer:
                 raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.fmt)
-        kwargs = {"gradnorm": {"alpha": cfg.gradnorm_alpha}, "dwa": {"temperature": cfg.dwa_temperature},
+        kwargs = {"gradnorm": {"alpha": cfg.gradnorm_alpha, "params": cfg.gradnorm_params},
+                  "dwa": {"temperature": cfg.dwa_temperature},
                   "pcgrad": {"seed": cfg.seed}}.get(cfg.weighting, {})  # fmt: skip
         if cfg.weighting == "pcgrad" and self.dist.enabled:
             raise ValueError("--weighting pcgrad is not supported with several processes (torchrun)")
@@ -208,8 +217,9 @@ class Trainer:
             self.meta.get("ignore_index", 255),
             cfg.consistency,
         )
-        params = list(self.model.parameters()) + list(self.weighting.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+        params = list(self.model.parameters()) + self.weighting.model_optimizer_parameters()
+        self.optimizer = build_optimizer(cfg, params)
+        self.weighting_optimizers = self.weighting.configure_optimizers(cfg.lr)  # GradNorm: its own Adam
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.scheduler_step_size, cfg.scheduler_gamma)
         self.amp = cfg.amp
         self.amp_dtype = amp_dtype(self.device)
@@ -268,6 +278,7 @@ class Trainer:
             "metrics": row or {},
         }
         if resumable:
+            payload["weighting"]["optimizers"] = [o.state_dict() for o in self.weighting_optimizers]
             payload.update(
                 optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
@@ -286,6 +297,14 @@ class Trainer:
             raise RunDirError(f"{path}: checkpoint is not resumable (no optimizer state)")
         self.model.load_state_dict(ckpt["model"])
         self.weighting.load_state_dict(ckpt["weighting"]["state"])
+        own = ckpt["weighting"].get("optimizers", [])
+        if len(own) != len(self.weighting_optimizers):
+            raise RunDirError(
+                f"{path}: written by a version whose {self.cfg.weighting} weighting kept its parameters in the model's "
+                "optimizer; it cannot be resumed exactly. Start a new run (--force) or keep using the older version."
+            )
+        for opt, state in zip(self.weighting_optimizers, own, strict=True):
+            opt.load_state_dict(state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -297,8 +316,13 @@ class Trainer:
         self.rows = _read_rows(self.run_dir / "metrics.csv", self.epoch)
 
     # --- loop -------------------------------------------------------------------------------------
-    def _train_step(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
+    def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.weighting_optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def _train_step(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
+        self._zero_grad()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             pred = self.forward(images)
         losses = self.loss_fn(pred, seg_t, depth_t)
@@ -320,13 +344,15 @@ class Trainer:
                     "Lower --lr, or allow skips with --skip-nonfinite N."
                 )
             self.reporter.message(msg + f" (skipped, {self.nonfinite}/{self.cfg.skip_nonfinite})")
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
             return None
         self.weighting.backward(total, {k: losses[k] for k in self.weighting.tasks}, self.model, self.scaler)
         ddp.average_gradients_(self.weighting.parameters(), self.dist)
         if self.step_count == 0:  # state a weighting took from this first batch becomes that of the global batch
             ddp.average_buffers_(self.weighting, self.dist)
         self.scaler.step(self.optimizer)
+        for opt in self.weighting_optimizers:
+            self.scaler.step(opt)
         self.scaler.update()
         self.weighting.after_step()
         self.step_count += 1

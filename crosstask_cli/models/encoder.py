@@ -58,8 +58,14 @@ class ResNetEncoder(nn.Module):
 
     @property
     def last_shared_layer(self) -> nn.Module:
-        """The last block of layer4: GradNorm measures task gradient norms at its parameters."""
+        """The last block of layer4 (GradNorm's ``params="block"``: task gradient norms over all its parameters)."""
         return self.layer4[-1]
+
+    @property
+    def last_shared_weight(self) -> nn.Parameter:
+        """``layer4[-1].conv2.weight``, where the original method measures GradNorm's task gradient norms (for the
+        bottleneck blocks of ResNet-50+ this is the block's middle 3×3 convolution, as in the original)."""
+        return self.layer4[-1].conv2.weight
 
     def load_weights(self, path: str | Path) -> None:
         """Load a ResNet state dict (torchvision naming; ``fc.*`` keys ignored) from a local file."""
