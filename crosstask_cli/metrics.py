@@ -100,22 +100,29 @@ class ConfusionMatrix:
 _TINY = torch.finfo(torch.float32).tiny
 
 
+_LOG_FLOOR = 1e-9  # predictions are floored here for log and reciprocal errors, as the original clips them
+DEPTH_SUMS = ("n", "abs", "rel", "sq", "delta1", "delta2", "delta3", "sq_rel", "log_sq", "inv_sq")
+
+
 @torch.no_grad()
 def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sums over the valid target pixels (t > 0) of one batch, float64 [n, Σ|p−t|, Σ|p−t|/t, Σ(p−t)², and the
-    counts with max(p/t, t/p) < 1.25, 1.25², 1.25³]. A non-positive prediction is never within a δ threshold.
+    """Sums over the valid target pixels (t > 0) of one batch, float64, in the order of :data:`DEPTH_SUMS`:
+    [n, Σ|p−t|, Σ|p−t|/t, Σ(p−t)², the counts with max(p/t, t/p) < 1.25, 1.25², 1.25³, Σ(p−t)²/t,
+    Σ(log p − log t)², Σ(1/p − 1/t)²]. A non-positive prediction is never within a δ threshold; for the log and
+    reciprocal terms predictions are floored at 1e-9 (as the original method clips them).
 
     pred and target: B×1×H×W or B×H×W, dataset depth units. Elementwise work is float32 and arithmetic only
-    (comparisons to bool masks cost several times more on CPU) and is written into one 7×… buffer, reduced
+    (comparisons to bool masks cost several times more on CPU) and is written into one 10×… buffer, reduced
     in float32 per image row (exact for the counts) and then in float64 over rows: summing a float32 tensor
     with ``dtype=float64`` would copy it first. Row sums do not depend on the batch, so pooled results do
     not depend on how the split is batched.
     """
     pred = pred.reshape(target.shape).float()
     target = target.float()
+    k = len(DEPTH_SUMS)
     if target.numel() == 0:
-        return torch.zeros(7, dtype=torch.float64, device=target.device)
-    buf = torch.empty((7, *target.shape), device=target.device)
+        return torch.zeros(k, dtype=torch.float64, device=target.device)
+    buf = torch.empty((k, *target.shape), device=target.device)
     valid, err = buf[0], buf[1]
     valid.copy_(target > 0)
     safe_t = target.clamp(min=_TINY)  # invalid pixels divide by a positive number; their terms are zeroed
@@ -124,29 +131,39 @@ def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     torch.mul(err, err, out=buf[3])
     positive = pred.clamp(min=0)  # p ≤ 0 → p/t = 0 and t/p = inf: never accurate
     ratio = torch.maximum(positive / safe_t, safe_t / positive).div_(valid)  # invalid → inf
-    for i, k in enumerate((1, 2, 3)):
+    for i, e in enumerate((1, 2, 3)):
         # sign(ratio − thr) is −1 exactly where ratio < thr (0 at equality, 1 above, NaN for NaN)
-        torch.sub(ratio, 1.25**k, out=buf[4 + i]).sign_().clamp_(max=0)
-    sums = buf.view(7, -1, target.shape[-1]).sum(2).sum(1, dtype=torch.float64)
-    sums[4:].neg_()
+        torch.sub(ratio, 1.25**e, out=buf[4 + i]).sign_().clamp_(max=0)
+    torch.div(buf[3], safe_t, out=buf[7])
+    floored = pred.clamp(min=_LOG_FLOOR)
+    log_t = safe_t.log()
+    torch.sub(floored.log(), log_t, out=buf[8]).mul_(valid).square_()
+    torch.sub(floored.reciprocal(), safe_t.reciprocal(), out=buf[9]).mul_(valid).square_()
+    sums = buf.view(k, -1, target.shape[-1]).sum(2).sum(1, dtype=torch.float64)
+    sums[4:7].neg_()
     return sums
 
 
 class DepthMetrics:
     """Depth errors pooled over every valid target pixel (t > 0) seen so far.
 
-    ``update(pred, target)``: B×1×H×W or B×H×W, dataset depth units.
+    ``update(pred, target)``: B×1×H×W or B×H×W, dataset depth units. ``compute()``: abs_err = mean|p−t|,
+    rel_err = mean|p−t|/t, sq_rel = mean(p−t)²/t, rmse = √mean(p−t)², rmse_log = √mean(log p − log t)²,
+    irmse = √mean(1/p − 1/t)² (in the reciprocal of the dataset's units: 1/m for metric depth; for inverse
+    depth, the reciprocal is proportional to depth), δk = share with max(p/t, t/p) < 1.25^k.
     """
 
+    KEYS = ("abs_err", "rel_err", "sq_rel", "rmse", "rmse_log", "irmse", "delta1", "delta2", "delta3")
+
     def __init__(self) -> None:
-        self.sums = torch.zeros(7, dtype=torch.float64)  # n, abs, rel, sq, δ1, δ2, δ3
+        self.sums = torch.zeros(len(DEPTH_SUMS), dtype=torch.float64)
 
     def reset(self) -> None:
         self.sums.zero_()
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Add one batch; returns its own sums (float64, on the inputs' device: n, abs, rel, sq, δ1, δ2, δ3)."""
+        """Add one batch; returns its own sums (float64, on the inputs' device, in the order of DEPTH_SUMS)."""
         row = depth_error_sums(pred, target)
         self.sums += row.cpu()
         return row
@@ -157,15 +174,18 @@ class DepthMetrics:
     def compute(self) -> dict[str, float]:
         n = float(self.sums[0])
         if n == 0:
-            return dict.fromkeys(("abs_err", "rel_err", "rmse", "delta1", "delta2", "delta3"), float("nan"))
-        s = (self.sums / n).tolist()
+            return dict.fromkeys(self.KEYS, float("nan"))
+        s = dict(zip(DEPTH_SUMS, (self.sums / n).tolist(), strict=True))
         return {
-            "abs_err": s[1],
-            "rel_err": s[2],
-            "rmse": math.sqrt(s[3]),
-            "delta1": s[4],
-            "delta2": s[5],
-            "delta3": s[6],
+            "abs_err": s["abs"],
+            "rel_err": s["rel"],
+            "sq_rel": s["sq_rel"],
+            "rmse": math.sqrt(s["sq"]),
+            "rmse_log": math.sqrt(s["log_sq"]),
+            "irmse": math.sqrt(s["inv_sq"]),
+            "delta1": s["delta1"],
+            "delta2": s["delta2"],
+            "delta3": s["delta3"],
         }
 
 

@@ -99,6 +99,18 @@ def test_depth_metrics_by_hand():
     assert r["delta1"] == pytest.approx(2 / 3)  # ratios 2, 1, 1.11
     # ratio 2 fails even δ3 (1.25³ ≈ 1.953)
     assert r["delta2"] == pytest.approx(2 / 3) and r["delta3"] == pytest.approx(2 / 3)
+    # the original's further errors: pairs (1, 2), (2, 2), (9, 10)
+    assert r["sq_rel"] == pytest.approx((1 / 2 + 0 + 1 / 10) / 3)
+    assert r["rmse_log"] == pytest.approx(np.sqrt((np.log(0.5) ** 2 + 0 + np.log(0.9) ** 2) / 3))
+    assert r["irmse"] == pytest.approx(np.sqrt(((1 - 0.5) ** 2 + 0 + (1 / 9 - 0.1) ** 2) / 3))
+
+
+def test_log_and_reciprocal_errors_floor_non_positive_predictions():
+    m = DepthMetrics()
+    m.update(torch.tensor([[[[0.0, -1.0]]]]), torch.tensor([[[[1.0, 1.0]]]]))
+    r = m.compute()
+    assert r["rmse_log"] == pytest.approx(abs(np.log(1e-9)), rel=1e-4)  # both floored at 1e-9
+    assert np.isfinite(r["irmse"]) and r["irmse"] == pytest.approx(1e9, rel=1e-4)
 
 
 def test_original_protocol_averages_per_image_and_per_batch():
@@ -171,8 +183,11 @@ def reference_depth_sums(pred, target):
     p, t = p[v], t[v]
     err = (p - t).abs()
     ratio = torch.where(p > 0, torch.maximum(p / t, t / p), torch.inf)
+    floored = p.clamp(min=1e-9)
     return torch.tensor([float(v.sum()), float(err.sum()), float((err / t).sum()), float((err**2).sum()),
-                         float((ratio < 1.25).sum()), float((ratio < 1.25**2).sum()), float((ratio < 1.25**3).sum())],
+                         float((ratio < 1.25).sum()), float((ratio < 1.25**2).sum()), float((ratio < 1.25**3).sum()),
+                         float((err**2 / t).sum()), float(((floored.log() - t.log()) ** 2).sum()),
+                         float(((1 / floored - 1 / t) ** 2).sum())],
                         dtype=torch.float64)  # fmt: skip
 
 
@@ -188,7 +203,7 @@ def test_depth_error_sums_match_the_definition():
     assert torch.equal(got[[0, 4, 5, 6]], ref[[0, 4, 5, 6]])  # counts: exact
     assert torch.allclose(got, ref, rtol=1e-6)
     assert torch.allclose(depth_error_sums(pred[:, 0], target[:, 0]), got)  # B×H×W accepted as well
-    assert torch.equal(depth_error_sums(pred[:0], target[:0]), torch.zeros(7, dtype=torch.float64))
+    assert torch.equal(depth_error_sums(pred[:0], target[:0]), torch.zeros(10, dtype=torch.float64))
 
 
 def test_metric_set_keeps_only_the_protocols_asked_for():

@@ -60,7 +60,11 @@ def test_cli_train_then_eval_json(synthetic_raw, tmp_path):
         "human",
         "vehicle",
     }
-    assert set(res["depth"]) == {"abs_err", "rel_err", "rmse", "delta1", "delta2", "delta3"}
+    assert set(res["depth"]) == {"abs_err", "rel_err", "sq_rel", "rmse", "rmse_log", "irmse"} | {
+        "delta1",
+        "delta2",
+        "delta3",
+    }
     assert 0 <= res["segmentation"]["miou"] <= 1 and 0 <= res["consistency"]["seg_agreement"] <= 1
     assert "mIoU" in r.output and "per-class IoU" in r.output
 

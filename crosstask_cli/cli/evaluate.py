@@ -49,7 +49,10 @@ def render_results(res: dict) -> None:
     for k, name in (
         ("abs_err", "abs err"),
         ("rel_err", "abs rel err"),
+        ("sq_rel", "sq rel err"),
         ("rmse", "RMSE"),
+        ("rmse_log", "RMSE log"),
+        ("irmse", "iRMSE (reciprocal units)"),
         ("delta1", "δ < 1.25"),
         ("delta2", "δ < 1.25²"),
         ("delta3", "δ < 1.25³"),
