@@ -192,3 +192,22 @@ def test_encoder_keeps_torchvision_initialisation():
     for k, v in ref.state_dict().items():
         if not k.startswith("fc."):
             assert torch.equal(ours[k], v), k
+
+
+def test_checkpoints_of_crosstask_0_1_keep_their_decoder_function(tmp_path):
+    """0.1.0 checkpoints have no decoder_align_corners key and were trained with align_corners=False: loading them
+    must keep that function, while new checkpoints record True."""
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from crosstask_cli.models.network import CrossTaskNet, ModelConfig
+
+    torch.manual_seed(0)
+    old = CrossTaskNet(ModelConfig(enc_layers=18, num_classes=3, decoder_align_corners=False)).eval()
+    config = old.config.to_dict()
+    del config["decoder_align_corners"]
+    save_checkpoint(tmp_path / "old.pt", {"model_config": config, "dataset": {}, "model": old.state_dict()})
+    loaded = model_from_checkpoint(load_checkpoint(tmp_path / "old.pt"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).seg, old(x).seg)
+    assert not loaded.seg_decoder.align_corners
+    assert ct.build_model(enc_layers=18).config.to_dict()["decoder_align_corners"] is True

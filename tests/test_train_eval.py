@@ -175,6 +175,19 @@ def test_sgd_and_gradnorm_options_reach_the_run(synthetic_raw, tmp_path):
     assert own["param_groups"][0]["betas"] == (0.9, 0.999) and own["state"]
 
 
+def test_resuming_a_crosstask_0_1_run_is_refused_with_the_reason(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    last = run / "checkpoints/last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["model_config"]["decoder_align_corners"]  # as crosstask 0.1.0 wrote it
+    torch.save(ckpt, last)
+    r = run_cli("train", "synthetic", "--run-dir", run, "--resume", "--epochs", "2")
+    assert r.exit_code == 1 and "align_corners=False" in r.output and "Traceback" not in r.output
+
+
 def test_cli_train_bad_data_and_run_dirs(tmp_path, tiny_run, synthetic_raw):
     r = run_cli("train", "cityscapes", "--data", tmp_path / "nope", "--run-dir", tmp_path / "r", *TINY)
     assert r.exit_code == 1 and "not found" in r.output and "Traceback" not in r.output

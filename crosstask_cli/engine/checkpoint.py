@@ -57,6 +57,9 @@ def model_from_checkpoint(ckpt: dict):
     """Rebuild the CrossTaskNet stored in a loaded checkpoint (eval mode, on CPU)."""
     from crosstask_cli.models.network import CrossTaskNet, ModelConfig
 
-    model = CrossTaskNet(ModelConfig(**ckpt["model_config"]))
+    config = dict(ckpt["model_config"])
+    # crosstask 0.1.0 wrote no such key; its decoders upsampled with align_corners=False and were trained so.
+    config.setdefault("decoder_align_corners", False)
+    model = CrossTaskNet(ModelConfig(**config))
     model.load_state_dict(ckpt["model"])
     return model.eval()

@@ -295,6 +295,12 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location=self.device)
         if "optimizer" not in ckpt:
             raise RunDirError(f"{path}: checkpoint is not resumable (no optimizer state)")
+        if "decoder_align_corners" not in ckpt["model_config"]:
+            raise RunDirError(
+                f"{path}: written by crosstask 0.1.0, whose decoders upsampled with align_corners=False; this version "
+                "trains the original's align_corners=True decoders, so the run cannot continue the same model. Its "
+                "checkpoints still load for eval/predict/export; start a new run to train further."
+            )
         self.model.load_state_dict(ckpt["model"])
         self.weighting.load_state_dict(ckpt["weighting"]["state"])
         own = ckpt["weighting"].get("optimizers", [])

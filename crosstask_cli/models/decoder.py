@@ -17,17 +17,19 @@ def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 class DecoderBlock(nn.Module):
     """3×(conv3×3, BN, ReLU) then bilinear upsampling ×2."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, align_corners: bool = True) -> None:
         super().__init__()
         self.convs = nn.Sequential(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout), conv_bn_relu(cout, cout))
+        self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample2x(self.convs(x))
+        return upsample2x(self.convs(x), self.align_corners)
 
 
-def upsample2x(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear ×2 with ``align_corners=True``, as the original method's decoders (and TaskTransferNets)."""
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+def upsample2x(x: torch.Tensor, align_corners: bool = True) -> torch.Tensor:
+    """Bilinear ×2; ``align_corners=True`` as the original method's decoders (and TaskTransferNets). ``False`` only
+    serves checkpoints of crosstask 0.1.0, whose decoders were trained that way."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)
 
 
 class SkipDecoder(nn.Module):
@@ -37,11 +39,14 @@ class SkipDecoder(nn.Module):
     The 1×1 head has no bias.
     """
 
-    def __init__(self, encoder_channels: tuple[int, ...], out_channels: int, width: int = 128) -> None:
+    def __init__(
+        self, encoder_channels: tuple[int, ...], out_channels: int, width: int = 128, align_corners: bool = True
+    ) -> None:
         super().__init__()
         skips = list(reversed(encoder_channels[:-1]))  # strides 16, 8, 4, 2
         ins = [encoder_channels[-1]] + [width + s for s in skips]
-        self.blocks = nn.ModuleList(DecoderBlock(c, width) for c in ins)
+        self.align_corners = align_corners
+        self.blocks = nn.ModuleList(DecoderBlock(c, width, align_corners) for c in ins)
         self.head = nn.Conv2d(width, out_channels, 1, bias=False)
         xavier_init_(self)
 
@@ -54,4 +59,4 @@ class SkipDecoder(nn.Module):
         # upsampling runs on out_channels maps instead of 128 (same function, far less full-resolution work).
         # The few-channel output is made planar (NCHW) even in a channels_last model: per-pixel reductions over
         # the classes (cross-entropy, the metrics' class ids) are then vectorised over whole planes on CPU.
-        return upsample2x(self.head(x).contiguous())
+        return upsample2x(self.head(x).contiguous(), self.align_corners)

@@ -43,6 +43,9 @@ class ModelConfig:
     wider_ttnet: bool = False
     tasks: tuple[str, ...] = ("seg", "depth")
     transfer: bool = True  # the TaskTransferNets (cross-task consistency); needs both tasks
+    # Bilinear ×2 of the decoders as the original (True). Checkpoints of crosstask 0.1.0 lack this key and were
+    # trained with False: loading them keeps their function (engine.checkpoint.model_from_checkpoint).
+    decoder_align_corners: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -77,9 +80,11 @@ class CrossTaskNet(nn.Module):
         # Submodules exist only for the configured tasks (single-task baselines have one decoder, plain
         # multi-task models no TaskTransferNets), so parameter counts and checkpoints say what was trained.
         if "seg" in config.tasks:
-            self.seg_decoder = SkipDecoder(self.encoder.channels, config.num_classes)
+            self.seg_decoder = SkipDecoder(
+                self.encoder.channels, config.num_classes, align_corners=config.decoder_align_corners
+            )
         if "depth" in config.tasks:
-            self.depth_decoder = SkipDecoder(self.encoder.channels, 1)
+            self.depth_decoder = SkipDecoder(self.encoder.channels, 1, align_corners=config.decoder_align_corners)
         if config.has_transfer:
             tt = dict(batch_norm=config.ttnet_batch_norm, wider=config.wider_ttnet)
             self.seg_to_depth = TaskTransferNet(config.num_classes, 1, log_softmax_input=True, **tt)
