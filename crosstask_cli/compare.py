@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from crosstask_cli.errors import InputError
+
 # metric → (task, +1 when higher is better, −1 when lower is better)
 METRICS: dict[str, tuple[str, int]] = {
     "miou": ("segmentation", +1),
@@ -52,9 +54,9 @@ def load_result(path: str | Path) -> RunMetrics:
         try:
             res = json.loads(p.read_text())
         except ValueError as exc:
-            raise ValueError(f"{p}: not a JSON file written by `crosstask eval --json` ({exc})") from exc
+            raise InputError(f"{p}: not a JSON file written by `crosstask eval --json` ({exc})") from exc
         if "segmentation" not in res or "depth" not in res:
-            raise ValueError(f"{p}: not an evaluation result (needs 'segmentation' and 'depth')")
+            raise InputError(f"{p}: not an evaluation result (needs 'segmentation' and 'depth')")
         values = {k: _num(res["segmentation"].get(k)) for k in ("miou", "pixel_acc")}
         values.update({k: _num(res["depth"].get(k)) for k in ("abs_err", "rel_err")})
         name = p.parent.name if p.name == "eval.json" else p.stem
@@ -63,12 +65,12 @@ def load_result(path: str | Path) -> RunMetrics:
     if p.is_dir() and csv_path.is_file():
         rows = list(csv.DictReader(csv_path.open(newline="")))
         if not rows:
-            raise ValueError(f"{csv_path}: no epochs logged")
+            raise InputError(f"{csv_path}: no epochs logged")
         best = [r for r in rows if r.get("best") == "1"]
         row = best[-1] if best else rows[-1]
         values = {k: _num(row.get(f"val_{k}")) for k in METRICS}
         return RunMetrics(p.name, f"{csv_path} (epoch {row['epoch']})", values)
-    raise FileNotFoundError(f"{p}: neither an eval JSON file nor a run directory with metrics.csv")
+    raise InputError(f"{p}: neither an eval JSON file nor a run directory with metrics.csv")
 
 
 def delta_m(run: dict[str, float], seg_base: dict[str, float] | None, depth_base: dict[str, float] | None) -> dict:

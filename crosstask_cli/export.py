@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crosstask_cli.errors import CheckpointError, MissingDependencyError
+
 MISSING_ONNX = (
     "ONNX export needs the optional packages onnx, onnxscript and onnxruntime: "
     'pip install "crosstask-cli[onnx]" (or pip install onnx onnxscript onnxruntime)'
@@ -47,7 +49,7 @@ def _require_onnx() -> None:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise ImportError(MISSING_ONNX) from exc
+        raise MissingDependencyError(MISSING_ONNX) from exc
 
 
 def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, opset: int = 18) -> ExportResult:
@@ -60,7 +62,9 @@ def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, op
     c = load_checkpoint(ckpt)
     h, w = c["dataset"]["height"], c["dataset"]["width"]
     if h % 32 or w % 32:
-        raise ValueError(f"{ckpt}: the model's input size {h}×{w} is not a multiple of 32, which the ONNX graph needs")
+        raise CheckpointError(
+            f"{ckpt}: the model's input size {h}×{w} is not a multiple of 32, which the ONNX graph needs"
+        )
     module = DirectPredictions(model_from_checkpoint(c)).eval()
     eh, ew = max(h, 64), max(w, 64)
     example = torch.randn(2, 3, eh, ew)
@@ -92,7 +96,7 @@ def verify_onnx(module: nn.Module, onnx_path: Path, shapes: list[tuple[int, ...]
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ImportError(MISSING_ONNX) from exc
+        raise MissingDependencyError(MISSING_ONNX) from exc
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = dict.fromkeys(module.names, 0.0)
     gen = torch.Generator().manual_seed(0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from crosstask_cli.errors import ConfigError
 from crosstask_cli.metrics import class_labels
 from crosstask_cli.models.network import Predictions
 
@@ -32,7 +33,7 @@ def _elementwise_depth_error(pred: torch.Tensor, target: torch.Tensor, kind: str
         return torch.log1p(diff.abs())
     if kind == "smoothl1":
         return F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
-    raise ValueError(f"unknown depth loss {kind!r}; choose from {DEPTH_LOSSES}")
+    raise ConfigError(f"unknown depth loss {kind!r}; choose from {DEPTH_LOSSES}")
 
 
 def masked_depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
@@ -91,7 +92,7 @@ def _reduce(per_pixel: torch.Tensor, mask: torch.Tensor, reduction: str) -> torc
         return total / mask.sum().clamp(min=1)
     if reduction == "all":
         return total / max(mask.numel(), 1)
-    raise ValueError(f"reduction must be valid or all, got {reduction!r}")
+    raise ConfigError(f"reduction must be valid or all, got {reduction!r}")
 
 
 def smoothed_one_hot_kl(
@@ -138,17 +139,17 @@ class CrossTaskLoss:
 
     def __post_init__(self) -> None:
         if self.consistency not in CONSISTENCY:
-            raise ValueError(f"unknown consistency {self.consistency!r}; choose from {CONSISTENCY}")
+            raise ConfigError(f"unknown consistency {self.consistency!r}; choose from {CONSISTENCY}")
         if self.lp not in DEPTH_LOSSES:
-            raise ValueError(f"unknown lp {self.lp!r}; choose from {DEPTH_LOSSES}")
+            raise ConfigError(f"unknown lp {self.lp!r}; choose from {DEPTH_LOSSES}")
         if self.tdep_loss not in TDEPTH_LOSSES:
-            raise ValueError(f"unknown tdep_loss {self.tdep_loss!r}; choose from {TDEPTH_LOSSES}")
+            raise ConfigError(f"unknown tdep_loss {self.tdep_loss!r}; choose from {TDEPTH_LOSSES}")
         if self.tseg_loss not in TSEG_LOSSES:
-            raise ValueError(f"unknown tseg_loss {self.tseg_loss!r}; choose from {TSEG_LOSSES}")
+            raise ConfigError(f"unknown tseg_loss {self.tseg_loss!r}; choose from {TSEG_LOSSES}")
         for name in ("alpha", "gamma", "label_smoothing"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
 
     def __call__(
         self, pred: Predictions, seg_target: torch.Tensor, depth_target: torch.Tensor

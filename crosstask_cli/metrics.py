@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from crosstask_cli.errors import ConfigError, DatasetError
+
 PROTOCOLS = ("standard", "original")
 
 
@@ -42,7 +44,7 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None):
         self.num_classes = num_classes
         if not 0 <= ignore_index <= 255:
-            raise ValueError(f"ignore_index must be in 0..255 (targets are byte class ids), got {ignore_index}")
+            raise ConfigError(f"ignore_index must be in 0..255 (targets are byte class ids), got {ignore_index}")
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -64,11 +66,11 @@ class ConfusionMatrix:
         idx = torch.add(pred.long(), target.long(), alpha=c)
         counts = torch.bincount(idx.flatten(), minlength=256 * c)
         if counts.numel() > 256 * c:
-            raise ValueError(f"target class id out of range 0..{c - 1}")
+            raise DatasetError(f"target class id out of range 0..{c - 1}")
         table = counts.view(256, c)
         bad = table[c:].sum() - table[self.ignore_index].sum() if self.ignore_index >= c else table[c:].sum()
         if int(bad):
-            raise ValueError(f"target class id out of range 0..{c - 1}")
+            raise DatasetError(f"target class id out of range 0..{c - 1}")
         block = table[:c]
         if self.ignore_index < c:  # an ignore index inside the class range: that row is not counted
             block = block.clone()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crosstask_cli.errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST = "predictions.json"
 
@@ -50,7 +52,7 @@ def collect_inputs(inputs: Iterable[Path], recursive: bool = False) -> list[tupl
     seen: dict[Path, Path] = {}
     for f, rel in pairs:
         if rel in seen and seen[rel] != f:
-            raise ValueError(f"{f} and {seen[rel]} would write the same outputs ({rel}_*); predict them separately")
+            raise InputError(f"{f} and {seen[rel]} would write the same outputs ({rel}_*); predict them separately")
         seen[rel] = f
     return pairs
 
@@ -110,12 +112,12 @@ def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path]
     for inp in inputs:
         inp_r = Path(inp).resolve()
         if Path(inp).is_dir() and (out_r == inp_r or inp_r in out_r.parents):
-            raise ValueError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
+            raise InputError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
     inputs_r = {f.resolve() for f, _ in pairs}
     for _f, rel in pairs:
         for suffix in ("_seg.png", "_seg_color.png", "_depth.npy", "_depth_color.png"):
             if (out_r / f"{rel}{suffix}").resolve() in inputs_r:
-                raise ValueError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
+                raise InputError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crosstask_cli.errors import InputError
+
 
 def _pyplot():
     import matplotlib
@@ -162,7 +164,7 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
     pred_dir, out = Path(pred_dir), Path(out)
     manifest_path = pred_dir / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{pred_dir}: no {MANIFEST}; is this a folder written by `crosstask predict`?")
+        raise InputError(f"{pred_dir}: no {MANIFEST}; is this a folder written by `crosstask predict`?")
     manifest = json.loads(manifest_path.read_text())
     names, palette, kind = manifest["class_names"], manifest["palette"], manifest["depth_kind"]
     written = []
@@ -239,7 +241,7 @@ def sample_grid(
     if ckpt is not None:
         c = load_checkpoint(ckpt)
         if c["dataset"]["num_classes"] != meta["num_classes"]:
-            raise ValueError(
+            raise InputError(
                 f"{ckpt}: model has {c['dataset']['num_classes']} classes, {data} has {meta['num_classes']}"
             )
         model = model_from_checkpoint(c).to(device)
@@ -319,9 +321,9 @@ def curves_from_run(run_dir: str | Path, out: str | Path | None = None) -> list[
     run_dir = Path(run_dir)
     csv_path = run_dir / "metrics.csv" if run_dir.is_dir() else run_dir
     if not csv_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no metrics.csv (is it a crosstask run directory?)")
+        raise InputError(f"{run_dir}: no metrics.csv (is it a crosstask run directory?)")
     with csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{csv_path}: no epochs logged yet")
+        raise InputError(f"{csv_path}: no epochs logged yet")
     return plot_training_curves(rows, Path(out) if out else csv_path.parent / "plots")

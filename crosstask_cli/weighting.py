@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from crosstask_cli.errors import ConfigError
+
 TASKS = ("seg_task", "depth_task")
 
 _REGISTRY: dict[str, type[TaskWeighting]] = {}
@@ -44,7 +46,7 @@ def weighting_names() -> tuple[str, ...]:
 def build_weighting(name: str, tasks: tuple[str, ...] = TASKS, **kwargs: float) -> TaskWeighting:
     """Instantiate a registered weighting method by name (``fixed``, ``uncertainty``, ``gradnorm``...)."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown weighting {name!r}; choose from {weighting_names()}")
+        raise ConfigError(f"unknown weighting {name!r}; choose from {weighting_names()}")
     return _REGISTRY[name](tasks, **kwargs)
 
 
@@ -136,7 +138,7 @@ class GradNormWeighting(TaskWeighting):
     ) -> None:
         super().__init__(tasks)
         if params not in GRADNORM_PARAMS:
-            raise ValueError(f"GradNorm params must be one of {GRADNORM_PARAMS}, got {params!r}")
+            raise ConfigError(f"GradNorm params must be one of {GRADNORM_PARAMS}, got {params!r}")
         self.alpha = float(alpha)
         self.params = params
         self.min_weight = float(min_weight)
@@ -208,7 +210,7 @@ class DynamicWeightAverage(TaskWeighting):
     def __init__(self, tasks: tuple[str, ...] = TASKS, temperature: float = 2.0) -> None:
         super().__init__(tasks)
         if temperature <= 0:
-            raise ValueError(f"DWA temperature must be positive, got {temperature}")
+            raise ConfigError(f"DWA temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
         self.register_buffer("history", torch.zeros(2, len(self.tasks)))  # losses of epochs t−2, t−1
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
@@ -273,7 +275,7 @@ class PCGradWeighting(TaskWeighting):
 
     def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
         if scaler is not None and scaler.is_enabled():
-            raise ValueError("pcgrad does not support fp16 loss scaling; use --amp on a bf16 GPU or fp32")
+            raise ConfigError("pcgrad does not support fp16 loss scaling; use --amp on a bf16 GPU or fp32")
         params = [p for p in model.parameters() if p.requires_grad]
         shared = {id(p) for p in model.shared_parameters()}
         per_task = []

@@ -28,12 +28,21 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help="Show the full traceback of every error, also of the one-line errors about your input "
+        "(same as CROSSTASK_DEBUG=1).",
+    ),
 ) -> None:
     """crosstask: cross-task consistency for segmentation + depth."""
+    from crosstask_cli.cli.common import DEBUG_FLAG
+
+    DEBUG_FLAG.set(debug)
 
 
 def _register() -> None:
-    from crosstask_cli.cli import bench, compare, demo, evaluate, info, predict, prepare, train, visualize
+    from crosstask_cli.cli import bench, compare, demo, evaluate, export, info, predict, prepare, train, visualize
 
     app.add_typer(prepare.app, name="prepare")
     app.command("train", help=train.HELP, no_args_is_help=True)(train.train_command)
@@ -44,12 +53,7 @@ def _register() -> None:
     app.command("info", help=info.HELP, no_args_is_help=True)(info.info_command)
     app.command("bench", help=bench.HELP)(bench.bench_command)
     app.command("compare", help=compare.HELP, no_args_is_help=True)(compare.compare_command)
-    try:
-        from crosstask_cli.cli import export
-
-        app.command("export", help=export.HELP, no_args_is_help=True)(export.export_command)
-    except ImportError:  # pragma: no cover - export module is optional until it lands
-        pass
+    app.command("export", help=export.HELP, no_args_is_help=True)(export.export_command)
 
 
 _register()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+
+from crosstask_cli.errors import CrosstaskError
 
 
 def _console(stderr: bool) -> Console:
@@ -20,35 +23,25 @@ out = _console(False)
 err = _console(True)
 
 
-class CLIError(Exception):
-    """An error to report as one line, with exit code 1."""
+class CLIError(CrosstaskError):
+    """An error in how the command was called, reported as one line with exit code 1."""
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    # Imported lazily: these modules pull in numpy/torch.
-    from crosstask_cli.data.prepared import DatasetError
-    from crosstask_cli.engine.checkpoint import CheckpointError
-    from crosstask_cli.engine.trainer import NonFiniteLossError, RunDirError
+# Set by the root callback on every invocation (so one CLI call never sees another's flag).
+DEBUG_FLAG: contextvars.ContextVar[bool] = contextvars.ContextVar("crosstask_debug", default=False)
 
-    return (
-        CLIError,
-        DatasetError,
-        CheckpointError,
-        RunDirError,
-        NonFiniteLossError,
-        ValueError,
-        FileExistsError,
-        FileNotFoundError,
-        PermissionError,
-        NotADirectoryError,
-        IsADirectoryError,
-        RuntimeError,
-        OSError,
-    )
+
+def debug_requested() -> bool:
+    """``crosstask --debug …`` or ``CROSSTASK_DEBUG=1``: show tracebacks even for the user's own errors."""
+    import os
+
+    return DEBUG_FLAG.get() or os.environ.get("CROSSTASK_DEBUG", "").strip() not in ("", "0")
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn expected exceptions into ``error: message`` on stderr and exit code 1 (no traceback)."""
+    """The user's errors (:class:`CrosstaskError`, ``OSError``) become ``error: message`` on stderr, exit code 1,
+    no traceback. Anything else is a bug in crosstask (or a failure such as CUDA running out of memory): it
+    surfaces with its traceback and exit code 2. ``--debug`` shows the traceback for every error."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -59,13 +52,21 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
         except typer.Exit:
             raise
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, _expected_errors()):
-                # escaped: paths and hints such as "crosstask-cli[onnx]" contain square brackets
-                message = esc(str(exc) or type(exc).__name__)
-                err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-                raise typer.Exit(1) from None
-            raise
+        except (CrosstaskError, OSError) as exc:
+            if debug_requested():
+                err.print_exception(show_locals=False)
+            # escaped: paths and hints such as "crosstask-cli[onnx]" contain square brackets
+            message = esc(str(exc) or type(exc).__name__)
+            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Exception:  # noqa: BLE001 - not the user's input: show everything needed for a bug report
+            err.print_exception(show_locals=False)
+            err.print(
+                "[bold red]internal error[/] (the traceback above): this is not a problem with your input. "
+                "Please report it with the command you ran.",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper
 

@@ -25,12 +25,9 @@ def export_command(
 
     if onnx_file.exists() and not force:
         raise CLIError(f"{onnx_file} already exists; pass --force to overwrite it")
-    try:
-        from crosstask_cli.export import export_onnx
+    from crosstask_cli.export import export_onnx
 
-        res = export_onnx(ckpt, onnx_file, verify=verify)
-    except ImportError as exc:
-        raise CLIError(str(exc)) from None
+    res = export_onnx(ckpt, onnx_file, verify=verify)
     out.print(f"[green]exported[/] [bold]{esc(res.path)}[/] (inputs 'image' B×3×H×W; outputs 'seg_logits', 'depth')")
     if res.max_abs_diff_seg is not None:
         shapes = ", ".join("×".join(map(str, s)) for s in res.checked_shapes or [])

@@ -16,6 +16,7 @@ import numpy as np
 from crosstask_cli.data.labels import CITYSCAPES_MAX_ID, cityscapes_lookup
 from crosstask_cli.data.prepared import DatasetError
 from crosstask_cli.data.resize import resize_image, resize_nearest
+from crosstask_cli.errors import ConfigError
 
 BASELINE_M = 0.209313  # Cityscapes stereo baseline, metres
 FOCAL_PX = 2262.52  # Cityscapes focal length at full resolution (2048×1024), pixels
@@ -90,7 +91,7 @@ def disparity_to_depth(p: np.ndarray, kind: str, baseline: float = BASELINE_M, f
         disp = np.where(valid, (p - 1) / 256.0, 1.0)
         depth = np.where(valid, np.minimum(baseline * focal / disp, METRIC_DEPTH_MAX), 0.0)
     else:
-        raise ValueError(f"depth kind must be 'inverse' or 'metric', got {kind!r}")
+        raise ConfigError(f"depth kind must be 'inverse' or 'metric', got {kind!r}")
     return depth.astype(np.float32)
 
 

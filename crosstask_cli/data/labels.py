@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from crosstask_cli.errors import ConfigError
+
 IGNORE_INDEX = 255
 
 
@@ -93,7 +95,7 @@ def cityscapes_lookup(num_classes: int) -> np.ndarray:
     but converters reject them first as outside the table.
     """
     if num_classes not in (7, 19):
-        raise ValueError(f"Cityscapes supports 7 or 19 classes, got {num_classes}")
+        raise ConfigError(f"Cityscapes supports 7 or 19 classes, got {num_classes}")
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for label in CITYSCAPES_LABELS:
         value = label.train_id if num_classes == 19 else (label.cat_id - 1 if label.cat_id > 0 else IGNORE_INDEX)
@@ -110,7 +112,7 @@ def class_info(dataset: str, num_classes: int) -> tuple[list[str], list[tuple[in
             return list(CITYSCAPES_7_NAMES), list(CITYSCAPES_7_PALETTE)
     if dataset == "nyu" and num_classes == 13:
         return list(NYU_13_NAMES), list(NYU_13_PALETTE)
-    raise ValueError(f"no label set for {dataset} with {num_classes} classes")
+    raise ConfigError(f"no label set for {dataset} with {num_classes} classes")
 
 
 def colorize(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:

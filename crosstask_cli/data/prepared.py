@@ -21,13 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from crosstask_cli.atomic import replace_dir, temp_dir_beside
+from crosstask_cli.errors import DatasetError
 
 FORMAT = "crosstask-prepared"
 VERSION = 1
-
-
-class DatasetError(ValueError):
-    """Input data is missing, malformed or not in the expected layout (message names the file)."""
 
 
 def is_prepared(path: Path) -> bool:

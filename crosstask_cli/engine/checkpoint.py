@@ -7,13 +7,10 @@ from pathlib import Path
 import torch
 
 from crosstask_cli.atomic import atomic_write
+from crosstask_cli.errors import CheckpointError
 
 FORMAT = "crosstask-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A file is not a usable crosstask checkpoint (message names the file and why)."""
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from crosstask_cli.errors import ConfigError
 from crosstask_cli.losses import CONSISTENCY, DEPTH_LOSSES, TDEPTH_LOSSES, TSEG_LOSSES
 from crosstask_cli.models.encoder import RESNET_DEPTHS
 
@@ -107,7 +108,7 @@ class TrainConfig:
     def for_dataset(cls, dataset: str, **overrides) -> TrainConfig:
         """The paper's defaults for ``dataset`` with ``overrides`` (None values are ignored) applied."""
         if dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+            raise ConfigError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
         values = {**PAPER_DEFAULTS[dataset], **{k: v for k, v in overrides.items() if v is not None}}
         cfg = cls(dataset=dataset, **values)
         cfg.validate()
@@ -120,7 +121,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         def bad(msg: str) -> None:
-            raise ValueError(msg)
+            raise ConfigError(msg)
 
         self.tasks = tuple(self.tasks)
         if not self.tasks or set(self.tasks) - {"seg", "depth"} or len(set(self.tasks)) != len(self.tasks):
@@ -199,7 +200,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
@@ -215,7 +216,7 @@ class TrainConfig:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not a valid crosstask config ({exc})") from exc
+            raise ConfigError(f"{path}: not a valid crosstask config ({exc})") from exc
 
     def save(self, path: Path) -> None:
         from crosstask_cli.atomic import atomic_write_text

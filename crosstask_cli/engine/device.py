@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from crosstask_cli.errors import DeviceUnavailableError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' → cuda if available, else mps, else cpu. Raises with a clear message for an absent device."""
@@ -15,9 +17,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        raise DeviceUnavailableError(
+            f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)"
+        )
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"--device {name}: MPS is not available on this machine (use --device cpu or auto)")
+        raise DeviceUnavailableError(
+            f"--device {name}: MPS is not available on this machine (use --device cpu or auto)"
+        )
     return dev
 
 

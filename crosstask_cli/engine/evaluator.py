@@ -13,6 +13,7 @@ from crosstask_cli.data.dataset import PreparedDataset
 from crosstask_cli.data.prepared import DatasetError, open_split, read_meta
 from crosstask_cli.data.resize import resize_nearest
 from crosstask_cli.engine.device import amp_dtype, memory_format
+from crosstask_cli.errors import ConfigError
 from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
 from crosstask_cli.metrics import (
     PROTOCOLS,
@@ -35,7 +36,7 @@ class MetricSet:
     def __init__(self, meta: dict, protocols: tuple[str, ...] = PROTOCOLS) -> None:
         unknown = set(protocols) - set(PROTOCOLS)
         if unknown:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {sorted(unknown)}")
+            raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {sorted(unknown)}")
         self.meta = meta
         self.protocols = tuple(protocols)
         self.cm = ConfusionMatrix(meta["num_classes"], meta.get("ignore_index", 255), meta.get("class_names"))
@@ -79,7 +80,7 @@ class MetricSet:
 
     def result(self, protocol: str, split: str) -> dict:
         if protocol not in self.protocols:
-            raise ValueError(f"protocol must be one of {self.protocols} (those this MetricSet kept), got {protocol!r}")
+            raise ConfigError(f"protocol must be one of {self.protocols} (those this MetricSet kept), got {protocol!r}")
         seg = self.cm.compute()
         depth = self.depth.compute()
         if protocol == "original":
@@ -132,7 +133,7 @@ def evaluate(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
     )
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     metrics = MetricSet(ds.meta, (protocol,))
     need_transfer = consistency or loss_fn is not None
     loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
@@ -217,7 +218,7 @@ def evaluate_predictions(
     meta = read_meta(data)
     s = open_split(data, split)
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     metrics = MetricSet(meta, (protocol,))
     h, w = meta["height"], meta["width"]
     for start in range(0, len(s), batch_size):

@@ -28,17 +28,10 @@ from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from crosstask_cli.engine.config import SELECT_METRICS, TrainConfig
 from crosstask_cli.engine.device import amp_dtype, configure_device, memory_format, resolve_device
 from crosstask_cli.engine.evaluator import evaluate
+from crosstask_cli.errors import ConfigError, NonFiniteLossError, RunDirError
 from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
 from crosstask_cli.models.network import build_model
 from crosstask_cli.weighting import build_weighting
-
-
-class RunDirError(ValueError):
-    """The run directory cannot be used as asked (existing run without --resume/--force, nothing to resume)."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A training loss became NaN/inf more often than ``skip_nonfinite`` allows."""
 
 
 class TrainReporter:
@@ -196,14 +189,14 @@ class Trainer:
         self.fmt = memory_format(self.device)
         if self.dist.enabled and cfg.sync_bn:
             if self.device.type != "cuda":
-                raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
+                raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)")
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.fmt)
         kwargs = {"gradnorm": {"alpha": cfg.gradnorm_alpha, "params": cfg.gradnorm_params},
                   "dwa": {"temperature": cfg.dwa_temperature},
                   "pcgrad": {"seed": cfg.seed}}.get(cfg.weighting, {})  # fmt: skip
         if cfg.weighting == "pcgrad" and self.dist.enabled:
-            raise ValueError("--weighting pcgrad is not supported with several processes (torchrun)")
+            raise ConfigError("--weighting pcgrad is not supported with several processes (torchrun)")
         task_names = tuple(f"{t}_task" for t in cfg.tasks)
         self.weighting = build_weighting(cfg.weighting, task_names, **kwargs).to(self.device)
         self.loss_fn = CrossTaskLoss(

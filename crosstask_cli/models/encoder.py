@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crosstask_cli.errors import ConfigError, InputError, PretrainedWeightsMissing
+
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 # torchvision's IMAGENET1K_V1 weight files: the names the local torch hub cache would hold.
@@ -17,10 +19,6 @@ _IMAGENET_FILES = {
     101: "resnet101-63fe2227.pth",
     152: "resnet152-394f9c45.pth",
 }
-
-
-class PretrainedWeightsMissing(FileNotFoundError):
-    """ImageNet weights were asked for but are not on disk (this toolkit never downloads)."""
 
 
 def imagenet_weights_path(depth: int) -> Path:
@@ -40,7 +38,7 @@ class ResNetEncoder(nn.Module):
         import torchvision
 
         if depth not in RESNET_DEPTHS:
-            raise ValueError(f"enc_layers must be one of {RESNET_DEPTHS}, got {depth}")
+            raise ConfigError(f"enc_layers must be one of {RESNET_DEPTHS}, got {depth}")
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
         self.depth = depth
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
@@ -75,15 +73,15 @@ class ResNetEncoder(nn.Module):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
-            raise ValueError(f"{path}: not a loadable PyTorch state dict ({exc})") from exc
+            raise InputError(f"{path}: not a loadable PyTorch state dict ({exc})") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a ResNet state dict, got {type(state).__name__}")
+            raise InputError(f"{path}: expected a ResNet state dict, got {type(state).__name__}")
         state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise InputError(
                 f"{path}: not a ResNet-{self.depth} state dict "
                 f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})"
             )

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crosstask_cli.errors import ConfigError
 from crosstask_cli.models.decoder import SkipDecoder
 from crosstask_cli.models.encoder import RESNET_DEPTHS, ResNetEncoder
 from crosstask_cli.models.transfer_net import TaskTransferNet
@@ -50,7 +51,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         if not self.tasks or set(self.tasks) - {"seg", "depth"}:
-            raise ValueError(f"tasks must be seg, depth or both, got {','.join(self.tasks)}")
+            raise ConfigError(f"tasks must be seg, depth or both, got {','.join(self.tasks)}")
 
     @property
     def has_transfer(self) -> bool:
@@ -72,9 +73,9 @@ class CrossTaskNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if config.enc_layers not in RESNET_DEPTHS:
-            raise ValueError(f"enc_layers must be one of {RESNET_DEPTHS}, got {config.enc_layers}")
+            raise ConfigError(f"enc_layers must be one of {RESNET_DEPTHS}, got {config.enc_layers}")
         if config.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {config.num_classes}")
+            raise ConfigError(f"num_classes must be at least 2, got {config.num_classes}")
         self.config = config
         self.encoder = ResNetEncoder(config.enc_layers)
         # Submodules exist only for the configured tasks (single-task baselines have one decoder, plain
