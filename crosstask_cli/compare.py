@@ -63,13 +63,15 @@ def load_result(path: str | Path) -> RunMetrics:
         return RunMetrics(name, str(p), values)
     csv_path = p / "metrics.csv"
     if p.is_dir() and csv_path.is_file():
-        rows = list(csv.DictReader(csv_path.open(newline="")))
-        if not rows:
+        from crosstask_cli.engine.records import read_metrics_log
+
+        records = read_metrics_log(csv_path)
+        if not records:
             raise InputError(f"{csv_path}: no epochs logged")
-        best = [r for r in rows if r.get("best") == "1"]
-        row = best[-1] if best else rows[-1]
-        values = {k: _num(row.get(f"val_{k}")) for k in METRICS}
-        return RunMetrics(p.name, f"{csv_path} (epoch {row['epoch']})", values)
+        best = [r for r in records if r.best]
+        record = best[-1] if best else records[-1]
+        values = {k: _num(record.val.get(k)) for k in METRICS}
+        return RunMetrics(p.name, f"{csv_path} (epoch {record.epoch})", values)
     raise InputError(f"{p}: neither an eval JSON file nor a run directory with metrics.csv")
 
 

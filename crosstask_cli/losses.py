@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from crosstask_cli.errors import ConfigError
-from crosstask_cli.metrics import class_labels
 from crosstask_cli.models.network import Predictions
+from crosstask_cli.ops import class_labels
 
 DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
 TDEPTH_LOSSES = ("l1", "ssim")

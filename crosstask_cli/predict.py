@@ -1,15 +1,10 @@
-"""Run a trained model on image files (DESIGN §6).
-
-For each input ``REL/STEM.EXT`` writes ``OUT/REL/STEM_seg.png`` (uint8 class ids), ``STEM_seg_color.png``,
-``STEM_depth.npy`` (float32 H×W, dataset depth units) and ``STEM_depth_color.png`` at the input's original
-size; with ``transfer`` also ``STEM_seg_transfer*`` and ``STEM_depth_transfer*``. Unreadable files are skipped
+"""Run a trained model on image files; the files it writes are those of :mod:`crosstask_cli.predictions`
+(at the input's original size; with ``transfer`` also the transferred predictions). Unreadable files are skipped
 and listed. Inputs are never overwritten.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,9 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from crosstask_cli.errors import InputError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MANIFEST = "predictions.json"
+from crosstask_cli.images import IMAGE_EXTENSIONS, read_image
+from crosstask_cli.predictions import (
+    TRANSFER_TAG,
+    Manifest,
+    encode_depth,
+    encode_seg,
+    output_suffixes,
+    write_files,
+    write_manifest,
+)
 
 
 @dataclass
@@ -57,56 +59,6 @@ def collect_inputs(inputs: Iterable[Path], recursive: bool = False) -> list[tupl
     return pairs
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any common image file → H×W×3 uint8 RGB (grayscale, RGBA, 16-bit and EXIF orientation handled)."""
-    import cv2
-
-    data = path.read_bytes()
-    if not data:
-        raise ValueError("empty file")
-    check_complete(data)
-    # ANYDEPTH|ANYCOLOR keeps 16-bit data and applies the EXIF orientation (IMREAD_UNCHANGED would not).
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    if img is None:
-        raise ValueError("not a readable image")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif img.dtype in (np.float32, np.float64):
-        img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if img.ndim == 2:
-        return np.repeat(img[..., None], 3, axis=2)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def check_complete(data: bytes) -> None:
-    """Reject truncated JPEG/PNG files, which OpenCV would otherwise decode partially (grey-filled)."""
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
-        raise ValueError("truncated JPEG (no end-of-image marker)")
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
-        raise ValueError("truncated PNG (no IEND chunk)")
-
-
-def _encode_png(array: np.ndarray) -> bytes:
-    import cv2
-
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path], force: bool) -> None:
     out_r = out.resolve()
     for inp in inputs:
@@ -115,7 +67,7 @@ def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path]
             raise InputError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
     inputs_r = {f.resolve() for f, _ in pairs}
     for _f, rel in pairs:
-        for suffix in ("_seg.png", "_seg_color.png", "_depth.npy", "_depth_color.png"):
+        for suffix in output_suffixes():
             if (out_r / f"{rel}{suffix}").resolve() in inputs_r:
                 raise InputError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
     if out.exists() and not out.is_dir():
@@ -140,14 +92,11 @@ def predict(
     import torch
     import torch.nn.functional as F
 
-    from crosstask_cli.atomic import atomic_write
     from crosstask_cli.data.dataset import normalise
-    from crosstask_cli.data.labels import colorize
     from crosstask_cli.data.resize import resize_image
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from crosstask_cli.engine.device import memory_format, resolve_device
-    from crosstask_cli.metrics import class_labels
-    from crosstask_cli.visualize import colorize_depth
+    from crosstask_cli.ops import class_labels
 
     inputs = [Path(p) for p in inputs]
     out = Path(out)
@@ -174,21 +123,18 @@ def predict(
             size = img.shape[:2]
             maps = {"": (pred.seg, pred.depth)}
             if transfer and pred.seg_from_depth is not None:
-                maps["_transfer"] = (pred.seg_from_depth, pred.depth_from_seg)
+                maps[TRANSFER_TAG] = (pred.seg_from_depth, pred.depth_from_seg)
             files: dict[str, bytes] = {}
             for tag, (seg_t, dep_t) in maps.items():
                 if seg_t is not None:  # a single-task model predicts one of the two
                     seg = F.interpolate(seg_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
                     labels = class_labels(seg)[0].to(torch.uint8).cpu().numpy()
-                    files[f"_seg{tag}.png"] = _encode_png(labels)
-                    files[f"_seg{tag}_color.png"] = _encode_png(colorize(labels, palette))
+                    files.update(encode_seg(labels, palette, tag))
                 if dep_t is not None:
                     dep = F.interpolate(dep_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
                     depth = dep[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
-                    files[f"_depth{tag}.npy"] = _npy_bytes(depth)
-                    files[f"_depth{tag}_color.png"] = _encode_png(colorize_depth(depth, depth_kind, mark_invalid=False))
-            for suffix, data in files.items():
-                atomic_write(out / f"{rel}{suffix}", lambda fh, d=data: fh.write(d))
+                    files.update(encode_depth(depth, depth_kind, tag))
+            write_files(out, rel, files)
             result.written.append(str(rel))
             manifest[str(rel)] = str(f.resolve())
             if progress:
@@ -211,21 +157,8 @@ def predict(
         flush(batch)
     result.seconds = time.perf_counter() - start
     if result.written:
-        old = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
-        atomic_write(
-            out / MANIFEST,
-            lambda fh: fh.write(
-                json.dumps(
-                    {
-                        "checkpoint": str(Path(ckpt).resolve()),
-                        "transfer": transfer,
-                        "inputs": {**old.get("inputs", {}), **manifest},
-                        "depth_kind": depth_kind,
-                        "class_names": ds["class_names"],
-                        "palette": ds["palette"],
-                    },
-                    indent=2,
-                ).encode()
-            ),
+        write_manifest(
+            out,
+            Manifest(str(Path(ckpt).resolve()), transfer, depth_kind, ds["class_names"], ds["palette"], manifest),
         )
     return result

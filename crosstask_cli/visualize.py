@@ -6,114 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from crosstask_cli.colormaps import DEPTH_CMAP, colorize_depth, depth_range
+from crosstask_cli.engine.curves import plot_training_curves
 from crosstask_cli.errors import InputError
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_training_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
-    """Draw ``losses.png`` (train and validation loss components) and ``metrics.png`` (validation metrics)
-    from metrics.csv rows into ``out_dir``; returns the written paths."""
-    from crosstask_cli.atomic import atomic_write
-
-    plt = _pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    epochs = [int(float(r["epoch"])) for r in rows]
-
-    def series(key: str) -> list[float]:
-        return [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
-
-    written = []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, keys, title in (
-        (axes[0], ("seg", "depth"), "direct losses"),
-        (axes[1], ("tseg", "tdepth"), "transferred (consistency) losses"),
-        (axes[2], ("seg_task", "depth_task"), "task losses"),
-    ):
-        for k in keys:
-            ax.plot(epochs, series(f"train_{k}"), marker="o", ms=3, label=f"train {k}")
-            if rows and f"val_{k}" in rows[0]:
-                ax.plot(epochs, series(f"val_{k}"), marker="s", ms=3, ls="--", label=f"val {k}")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(_save(fig, out_dir / "losses.png", atomic_write))
-
-    panels = [
-        ("val_miou", "mIoU ↑"),
-        ("val_pixel_acc", "pixel accuracy ↑"),
-        ("val_abs_err", "abs error ↓"),
-        ("val_rel_err", "abs rel error ↓"),
-    ]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    split = rows[-1].get("val_split", "val") if rows else "val"
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        ax.plot(epochs, series(key), marker="o", ms=3, color="tab:green" if "↑" in title else "tab:red")
-        ax.set_title(f"{title} ({split})")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    written.append(_save(fig, out_dir / "metrics.png", atomic_write))
-    plt.close("all")
-    return written
-
-
-def _save(fig, path: Path, atomic_write, dpi: int = 100) -> Path:
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
-    return path
-
-
-DEPTH_CMAP = "magma"
-INVALID_RGB = (40, 40, 40)
-
-
-def depth_display(depth: np.ndarray, kind: str) -> np.ndarray:
-    """Map depth to a 'nearness' value for display (bright = near): inverse depth as is, metric inverted."""
-    valid = depth > 0
-    if kind == "metric":
-        return np.where(valid, 1.0 / np.maximum(depth, 1e-6), 0.0)
-    return np.where(valid, depth, 0.0)
-
-
-def depth_range(depth: np.ndarray, kind: str) -> tuple[float, float]:
-    """Robust display range (2nd–98th percentile of valid pixels) in display units."""
-    shown = depth_display(depth, kind)[depth > 0]
-    if shown.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(shown, [2, 98])
-    return float(lo), float(max(hi, lo + 1e-6))
-
-
-def colorize_depth(
-    depth: np.ndarray, kind: str, vrange: tuple[float, float] | None = None, mark_invalid: bool = True
-) -> np.ndarray:
-    """H×W depth → H×W×3 uint8 RGB with the perceptual 'magma' colormap, bright = near.
-
-    ``mark_invalid``: ground truth's 0 (no measurement) is drawn dark grey; predictions have no invalid
-    pixels, so for them (False) a value ≤ 0 is simply the far end of the scale.
-    """
-    import matplotlib
-
-    if not mark_invalid:
-        floor = 1e-6 if kind == "inverse" else None
-        depth = np.maximum(depth, floor) if floor else np.where(depth > 0, depth, np.inf)
-    lo, hi = vrange or depth_range(depth, kind)
-    norm = np.clip((depth_display(depth, kind) - lo) / (hi - lo), 0, 1)
-    rgb = (matplotlib.colormaps[DEPTH_CMAP](norm)[..., :3] * 255 + 0.5).astype(np.uint8)
-    if mark_invalid:
-        rgb[depth <= 0] = INVALID_RGB
-    return rgb
+from crosstask_cli.plotting import pyplot, save_png
 
 
 def overlay(image: np.ndarray, seg_rgb: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -152,30 +48,23 @@ def _depth_axis(fig, ax, depth: np.ndarray, kind: str, unit: str, title: str, vr
 def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None = None) -> list[Path]:
     """One PNG panel per prediction in ``pred_dir`` (image | seg overlay | depth, plus transferred maps when
     present), written under ``out`` as ``<id>_panel.png``. Input images are found via predictions.json."""
-    import json
-
-    import cv2
-
-    from crosstask_cli.atomic import atomic_write
     from crosstask_cli.data.labels import colorize
-    from crosstask_cli.predict import MANIFEST, read_image
+    from crosstask_cli.images import read_image
+    from crosstask_cli.predictions import TRANSFER_TAG, depth_name, read_depth, read_manifest, read_seg, seg_name
 
-    plt = _pyplot()
+    plt = pyplot()
     pred_dir, out = Path(pred_dir), Path(out)
-    manifest_path = pred_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{pred_dir}: no {MANIFEST}; is this a folder written by `crosstask predict`?")
-    manifest = json.loads(manifest_path.read_text())
-    names, palette, kind = manifest["class_names"], manifest["palette"], manifest["depth_kind"]
+    manifest = read_manifest(pred_dir)
+    names, palette, kind = manifest.class_names, manifest.palette, manifest.depth_kind
     written = []
-    for rel, src in list(manifest["inputs"].items())[:limit]:
-        labels = cv2.imread(str(pred_dir / f"{rel}_seg.png"), cv2.IMREAD_UNCHANGED)
-        depth = np.load(pred_dir / f"{rel}_depth.npy")
+    for rel, src in list(manifest.inputs.items())[:limit]:
+        labels = read_seg(pred_dir / seg_name(rel))
+        depth = read_depth(pred_dir / depth_name(rel))
         try:
             image = read_image(Path(src))
         except (OSError, ValueError):
             image = np.zeros((*labels.shape, 3), np.uint8)
-        has_t = (pred_dir / f"{rel}_seg_transfer.png").is_file()
+        has_t = (pred_dir / seg_name(rel, TRANSFER_TAG)).is_file()
         cols = 5 if has_t else 3
         fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 4.2 * labels.shape[0] / labels.shape[1] + 1.0))
         axes[0].imshow(image)
@@ -186,13 +75,13 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
         _depth_axis(fig, axes[2], depth, kind, "depth", "depth", vr)
         present = set(np.unique(labels).tolist())
         if has_t:
-            t_labels = cv2.imread(str(pred_dir / f"{rel}_seg_transfer.png"), cv2.IMREAD_UNCHANGED)
+            t_labels = read_seg(pred_dir / seg_name(rel, TRANSFER_TAG))
             axes[3].imshow(overlay(image, colorize(t_labels, palette)))
             axes[3].set_title("segmentation from depth (transferred)", fontsize=10)
             _depth_axis(
                 fig,
                 axes[4],
-                np.load(pred_dir / f"{rel}_depth_transfer.npy"),
+                read_depth(pred_dir / depth_name(rel, TRANSFER_TAG)),
                 kind,
                 "depth",
                 "depth from segmentation (transferred)",
@@ -204,7 +93,7 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
         _legend(fig, names, palette, present)
         fig.tight_layout(rect=(0, 0.06, 1, 1))
         path = out / f"{rel}_panel.png"
-        written.append(_save(fig, path, atomic_write))
+        written.append(save_png(fig, path))
         plt.close(fig)
     return written
 
@@ -222,12 +111,11 @@ def sample_grid(
     image, GT seg, predicted seg, transferred seg, GT depth, predicted depth, transferred depth, |depth error|."""
     import torch
 
-    from crosstask_cli.atomic import atomic_write
     from crosstask_cli.data.dataset import PreparedDataset, normalise
     from crosstask_cli.data.labels import colorize
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
-    plt = _pyplot()
+    plt = pyplot()
     ds = PreparedDataset(data, split)
     meta = ds.meta
     names, palette, kind, unit = meta["class_names"], meta["palette"], meta["depth"]["kind"], meta["depth"]["unit"]
@@ -295,7 +183,7 @@ def sample_grid(
     fig.suptitle(f"{meta['dataset']} · {split} · depth in {unit}: bright = near, grey = no ground truth", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(out)
-    _save(fig, path, atomic_write)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -303,7 +191,7 @@ def sample_grid(
 def _seg_cell(logits, image: np.ndarray, palette) -> np.ndarray:
     """Overlay of a predicted segmentation, or a blank tile for a model without that output."""
     from crosstask_cli.data.labels import colorize
-    from crosstask_cli.metrics import class_labels
+    from crosstask_cli.ops import class_labels
 
     if logits is None:
         return np.full_like(image, 255)
@@ -316,14 +204,13 @@ def _depth_cell(depth, shape) -> np.ndarray:
 
 def curves_from_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Training curves of a run directory (from its metrics.csv) into ``out`` (default RUN/plots)."""
-    import csv
+    from crosstask_cli.engine.records import read_metrics_log
 
     run_dir = Path(run_dir)
     csv_path = run_dir / "metrics.csv" if run_dir.is_dir() else run_dir
     if not csv_path.is_file():
         raise InputError(f"{run_dir}: no metrics.csv (is it a crosstask run directory?)")
-    with csv_path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    records = read_metrics_log(csv_path)
+    if not records:
         raise InputError(f"{csv_path}: no epochs logged yet")
-    return plot_training_curves(rows, Path(out) if out else csv_path.parent / "plots")
+    return plot_training_curves(records, Path(out) if out else csv_path.parent / "plots")

@@ -19,6 +19,7 @@ New methods register with :func:`register_weighting`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,19 +46,42 @@ def weighting_names() -> tuple[str, ...]:
 
 def build_weighting(name: str, tasks: tuple[str, ...] = TASKS, **kwargs: float) -> TaskWeighting:
     """Instantiate a registered weighting method by name (``fixed``, ``uncertainty``, ``gradnorm``...)."""
+    return weighting_class(name)(tasks, **kwargs)
+
+
+def weighting_class(name: str) -> type[TaskWeighting]:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown weighting {name!r}; choose from {weighting_names()}")
-    return _REGISTRY[name](tasks, **kwargs)
+    return _REGISTRY[name]
 
 
 class TaskWeighting(nn.Module):
     """Base class. ``tasks`` names the entries of the loss dict that are combined."""
 
     name = "base"
+    supports_distributed = True  # False where gradients are set outside DDP's reducer (PCGrad)
 
     def __init__(self, tasks: tuple[str, ...] = TASKS) -> None:
         super().__init__()
         self.tasks = tuple(tasks)
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> TaskWeighting:
+        """Build from the training options (any object with the ``--weighting`` hyper-parameters as attributes,
+        e.g. ``TrainConfig.optim``); methods with hyper-parameters override this."""
+        return cls(tasks)
+
+    def distributed_sync_(self, all_reduce_mean_: Callable[[torch.Tensor], None], first_step: bool) -> None:
+        """Make every process hold the same state after the backward pass: average the gradients of the method's
+        parameters and, after the first step, the floating-point buffers that step initialised from its own batch
+        (GradNorm's L(0)). ``all_reduce_mean_`` averages a tensor in place across processes."""
+        for p in self.parameters():
+            if p.grad is not None:
+                all_reduce_mean_(p.grad)
+        if first_step:
+            for b in self.buffers():
+                if b.is_floating_point():
+                    all_reduce_mean_(b)
 
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -146,6 +170,10 @@ class GradNormWeighting(TaskWeighting):
         self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> GradNormWeighting:
+        return cls(tasks, alpha=options.gradnorm_alpha, params=options.gradnorm_params)
+
     def _shared_params(self, model: nn.Module) -> list[nn.Parameter]:
         src = model.encoder if hasattr(model, "encoder") else model
         if self.params == "conv":
@@ -216,6 +244,10 @@ class DynamicWeightAverage(TaskWeighting):
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("task_weights", torch.ones(len(self.tasks)))
 
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> DynamicWeightAverage:
+        return cls(tasks, temperature=options.dwa_temperature)
+
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         stacked = torch.stack([losses[t] for t in self.tasks])
         return (self.task_weights.to(stacked) * stacked).sum()
@@ -262,10 +294,16 @@ class PCGradWeighting(TaskWeighting):
     on CPU. Not supported with an fp16 GradScaler nor under DDP (gradients are set outside DDP's reducer).
     """
 
+    supports_distributed = False
+
     def __init__(self, tasks: tuple[str, ...] = TASKS, seed: int = 0) -> None:
         super().__init__(tasks)
         self.seed = int(seed)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> PCGradWeighting:
+        return cls(tasks, seed=seed)
 
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         return sum(losses[t] for t in self.tasks)

@@ -186,7 +186,7 @@ def test_single_task_run_trains_evaluates_and_predicts(synthetic_raw, tmp_path):
 
     cfg = ct.TrainConfig.for_dataset("synthetic", data=str(synthetic_raw), height=32, width=64, epochs=1, enc_layers=18,
                                      batch_size=4, workers=0, max_steps_per_epoch=2, tasks=("depth",), weighting="dwa")  # fmt: skip
-    assert cfg.consistency == "none"
+    assert cfg.loss.consistency == "none"
     ct.train(cfg, run_dir=tmp_path / "run")
     ckpt = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)
     assert ckpt["model_config"]["tasks"] == ["depth"] and not any(k.startswith("seg_decoder") for k in ckpt["model"])

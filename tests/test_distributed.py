@@ -77,7 +77,7 @@ def test_ddp_ranks_agree_and_match_a_single_process(synthetic_prepared, tmp_path
     ref.model.train()
     halves = []
     for rank in range(2):
-        sampler = EpochSampler(len(ref.train_ds), seed=ref.cfg.seed, num_replicas=2, rank=rank)
+        sampler = EpochSampler(len(ref.train_ds), seed=ref.cfg.runtime.seed, num_replicas=2, rank=rank)
         sampler.set_epoch(0)
         loader = torch.utils.data.DataLoader(ref.train_ds, batch_size=2, sampler=sampler)
         halves.append(list(loader)[:STEPS])

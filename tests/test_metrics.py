@@ -10,9 +10,9 @@ from crosstask_cli.metrics import (
     ConfusionMatrix,
     DepthMetrics,
     OriginalProtocolMetrics,
-    class_labels,
     depth_error_sums,
 )
+from crosstask_cli.ops import class_labels
 
 
 def random_seg(seed=0, n=6, c=5, h=9, w=11):

@@ -12,7 +12,8 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
-from crosstask_cli.predict import predict, read_image
+from crosstask_cli.images import read_image
+from crosstask_cli.predict import predict
 
 HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 

@@ -23,12 +23,12 @@ def demo_command(
     device: str = typer.Option("auto", "--device", help="Training device (auto, cpu, cuda, mps)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing demo folder."),
 ) -> None:
-    from crosstask_cli.cli.train import _reporter
+    from crosstask_cli.cli.reporting import rich_train_reporter
     from crosstask_cli.demo import DemoSettings, run_demo
 
     settings = DemoSettings(epochs=epochs, train=train_images)
     with progress_factory() as progress:
-        res = run_demo(out_dir, settings, force=force, reporter=_reporter(), progress=progress)
+        res = run_demo(out_dir, settings, force=force, reporter=rich_train_reporter(), progress=progress)
     seg, dep = res.metrics["segmentation"], res.metrics["depth"]
     t = Table(title=f"demo · val split · best epoch picked on {settings.holdout} held-out scenes", title_justify="left")
     for col in ("mIoU", "pixel acc", "abs err", "abs rel err", "seg agreement"):

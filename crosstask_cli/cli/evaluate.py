@@ -26,7 +26,9 @@ def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
 
     ds = ckpt["dataset"]
     if data is None:
-        data_str = ckpt.get("train_config", {}).get("data")
+        from crosstask_cli.engine.config import flat_config
+
+        data_str = flat_config(ckpt.get("train_config", {})).get("data")
         if not data_str:
             raise CLIError("the checkpoint records no dataset path; pass --data DIR")
         data = Path(data_str)

@@ -36,7 +36,9 @@ def info_command(ckpt: Path = typer.Argument(..., help="A crosstask checkpoint (
     table.add_row("classes", ", ".join(ds["class_names"]))
     table.add_row("epoch / step", f"{c.get('epoch')} / {c.get('step')}")
     table.add_row("resumable", "yes" if "optimizer" in c else "no")
-    tc = c.get("train_config", {})
+    from crosstask_cli.engine.config import flat_config
+
+    tc = flat_config(c.get("train_config", {}))
     if tc:
         table.add_row(
             "training",

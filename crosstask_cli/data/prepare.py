@@ -21,7 +21,7 @@ from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
 from crosstask_cli.data.labels import class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
-from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared
+from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared, read_meta
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -253,3 +253,36 @@ def check_compatible(meta: dict, num_classes: int, depth_kind: str | None, where
         raise DatasetError(f"{where}: dataset has {meta['num_classes']} classes, the model {num_classes}")
     if depth_kind is not None and meta["depth"]["kind"] != depth_kind:
         raise DatasetError(f"{where}: dataset depth is {meta['depth']['kind']}, the model predicts {depth_kind}")
+
+
+def prepare_training_data(
+    dataset: str,
+    data: Path,
+    height: int,
+    width: int,
+    num_classes: int,
+    depth: str = "inverse",
+    workers: int = 2,
+    synthetic: tuple[int, int] = (400, 100),
+    message: Callable[[str], None] | None = None,
+    progress: ProgressFactory | None = None,
+) -> Path:
+    """The prepared directory to train on: ``data`` resolved (prepared once into a cache when raw or MTAN); for
+    ``synthetic``, the (train, val) scenes are rendered into ``data`` first when it does not exist. The result is
+    checked against the requested classes and size."""
+    kwargs = {"progress": progress} if progress else {}
+    data = Path(data)
+    if dataset == "synthetic" and not data.exists():
+        if message:
+            message(f"generating the synthetic dataset in {data} ({synthetic[0]}+{synthetic[1]} images)")
+        prepare_synthetic(data, train=synthetic[0], val=synthetic[1], height=256, width=512, seed=0, **kwargs)
+    if not data.exists():
+        raise DatasetError(f"{data}: dataset directory not found (pass --data DIR; see `crosstask prepare --help`)")
+    prepared = resolve_data(dataset, data, height, width, num_classes, depth, workers=workers or 1, **kwargs)
+    meta = read_meta(prepared)
+    check_compatible(meta, num_classes, None, prepared)
+    if (meta["height"], meta["width"]) != (height, width):
+        raise DatasetError(
+            f"{prepared}: prepared at {meta['height']}×{meta['width']}, but training asks for {height}×{width}"
+        )
+    return prepared

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from crosstask_cli.atomic import replace_dir, temp_dir_beside
+from crosstask_cli.data.labels import IGNORE_INDEX
 from crosstask_cli.errors import DatasetError
 
 FORMAT = "crosstask-prepared"
@@ -37,7 +38,11 @@ def is_prepared(path: Path) -> bool:
         return False
 
 
+META_KEYS = ("dataset", "num_classes", "class_names", "palette", "depth", "height", "width", "splits")
+
+
 def read_meta(path: Path) -> dict:
+    """``path/meta.json``, checked: the keys every reader relies on exist; ``ignore_index`` defaults to 255."""
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
@@ -53,6 +58,12 @@ def read_meta(path: Path) -> dict:
             f"{meta_file}: prepared format version {meta['version']} is newer than this crosstask "
             f"understands ({VERSION}); upgrade crosstask"
         )
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise DatasetError(f"{meta_file}: incomplete dataset description (missing {', '.join(missing)})")
+    if not isinstance(meta["splits"], dict) or not isinstance(meta["depth"], dict) or "kind" not in meta["depth"]:
+        raise DatasetError(f"{meta_file}: 'splits' must map split names to sizes and 'depth' must give its 'kind'")
+    meta.setdefault("ignore_index", IGNORE_INDEX)
     return meta
 
 

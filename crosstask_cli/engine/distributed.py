@@ -68,14 +68,12 @@ def all_reduce_sum_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def average_gradients_(params, info: DistInfo) -> None:
-    """Average .grad across processes for parameters outside DDP (the task-weighting parameters)."""
-    if not info.enabled:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(info.world_size)
+def all_reduce_mean_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average ``t`` in place across processes (a no-op in a single process)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(info.world_size)
+    return t
 
 
 def all_true(flag: bool, device: torch.device, info: DistInfo) -> bool:
@@ -90,14 +88,3 @@ def all_true(flag: bool, device: torch.device, info: DistInfo) -> bool:
 def cleanup(info: DistInfo) -> None:
     if info.initialised_here and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def average_buffers_(module: torch.nn.Module, info: DistInfo) -> None:
-    """Average a module's floating-point buffers across processes (e.g. GradNorm's reference losses L(0), which
-    each process first takes from its own batch)."""
-    if not info.enabled:
-        return
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b, op=dist.ReduceOp.SUM)
-            b.div_(info.world_size)

@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, Subset
 
 from crosstask_cli.data.dataset import PreparedDataset
 from crosstask_cli.data.prepared import DatasetError, open_split, read_meta
-from crosstask_cli.data.resize import resize_nearest
 from crosstask_cli.engine.device import amp_dtype, memory_format
 from crosstask_cli.errors import ConfigError
 from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
@@ -21,8 +20,9 @@ from crosstask_cli.metrics import (
     ConsistencyMetrics,
     DepthMetrics,
     OriginalProtocolMetrics,
-    class_labels,
 )
+from crosstask_cli.ops import class_labels
+from crosstask_cli.predictions import read_prediction
 
 
 class MetricSet:
@@ -183,29 +183,6 @@ def evaluate(
         sums = loss_sums.tolist() if loss_sums is not None else [0.0] * len(loss_keys)
         out["loss"] = {k: v / max(batches, 1) for k, v in zip(loss_keys, sums, strict=True)}
     return out
-
-
-def read_prediction(pred_dir: Path, sample_id: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``<id>_seg.png`` and ``<id>_depth.npy``, resized (nearest at pixel centres) to height×width."""
-    import cv2
-
-    seg_path = pred_dir / f"{sample_id}_seg.png"
-    depth_path = pred_dir / f"{sample_id}_depth.npy"
-    for p in (seg_path, depth_path):
-        if not p.is_file():
-            raise DatasetError(f"{p}: missing prediction for sample {sample_id!r}")
-    seg = cv2.imread(str(seg_path), cv2.IMREAD_UNCHANGED)
-    if seg is None or seg.ndim != 2:
-        raise DatasetError(f"{seg_path}: expected a single-channel PNG of class ids")
-    try:
-        depth = np.load(depth_path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{depth_path}: not a readable .npy array ({exc})") from exc
-    if depth.ndim == 3 and depth.shape[0] == 1:
-        depth = depth[0]
-    if depth.ndim != 2:
-        raise DatasetError(f"{depth_path}: expected an H×W depth array, got shape {depth.shape}")
-    return resize_nearest(seg, height, width), resize_nearest(depth.astype(np.float32), height, width)
 
 
 def evaluate_predictions(

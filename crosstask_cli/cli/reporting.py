@@ -1,0 +1,71 @@
+"""Rich rendering of training progress, shared by `crosstask train` and `crosstask demo`."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from crosstask_cli.cli.common import err, esc, fmt_sig
+
+
+def rich_train_reporter():
+    """A TrainReporter that draws Rich progress bars and a table per epoch on stderr (train and demo)."""
+    from rich.progress import Progress
+
+    from crosstask_cli.cli.common import progress_columns
+    from crosstask_cli.engine.trainer import TrainReporter
+
+    class RichReporter(TrainReporter):
+        def __init__(self) -> None:
+            self.progress = Progress(*progress_columns(), console=err, transient=True)
+            self.task = None
+
+        def start(self, info: dict) -> None:
+            resumed = f", resuming after epoch {info['start_epoch']}" if info["start_epoch"] else ""
+            err.print(
+                f"[bold]training[/] on {info['device']}: {info['train']} train images, model selection on "
+                f"'{info['select_split']}' ({info['val']} images), {info['params']:,} parameters{resumed}\n"
+                f"run directory: [bold]{esc(info['run_dir'])}[/]"
+            )
+            self.progress.start()
+
+        def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, info="")
+
+        def step(self, loss: float | None) -> None:
+            if loss is not None:
+                self.progress.update(self.task, advance=1, info=f"loss {loss:.4f}")
+            else:
+                self.progress.advance(self.task)
+
+        def eval_start(self, split: str, images: int) -> None:
+            self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"validate ({split})", total=images, info="")
+
+        def eval_advance(self, n: int) -> None:
+            self.progress.advance(self.task, n)
+
+        def epoch_end(self, record) -> None:
+            from rich import box
+
+            weights = " ".join(f"{k.removesuffix('_task')} {fmt_sig(float(v))}" for k, v in record.weights.items())
+            title = f"epoch {record.epoch} · {record.seconds:.0f} s · lr {record.lr:.2g} · task weights {weights}" + (
+                " · [bold green]★ best[/]" if record.best else ""
+            )
+            t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+            losses = ("seg", "depth", "tseg", "tdepth")
+            for name in ("", *losses, "loss", "mIoU", "pixacc", "abs", "absrel"):
+                t.add_column(name, justify="right" if name else "left", no_wrap=True)
+            t.add_row("train", *(fmt_sig(record.train[k]) for k in losses), fmt_sig(record.train["total"]))
+            val = [record.val.get(k) for k in (*losses, "loss", "miou", "pixel_acc", "abs_err", "rel_err")]
+            t.add_row(record.val_split, *(fmt_sig(float(v)) if v is not None else "" for v in val))
+            self.progress.console.print(t)
+
+        def message(self, text: str) -> None:
+            self.progress.console.print(f"[yellow]{esc(text)}[/]")
+
+        def end(self, result) -> None:
+            self.progress.stop()
+
+    return RichReporter()

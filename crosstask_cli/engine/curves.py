@@ -1,0 +1,61 @@
+"""Training curves of a run (``RUN/plots/losses.png`` and ``metrics.png``) from its metrics-log rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crosstask_cli.engine.records import EpochRecord
+from crosstask_cli.plotting import pyplot, save_png
+
+
+def plot_training_curves(records: list[EpochRecord], out_dir: str | Path) -> list[Path]:
+    """Draw ``losses.png`` (train and validation loss components) and ``metrics.png`` (validation metrics)
+    from a run's epoch records into ``out_dir``; returns the written paths."""
+    plt = pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs = [r.epoch for r in records]
+    nan = float("nan")
+
+    def train(key: str) -> list[float]:
+        return [r.train.get(key, nan) for r in records]
+
+    def val(key: str) -> list[float]:
+        return [r.val.get(key, nan) for r in records]
+
+    written = []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, keys, title in (
+        (axes[0], ("seg", "depth"), "direct losses"),
+        (axes[1], ("tseg", "tdepth"), "transferred (consistency) losses"),
+        (axes[2], ("seg_task", "depth_task"), "task losses"),
+    ):
+        for k in keys:
+            ax.plot(epochs, train(k), marker="o", ms=3, label=f"train {k}")
+            if records and k in records[0].val:
+                ax.plot(epochs, val(k), marker="s", ms=3, ls="--", label=f"val {k}")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(save_png(fig, out_dir / "losses.png"))
+
+    panels = [
+        ("miou", "mIoU ↑"),
+        ("pixel_acc", "pixel accuracy ↑"),
+        ("abs_err", "abs error ↓"),
+        ("rel_err", "abs rel error ↓"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    split = records[-1].val_split if records else "val"
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        ax.plot(epochs, val(key), marker="o", ms=3, color="tab:green" if "↑" in title else "tab:red")
+        ax.set_title(f"{title} ({split})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(save_png(fig, out_dir / "metrics.png"))
+    plt.close("all")
+    return written

@@ -1,0 +1,110 @@
+"""Typed records of a run: one :class:`EpochRecord` per epoch, stored as a row of ``RUN/metrics.csv``.
+
+The trainer builds them, the CLI prints them, the curves and ``compare`` read them back: the column names live
+here only. Columns: ``epoch, step, lr, train_<loss>…, train_total, weight_<task>…, val_split, val_loss,
+val_<loss>…, val_<metric>…, seconds, train_seconds, best``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crosstask_cli.errors import InputError
+
+VAL_METRICS = ("miou", "pixel_acc", "abs_err", "rel_err", "rmse", "delta1")  # logged each epoch
+SELECT_DIRECTION = {"loss": "min", "miou": "max", "pixel_acc": "max", "abs_err": "min", "rel_err": "min"}
+
+
+def _number(value: Any) -> float:
+    if value is None or value == "":
+        return math.nan
+    return float(value)
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did. ``train``: mean of each loss component (and ``total``) over its batches; ``weights``:
+    task weights after the epoch; ``val``: validation loss (``loss`` = sum of the unweighted task losses), its
+    components, metrics and consistency figures on ``val_split``."""
+
+    epoch: int
+    step: int
+    lr: float
+    train: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    val_split: str = "val"
+    val: dict[str, float] = field(default_factory=dict)
+    seconds: float = math.nan
+    train_seconds: float = math.nan
+    best: bool = False
+
+    def score(self, metric: str) -> float:
+        """The model-selection score (``loss`` or a validation metric); NaN when not logged."""
+        return _number(self.val.get(metric))
+
+    def is_better(self, metric: str, than: float | None) -> bool:
+        a = self.score(metric)
+        if than is None or math.isnan(than):
+            return not math.isnan(a)
+        return a < than if SELECT_DIRECTION[metric] == "min" else a > than
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "lr": self.lr}
+        row.update({f"train_{k}": v for k, v in self.train.items()})
+        row.update({f"weight_{k}": v for k, v in self.weights.items()})
+        row["val_split"] = self.val_split
+        row.update({f"val_{k}": v for k, v in self.val.items()})
+        row.update(seconds=self.seconds, train_seconds=self.train_seconds, best=int(self.best))
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], where: str = "metrics.csv") -> EpochRecord:
+        """Parse a metrics-log row (strings from CSV, or numbers); a row without an epoch is an InputError."""
+        try:
+            epoch = int(float(row["epoch"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{where}: not a crosstask metrics log (a row has no valid 'epoch' column)") from None
+        rec = cls(epoch=epoch, step=int(_number(row.get("step", 0)) or 0), lr=_number(row.get("lr")))
+        for key, value in row.items():
+            if key.startswith("train_") and key != "train_seconds":
+                rec.train[key[6:]] = _number(value)
+            elif key.startswith("weight_"):
+                rec.weights[key[7:]] = _number(value)
+            elif key == "val_split":
+                rec.val_split = str(value or "val")
+            elif key.startswith("val_"):
+                rec.val[key[4:]] = _number(value)
+        rec.seconds = _number(row.get("seconds"))
+        rec.train_seconds = _number(row.get("train_seconds"))
+        rec.best = bool(_number(row.get("best", 0)) or 0)
+        return rec
+
+
+def read_metrics_log(path: Path, max_epoch: int | None = None) -> list[EpochRecord]:
+    """The records of ``metrics.csv`` (up to ``max_epoch``); a file that is not a metrics log is an InputError."""
+    import csv
+
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read the metrics log ({exc})") from exc
+    records = [EpochRecord.from_row(r, str(path)) for r in rows]
+    return [r for r in records if max_epoch is None or r.epoch <= max_epoch]
+
+
+def write_metrics_log(path: Path, records: list[EpochRecord]) -> None:
+    """Write ``metrics.csv`` atomically, one row per record; columns are the union, in first-seen order."""
+    import pandas as pd
+
+    from crosstask_cli.atomic import atomic_write_text
+
+    buf = io.StringIO()
+    pd.DataFrame([r.to_row() for r in records]).to_csv(buf, index=False)
+    atomic_write_text(path, buf.getvalue())
