@@ -51,14 +51,14 @@ def load_result(path: str | Path) -> RunMetrics:
     if p.is_dir() and (p / "eval.json").is_file():
         p = p / "eval.json"
     if p.is_file():
+        from crosstask_cli.engine.records import EvalResult
+
         try:
-            res = json.loads(p.read_text())
+            res = EvalResult.from_dict(json.loads(p.read_text()), str(p))
         except ValueError as exc:
             raise InputError(f"{p}: not a JSON file written by `crosstask eval --json` ({exc})") from exc
-        if "segmentation" not in res or "depth" not in res:
-            raise InputError(f"{p}: not an evaluation result (needs 'segmentation' and 'depth')")
-        values = {k: _num(res["segmentation"].get(k)) for k in ("miou", "pixel_acc")}
-        values.update({k: _num(res["depth"].get(k)) for k in ("abs_err", "rel_err")})
+        values = {k: _num(res.segmentation.get(k)) for k in ("miou", "pixel_acc")}
+        values.update({k: _num(res.depth.get(k)) for k in ("abs_err", "rel_err")})
         name = p.parent.name if p.name == "eval.json" else p.stem
         return RunMetrics(name, str(p), values)
     csv_path = p / "metrics.csv"

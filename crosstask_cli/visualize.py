@@ -118,7 +118,7 @@ def sample_grid(
     plt = pyplot()
     ds = PreparedDataset(data, split)
     meta = ds.meta
-    names, palette, kind, unit = meta["class_names"], meta["palette"], meta["depth"]["kind"], meta["depth"]["unit"]
+    names, palette, kind, unit = meta.class_names, meta.palette, meta.depth_kind, meta.depth_unit
     n = min(count, len(ds))
     idx = (
         list(range(n))
@@ -128,13 +128,11 @@ def sample_grid(
     model = None
     if ckpt is not None:
         c = load_checkpoint(ckpt)
-        if c["dataset"]["num_classes"] != meta["num_classes"]:
-            raise InputError(
-                f"{ckpt}: model has {c['dataset']['num_classes']} classes, {data} has {meta['num_classes']}"
-            )
+        if c["dataset"]["num_classes"] != meta.num_classes:
+            raise InputError(f"{ckpt}: model has {c['dataset']['num_classes']} classes, {data} has {meta.num_classes}")
         model = model_from_checkpoint(c).to(device)
     cols = 8 if model is not None else 3
-    h, w = meta["height"], meta["width"]
+    h, w = meta.height, meta.width
     fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols * w / h * 0.5 + 1, 2.6 * n * 0.5 * 2 + 0.8), squeeze=False)
     for r, i in enumerate(idx):
         image, labels, depth = ds.load(i)
@@ -180,7 +178,7 @@ def sample_grid(
             -0.02, 0.5, ds.files[i], transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=7
         )
     _legend(fig, names, palette)
-    fig.suptitle(f"{meta['dataset']} · {split} · depth in {unit}: bright = near, grey = no ground truth", fontsize=10)
+    fig.suptitle(f"{meta.dataset} · {split} · depth in {unit}: bright = near, grey = no ground truth", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(out)
     save_png(fig, path)

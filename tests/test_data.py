@@ -53,10 +53,10 @@ def test_raw_cityscapes_maps_every_label_id(tmp_path, classes):
         )
         assert labels[label_id] == want, label_id
     meta = read_meta(out)
-    assert meta["num_classes"] == classes and len(meta["class_names"]) == classes and len(meta["palette"]) == classes
-    assert meta["splits"] == {"train": 2, "val": 1}
+    assert meta.num_classes == classes and len(meta.class_names) == classes and len(meta.palette) == classes
+    assert meta.splits == {"train": 2, "val": 1}
     assert open_split(out, "val").files == ["aachen_000000_000019"]
-    assert meta["class_names"][6 if classes == 7 else 13] == ("vehicle" if classes == 7 else "car")
+    assert meta.class_names[6 if classes == 7 else 13] == ("vehicle" if classes == 7 else "car")
 
 
 def test_disparity_to_inverse_depth_edge_cases():
@@ -78,7 +78,7 @@ def test_metric_depth_uses_camera_json_when_present(tmp_path):
     out = prepare_cityscapes(tmp_path / "raw", tmp_path / "out", PrepareOptions(4, 8, 7, depth="metric"))
     assert open_split(out, "train").depth[0, 0, 0] == pytest.approx(0.5 * 1000 / 10)
     assert open_split(out, "val").depth[0, 0, 0] == pytest.approx(cs.BASELINE_M * cs.FOCAL_PX / 10)
-    assert read_meta(out)["depth"] == {"kind": "metric", "unit": "m", "max": cs.METRIC_DEPTH_MAX}
+    assert read_meta(out).depth == {"kind": "metric", "unit": "m", "max": cs.METRIC_DEPTH_MAX}
 
 
 def test_resizing_keeps_a_thin_pole_aligned_with_the_image(tmp_path):
@@ -106,7 +106,7 @@ def test_val_from_train_holds_out_a_deterministic_subset(tmp_path):
     held = open_split(a, "holdout").files
     assert len(held) == 2 and held == open_split(b, "holdout").files
     assert not set(held) & set(open_split(a, "train").files)
-    assert read_meta(a)["splits"] == {"train": 4, "val": 1, "holdout": 2}
+    assert read_meta(a).splits == {"train": 4, "val": 1, "holdout": 2}
 
 
 # --- MTAN ----------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_mtan_nyu(tmp_path):
     assert detect_layout(src) == "nyu-mtan"
     out = prepare_nyu(src, tmp_path / "out", PrepareOptions(4, 8, 13))
     meta = read_meta(out)
-    assert meta["num_classes"] == 13 and meta["depth"]["kind"] == "metric" and meta["class_names"][0] == "bed"
+    assert meta.num_classes == 13 and meta.depth_kind == "metric" and meta.class_names[0] == "bed"
     s = open_split(out, "val")
     assert s.labels.shape == (2, 4, 8) and set(np.unique(s.labels)) <= set(range(13)) | {255}
     assert s.depth.max() <= 8.0
@@ -214,7 +214,7 @@ def test_existing_output_needs_force_and_force_replaces_atomically(tmp_path):
         prepare_cityscapes(bad, out, PrepareOptions(4, 34, 7, force=True))
     assert (out / "keep.txt").read_text() == "user data"
     prepare_cityscapes(src, out, PrepareOptions(4, 34, 7, force=True))
-    assert read_meta(out)["dataset"] == "cityscapes" and not (out / "keep.txt").exists()
+    assert read_meta(out).dataset == "cityscapes" and not (out / "keep.txt").exists()
 
 
 def test_resolve_data_prepares_a_cache_once(tmp_path):

@@ -177,7 +177,7 @@ def test_class_labels_of_nan_scores_stay_in_range():
 
 
 def reference_depth_sums(pred, target):
-    """DESIGN §4 written directly, in float64 with boolean selection."""
+    """The depth metric definitions written directly, in float64 with boolean selection."""
     p, t = pred.double().reshape(target.shape), target.double()
     v = t > 0
     p, t = p[v], t[v]
@@ -210,22 +210,21 @@ def test_metric_set_keeps_only_the_protocols_asked_for():
     pred, target = random_seg(n=4)
     dp, dt = torch.rand(4, 1, 9, 11) + 0.1, torch.rand(4, 1, 9, 11)
     logits = torch.nn.functional.one_hot(pred, 5).permute(0, 3, 1, 2).float()
-    meta = {"num_classes": 5}
-    both, standard, original = MetricSet(meta), MetricSet(meta, ("standard",)), MetricSet(meta, ("original",))
+    both, standard, original = MetricSet(5), MetricSet(5, ("standard",)), MetricSet(5, ("original",))
     for m in (both, standard, original):
         m.update(logits, target, dp, dt)
-    assert both.result("standard", "val") == standard.result("standard", "val")
-    assert both.result("original", "val") == original.result("original", "val")
+    assert both.result("standard", "val").to_dict() == standard.result("standard", "val").to_dict()
+    assert both.result("original", "val").to_dict() == original.result("original", "val").to_dict()
     alone = OriginalProtocolMetrics(5)
     alone.update(pred, target, dp, dt)
     o = alone.compute()
-    assert original.result("original", "val")["segmentation"]["miou"] == pytest.approx(o["miou"], abs=1e-12)
-    assert original.result("original", "val")["depth"]["abs_err"] == pytest.approx(o["abs_err"], rel=1e-12)
+    assert original.result("original", "val").segmentation["miou"] == pytest.approx(o["miou"], abs=1e-12)
+    assert original.result("original", "val").depth["abs_err"] == pytest.approx(o["abs_err"], rel=1e-12)
     assert standard.original.images == 0  # the per-image work was not done
     with pytest.raises(ValueError, match="original"):
         standard.result("original", "val")
     with pytest.raises(ValueError, match="protocol"):
-        MetricSet(meta, ("pooled",))
+        MetricSet(5, ("pooled",))
 
 
 def test_original_protocol_with_an_ignore_index_inside_the_class_range():

@@ -1,6 +1,6 @@
 """CrossTaskNet computes the original method's function: golden outputs from an independent reference forward.
 
-The reference below is written from the architecture description (DESIGN §3), in float64, with functional ops
+The reference below is written from the architecture description (README "Differences from the original", docs/architecture.md), in float64, with functional ops
 and its own bilinear ×2 (``align_corners=True``) as interpolation matrices, so it shares no code with
 ``crosstask_cli.models``. Every state-dict entry is filled deterministically, so the comparison covers every
 weight, bias and BatchNorm statistic, in eval mode (running statistics) and train mode (batch statistics).

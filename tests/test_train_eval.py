@@ -93,8 +93,8 @@ def test_eval_predictions_against_hand_made_files(synthetic_prepared, tmp_path):
     perfect = tmp_path / "perfect"
     _write_predictions(perfect, split)
     res = evaluate_predictions(perfect, synthetic_prepared, "val")
-    assert res["segmentation"]["miou"] == 1.0 and res["segmentation"]["pixel_acc"] == 1.0
-    assert res["depth"]["abs_err"] == 0.0 and res["depth"]["delta1"] == 1.0
+    assert res.segmentation["miou"] == 1.0 and res.segmentation["pixel_acc"] == 1.0
+    assert res.depth["abs_err"] == 0.0 and res.depth["delta1"] == 1.0
 
     worse = tmp_path / "worse"
     _write_predictions(worse, split, perturb=True)
@@ -102,10 +102,10 @@ def test_eval_predictions_against_hand_made_files(synthetic_prepared, tmp_path):
     labels = np.asarray(split.labels).astype(np.int64)
     keep = labels != 255
     wrong = ((labels[0] != 0) & keep[0]).sum()
-    assert res["segmentation"]["pixel_acc"] == pytest.approx(1 - wrong / keep.sum())
+    assert res.segmentation["pixel_acc"] == pytest.approx(1 - wrong / keep.sum())
     d = np.asarray(split.depth)
     valid = d > 0
-    assert res["depth"]["rel_err"] == pytest.approx(valid[0].sum() / valid.sum())  # |2t − t| / t = 1 on image 0
+    assert res.depth["rel_err"] == pytest.approx(valid[0].sum() / valid.sum())  # |2t − t| / t = 1 on image 0
     r = run_cli("eval", "--predictions", worse, "--data", synthetic_prepared, "--json", tmp_path / "w.json")
     assert r.exit_code == 0 and json.loads((tmp_path / "w.json").read_text())["num_images"] == 4
 

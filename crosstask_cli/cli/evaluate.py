@@ -38,10 +38,11 @@ def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
     return prepared
 
 
-def render_results(res: dict) -> None:
-    seg, dep = res["segmentation"], res["depth"]
+def render_results(res) -> None:
+    """Print an EvalResult as two tables (metrics, per-class IoU)."""
+    seg, dep = res.segmentation, res.depth
     t = Table(
-        title=f"{res.get('dataset') or ''} {res['split']} · {res['num_images']} images · {res['protocol']} protocol",
+        title=f"{res.dataset or ''} {res.split} · {res.num_images} images · {res.protocol} protocol",
         title_justify="left",
     )
     t.add_column("metric")
@@ -61,9 +62,9 @@ def render_results(res: dict) -> None:
     ):
         if k in dep:
             t.add_row(name, fmt(dep[k]))
-    if "consistency" in res:
-        t.add_row("seg agreement (direct vs transferred)", fmt(res["consistency"]["seg_agreement"]))
-        t.add_row("depth gap |direct − transferred|", fmt(res["consistency"]["depth_gap"]))
+    if res.consistency:
+        t.add_row("seg agreement (direct vs transferred)", fmt(res.consistency["seg_agreement"]))
+        t.add_row("depth gap |direct − transferred|", fmt(res.consistency["depth_gap"]))
     out.print(t)
     pc = Table(title="per-class IoU", title_justify="left")
     pc.add_column("class")
@@ -137,11 +138,10 @@ def eval_command(
             res = evaluate(
                 model, ds, split, batch_size, dev, protocol, workers=workers, progress=lambda n: prog.advance(task, n)
             )
-        res["checkpoint"] = str(ckpt)
-        res["data"] = str(prepared)
+        res.checkpoint, res.data = str(ckpt), str(prepared)
     render_results(res)
     if json_file is not None:
         from crosstask_cli.atomic import atomic_write_text
 
-        atomic_write_text(json_file, json.dumps(_json_safe(res), indent=2))
+        atomic_write_text(json_file, json.dumps(_json_safe(res.to_dict()), indent=2))
         out.print(f"results written to [bold]{esc(json_file)}[/]")

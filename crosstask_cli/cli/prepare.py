@@ -31,10 +31,10 @@ def _report(path: Path) -> None:
     from crosstask_cli.data.prepared import read_meta
 
     meta = read_meta(path)
-    splits = ", ".join(f"{k}: {v}" for k, v in meta["splits"].items())
+    splits = ", ".join(f"{k}: {v}" for k, v in meta.splits.items())
     out.print(
-        f"[green]prepared[/] {meta['dataset']} → [bold]{esc(path)}[/] ({meta['height']}×{meta['width']}, "
-        f"{meta['num_classes']} classes, depth {meta['depth']['kind']}; {splits})"
+        f"[green]prepared[/] {meta.dataset} → [bold]{esc(path)}[/] ({meta.height}×{meta.width}, "
+        f"{meta.num_classes} classes, depth {meta.depth_kind}; {splits})"
     )
 
 

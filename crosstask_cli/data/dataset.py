@@ -3,7 +3,7 @@
 Returns (image 3×H×W float32 normalised with ImageNet statistics, seg H×W int64 with 255 = ignore,
 depth 1×H×W float32 in dataset units with 0 = invalid, index).
 
-Augmentation (DESIGN §2): random scale s ∈ {1.0, 1.2, 1.5}: crop an (H/s)×(W/s) window at a random place and
+Augmentation (as the original, see README "Differences from the original"): random scale s ∈ {1.0, 1.2, 1.5}: crop an (H/s)×(W/s) window at a random place and
 resize it back (image bilinear, labels and depth nearest at pixel centres); metric depth is divided by s,
 inverse depth multiplied by s (the object appears s times closer). Then a horizontal flip with p = 0.5.
 Randomness comes from a generator seeded by (seed, epoch, index), so results are identical whatever the
@@ -64,11 +64,11 @@ class PreparedDataset(Dataset):
         self.meta = read_meta(self.root)
         self.split_name = split
         self._split: PreparedSplit | None = None
-        self.length = int(self.meta["splits"][split]) if split in self.meta["splits"] else len(self.split)
+        self.length = self.meta.splits[split] if split in self.meta.splits else len(self.split)
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.depth_kind = self.meta["depth"]["kind"]
+        self.depth_kind = self.meta.depth_kind
 
     @property
     def split(self) -> PreparedSplit:

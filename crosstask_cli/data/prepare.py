@@ -21,7 +21,7 @@ from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
 from crosstask_cli.data.labels import class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
-from crosstask_cli.data.prepared import DatasetError, PreparedWriter, is_prepared, read_meta
+from crosstask_cli.data.prepared import DatasetError, DatasetMeta, PreparedWriter, is_prepared, read_meta
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -248,11 +248,11 @@ def resolve_data(
     )
 
 
-def check_compatible(meta: dict, num_classes: int, depth_kind: str | None, where: Path) -> None:
-    if meta["num_classes"] != num_classes:
-        raise DatasetError(f"{where}: dataset has {meta['num_classes']} classes, the model {num_classes}")
-    if depth_kind is not None and meta["depth"]["kind"] != depth_kind:
-        raise DatasetError(f"{where}: dataset depth is {meta['depth']['kind']}, the model predicts {depth_kind}")
+def check_compatible(meta: DatasetMeta, num_classes: int, depth_kind: str | None, where: Path) -> None:
+    if meta.num_classes != num_classes:
+        raise DatasetError(f"{where}: dataset has {meta.num_classes} classes, the model {num_classes}")
+    if depth_kind is not None and meta.depth_kind != depth_kind:
+        raise DatasetError(f"{where}: dataset depth is {meta.depth_kind}, the model predicts {depth_kind}")
 
 
 def prepare_training_data(
@@ -281,8 +281,8 @@ def prepare_training_data(
     prepared = resolve_data(dataset, data, height, width, num_classes, depth, workers=workers or 1, **kwargs)
     meta = read_meta(prepared)
     check_compatible(meta, num_classes, None, prepared)
-    if (meta["height"], meta["width"]) != (height, width):
+    if (meta.height, meta.width) != (height, width):
         raise DatasetError(
-            f"{prepared}: prepared at {meta['height']}×{meta['width']}, but training asks for {height}×{width}"
+            f"{prepared}: prepared at {meta.height}×{meta.width}, but training asks for {height}×{width}"
         )
     return prepared

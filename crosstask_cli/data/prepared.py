@@ -1,4 +1,4 @@
-"""Prepared dataset format, version 1: memory-mapped arrays plus meta.json (DESIGN §2).
+"""Prepared dataset format, version 1: memory-mapped arrays plus meta.json (README "Formats").
 
     DIR/meta.json
     DIR/{split}/images.npy  uint8   N×H×W×3 RGB
@@ -41,8 +41,57 @@ def is_prepared(path: Path) -> bool:
 META_KEYS = ("dataset", "num_classes", "class_names", "palette", "depth", "height", "width", "splits")
 
 
-def read_meta(path: Path) -> dict:
-    """``path/meta.json``, checked: the keys every reader relies on exist; ``ignore_index`` defaults to 255."""
+@dataclass(frozen=True)
+class DatasetMeta:
+    """A prepared dataset's ``meta.json`` (format v1), typed. ``depth_kind``: ``inverse`` or ``metric``."""
+
+    dataset: str
+    num_classes: int
+    class_names: list[str]
+    palette: list[list[int]]
+    depth: dict  # {"kind", "unit", "max"}
+    height: int
+    width: int
+    splits: dict[str, int]
+    ignore_index: int = IGNORE_INDEX
+    source: str | None = None
+    created_by: str | None = None
+
+    @property
+    def depth_kind(self) -> str:
+        return self.depth["kind"]
+
+    @property
+    def depth_unit(self) -> str:
+        return self.depth.get("unit") or ""
+
+    @classmethod
+    def from_dict(cls, meta: dict, where: str = "meta.json") -> DatasetMeta:
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise DatasetError(f"{where}: incomplete dataset description (missing {', '.join(missing)})")
+        if not isinstance(meta["splits"], dict) or not isinstance(meta["depth"], dict) or "kind" not in meta["depth"]:
+            raise DatasetError(f"{where}: 'splits' must map split names to sizes and 'depth' must give its 'kind'")
+        try:
+            return cls(
+                dataset=str(meta["dataset"]),
+                num_classes=int(meta["num_classes"]),
+                class_names=[str(n) for n in meta["class_names"]],
+                palette=[list(map(int, c)) for c in meta["palette"]],
+                depth=dict(meta["depth"]),
+                height=int(meta["height"]),
+                width=int(meta["width"]),
+                splits={str(k): int(v) for k, v in meta["splits"].items()},
+                ignore_index=int(meta.get("ignore_index", IGNORE_INDEX)),
+                source=meta.get("source"),
+                created_by=meta.get("created_by"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{where}: a value has the wrong type ({exc})") from exc
+
+
+def read_meta(path: Path) -> DatasetMeta:
+    """``path/meta.json``, checked: format, version, and the keys and types every reader relies on."""
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
@@ -51,20 +100,15 @@ def read_meta(path: Path) -> dict:
         meta = json.loads(meta_file.read_text())
     except ValueError as exc:
         raise DatasetError(f"{meta_file}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise DatasetError(f"{meta_file}: format is {found!r}, expected {FORMAT!r}")
     if int(meta.get("version", 0)) > VERSION:
         raise DatasetError(
             f"{meta_file}: prepared format version {meta['version']} is newer than this crosstask "
             f"understands ({VERSION}); upgrade crosstask"
         )
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise DatasetError(f"{meta_file}: incomplete dataset description (missing {', '.join(missing)})")
-    if not isinstance(meta["splits"], dict) or not isinstance(meta["depth"], dict) or "kind" not in meta["depth"]:
-        raise DatasetError(f"{meta_file}: 'splits' must map split names to sizes and 'depth' must give its 'kind'")
-    meta.setdefault("ignore_index", IGNORE_INDEX)
-    return meta
+    return DatasetMeta.from_dict(meta, str(meta_file))
 
 
 @dataclass
@@ -85,8 +129,8 @@ class PreparedSplit:
 def open_split(root: Path, split: str) -> PreparedSplit:
     root = Path(root)
     meta = read_meta(root)
-    if split not in meta["splits"]:
-        raise DatasetError(f"{root}: no split {split!r}; available: {', '.join(meta['splits'])}")
+    if split not in meta.splits:
+        raise DatasetError(f"{root}: no split {split!r}; available: {', '.join(meta.splits)}")
     d = root / split
     try:
         images = np.load(d / "images.npy", mmap_mode="r")
@@ -95,8 +139,8 @@ def open_split(root: Path, split: str) -> PreparedSplit:
         files = (d / "files.txt").read_text().splitlines()
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{d}: cannot read prepared split ({exc})") from exc
-    n = meta["splits"][split]
-    h, w = meta["height"], meta["width"]
+    n = meta.splits[split]
+    h, w = meta.height, meta.width
     expected = {"images": (n, h, w, 3), "labels": (n, h, w), "depth": (n, h, w)}
     for name, arr in (("images", images), ("labels", labels), ("depth", depth)):
         if arr.shape != expected[name]:

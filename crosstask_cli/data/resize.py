@@ -1,4 +1,4 @@
-"""Resizing that keeps images, labels and depth aligned (DESIGN §2)."""
+"""Resizing that keeps images, labels and depth aligned (labels and depth nearest at pixel centres, images area-interpolated)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkpoint files (DESIGN §5): one ``torch.save`` dict, written atomically, loaded with weights_only=True."""
+"""Checkpoint files (format v1, README "Formats"): one ``torch.save`` dict, written atomically, loaded with weights_only=True."""
 
 from __future__ import annotations
 

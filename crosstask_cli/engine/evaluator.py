@@ -10,8 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from crosstask_cli.data.dataset import PreparedDataset
-from crosstask_cli.data.prepared import DatasetError, open_split, read_meta
+from crosstask_cli.data.labels import IGNORE_INDEX
+from crosstask_cli.data.prepared import DatasetError, DatasetMeta, open_split, read_meta
 from crosstask_cli.engine.device import amp_dtype, memory_format
+from crosstask_cli.engine.records import EvalResult
 from crosstask_cli.errors import ConfigError
 from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
 from crosstask_cli.metrics import (
@@ -33,18 +35,30 @@ class MetricSet:
     ``original`` depth averages are built from the same per-batch sums.
     """
 
-    def __init__(self, meta: dict, protocols: tuple[str, ...] = PROTOCOLS) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        protocols: tuple[str, ...] = PROTOCOLS,
+        ignore_index: int = IGNORE_INDEX,
+        class_names: list[str] | None = None,
+        dataset: str | None = None,
+        depth_kind: str | None = None,
+    ) -> None:
         unknown = set(protocols) - set(PROTOCOLS)
         if unknown:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {sorted(unknown)}")
-        self.meta = meta
+        self.dataset, self.depth_kind = dataset, depth_kind
         self.protocols = tuple(protocols)
-        self.cm = ConfusionMatrix(meta["num_classes"], meta.get("ignore_index", 255), meta.get("class_names"))
+        self.cm = ConfusionMatrix(num_classes, ignore_index, class_names)
         self.depth = DepthMetrics()
-        self.original = OriginalProtocolMetrics(meta["num_classes"], meta.get("ignore_index", 255))
-        self.consistency = ConsistencyMetrics(meta.get("ignore_index", 255))
+        self.original = OriginalProtocolMetrics(num_classes, ignore_index)
+        self.consistency = ConsistencyMetrics(ignore_index)
         self.has_consistency = False
         self.images = 0
+
+    @classmethod
+    def for_dataset(cls, meta: DatasetMeta, protocols: tuple[str, ...] = PROTOCOLS) -> MetricSet:
+        return cls(meta.num_classes, protocols, meta.ignore_index, meta.class_names, meta.dataset, meta.depth_kind)
 
     def update(self, seg_pred, seg_target, depth_pred, depth_target) -> None:
         """Predictions may be None for a task a single-task model does not have (its metrics stay NaN)."""
@@ -78,7 +92,7 @@ class MetricSet:
         o.images, o.seg_images, o.depth_images = int(images_o), int(seg_images), int(depth_images)
         self.images, self.has_consistency = int(images), has_c > 0
 
-    def result(self, protocol: str, split: str) -> dict:
+    def result(self, protocol: str, split: str) -> EvalResult:
         if protocol not in self.protocols:
             raise ConfigError(f"protocol must be one of {self.protocols} (those this MetricSet kept), got {protocol!r}")
         seg = self.cm.compute()
@@ -87,18 +101,16 @@ class MetricSet:
             o = self.original.compute()
             seg = {**seg, "miou": o["miou"], "pixel_acc": o["pixel_acc"]}
             depth = {"abs_err": o["abs_err"], "rel_err": o["rel_err"]}
-        out = {
-            "protocol": protocol,
-            "split": split,
-            "num_images": self.images,
-            "dataset": self.meta.get("dataset"),
-            "depth_kind": self.meta.get("depth", {}).get("kind"),
-            "segmentation": seg,
-            "depth": depth,
-        }
-        if self.has_consistency:
-            out["consistency"] = self.consistency.compute()
-        return out
+        return EvalResult(
+            protocol=protocol,
+            split=split,
+            num_images=self.images,
+            dataset=self.dataset,
+            depth_kind=self.depth_kind,
+            segmentation=seg,
+            depth=depth,
+            consistency=self.consistency.compute() if self.has_consistency else None,
+        )
 
 
 @torch.no_grad()
@@ -116,8 +128,8 @@ def evaluate(
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
     dist=None,
-) -> dict:
-    """Evaluate ``model`` on a prepared split; returns the ``eval --json`` dict (DESIGN §4).
+) -> EvalResult:
+    """Evaluate ``model`` on a prepared split; returns an :class:`EvalResult` (``.to_dict()`` is the ``eval --json`` content).
 
     With ``loss_fn`` the mean of each loss component over batches is added under ``"loss"``; with
     ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``. With a
@@ -134,7 +146,7 @@ def evaluate(
     )
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    metrics = MetricSet(ds.meta, (protocol,))
+    metrics = MetricSet.for_dataset(ds.meta, (protocol,))
     need_transfer = consistency or loss_fn is not None
     loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
     loss_keys = list(LOSS_NAMES)  # fixed, so every process reduces the same vector
@@ -181,13 +193,13 @@ def evaluate(
     out = metrics.result(protocol, ds.split_name)
     if loss_fn is not None:
         sums = loss_sums.tolist() if loss_sums is not None else [0.0] * len(loss_keys)
-        out["loss"] = {k: v / max(batches, 1) for k, v in zip(loss_keys, sums, strict=True)}
+        out.loss = {k: v / max(batches, 1) for k, v in zip(loss_keys, sums, strict=True)}
     return out
 
 
 def evaluate_predictions(
     pred_dir: str | Path, data: str | Path, split: str = "val", protocol: str = "standard", batch_size: int = 8
-) -> dict:
+) -> EvalResult:
     """Evaluate prediction files (as written by ``crosstask predict``) against a prepared split."""
     pred_dir, data = Path(pred_dir), Path(data)
     if not pred_dir.is_dir():
@@ -196,8 +208,8 @@ def evaluate_predictions(
     s = open_split(data, split)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    metrics = MetricSet(meta, (protocol,))
-    h, w = meta["height"], meta["width"]
+    metrics = MetricSet.for_dataset(meta, (protocol,))
+    h, w = meta.height, meta.width
     for start in range(0, len(s), batch_size):
         ids = s.files[start : start + batch_size]
         preds = [read_prediction(pred_dir, i, h, w) for i in ids]

@@ -108,3 +108,55 @@ def write_metrics_log(path: Path, records: list[EpochRecord]) -> None:
     buf = io.StringIO()
     pd.DataFrame([r.to_row() for r in records]).to_csv(buf, index=False)
     atomic_write_text(path, buf.getvalue())
+
+
+@dataclass
+class EvalResult:
+    """One evaluation: what ``crosstask eval --json`` writes (ratios in [0, 1], depth in the dataset's units).
+
+    ``segmentation``: miou, pixel_acc, per_class_iou {name: iou}; ``depth``: abs_err, rel_err, … (see
+    ``metrics.DepthMetrics``); ``consistency`` (models with TaskTransferNets): seg_agreement, depth_gap; ``loss``:
+    mean loss components when a loss function was given; ``checkpoint``/``data``: where it came from.
+    """
+
+    protocol: str
+    split: str
+    num_images: int
+    segmentation: dict[str, Any]
+    depth: dict[str, float]
+    dataset: str | None = None
+    depth_kind: str | None = None
+    consistency: dict[str, float] | None = None
+    loss: dict[str, float] | None = None
+    checkpoint: str | None = None
+    data: str | None = None
+
+    KEYS = ("protocol", "split", "num_images", "dataset", "depth_kind", "segmentation", "depth")
+    OPTIONAL = ("consistency", "loss", "checkpoint", "data")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.KEYS}
+        d.update({k: getattr(self, k) for k in self.OPTIONAL if getattr(self, k) is not None})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "eval.json") -> EvalResult:
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("segmentation"), dict)
+            or not isinstance(d.get("depth"), dict)
+        ):
+            raise InputError(f"{where}: not an evaluation result (needs 'segmentation' and 'depth')")
+        return cls(
+            protocol=str(d.get("protocol", "standard")),
+            split=str(d.get("split", "val")),
+            num_images=int(d.get("num_images", 0) or 0),
+            segmentation=d["segmentation"],
+            depth=d["depth"],
+            dataset=d.get("dataset"),
+            depth_kind=d.get("depth_kind"),
+            consistency=d.get("consistency"),
+            loss=d.get("loss"),
+            checkpoint=d.get("checkpoint"),
+            data=d.get("data"),
+        )

@@ -96,14 +96,14 @@ class Trainer:
         """The checkpoint's description of the data (what eval/predict/export need to use the model)."""
         meta = self.meta
         return {
-            "name": meta["dataset"],
-            "num_classes": meta["num_classes"],
-            "class_names": meta["class_names"],
-            "palette": meta["palette"],
-            "ignore_index": meta["ignore_index"],
-            "depth": meta["depth"],
-            "height": meta["height"],
-            "width": meta["width"],
+            "name": meta.dataset,
+            "num_classes": meta.num_classes,
+            "class_names": meta.class_names,
+            "palette": meta.palette,
+            "ignore_index": meta.ignore_index,
+            "depth": meta.depth,
+            "height": meta.height,
+            "width": meta.width,
             "normalisation": normalisation(),
         }
 
@@ -131,7 +131,7 @@ class Trainer:
         lo = cfg.loss
         self.loss_fn = CrossTaskLoss(
             m.num_classes, lo.alpha, lo.gamma, lo.lp, lo.tdep_loss, lo.tseg_loss, lo.label_smoothing,
-            self.meta["ignore_index"], lo.consistency,
+            self.meta.ignore_index, lo.consistency,
         )  # fmt: skip
         params = list(self.model.parameters()) + self.weighting.model_optimizer_parameters()
         self.optimizer = build_optimizer(cfg, params)
@@ -153,7 +153,7 @@ class Trainer:
         seed_everything(cfg.runtime.seed + self.dist.rank)  # per-rank randomness; the weights came from one seed
 
         self.train_ds = PreparedDataset(prepared, "train", augment=True, seed=cfg.runtime.seed)
-        self.select_split = "holdout" if "holdout" in self.meta["splits"] else "val"
+        self.select_split = "holdout" if "holdout" in self.meta.splits else "val"
         self.val_ds = PreparedDataset(prepared, self.select_split, augment=False)
         if len(self.train_ds) == 0:
             raise DatasetError(f"{prepared}: the train split is empty")
@@ -324,10 +324,10 @@ class Trainer:
             progress=self.reporter.eval_advance,
         )
         record.val_split = self.select_split
-        record.val = {"loss": sum(ev["loss"][t] for t in self.weighting.tasks), **ev["loss"]}
-        record.val.update({k: ev["segmentation"][k] for k in ("miou", "pixel_acc")})
-        record.val.update({k: ev["depth"][k] for k in ("abs_err", "rel_err", "rmse", "delta1")})
-        record.val.update(ev.get("consistency", {}))
+        record.val = {"loss": sum(ev.loss[t] for t in self.weighting.tasks), **ev.loss}
+        record.val.update({k: ev.segmentation[k] for k in ("miou", "pixel_acc")})
+        record.val.update({k: ev.depth[k] for k in ("abs_err", "rel_err", "rmse", "delta1")})
+        record.val.update(ev.consistency or {})
         record.seconds = time.perf_counter() - start
         record.train_seconds = train_seconds
         return record
