@@ -53,6 +53,11 @@ def _sync(device: torch.device) -> None:
 
 
 def time_it(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> Timing:
+    """``runs`` timings of one call each, after ``warmup`` untimed calls, synchronising CUDA around each.
+
+    Not ``torch.utils.benchmark.Timer``: its ``timeit`` runs at least two untimed calls before every measurement
+    (3× the cost of a multi-second CPU training step per timed run), and ``blocked_autorange`` times blocks, not the
+    single calls whose spread is reported here."""
     for _ in range(warmup):
         fn()
     _sync(device)

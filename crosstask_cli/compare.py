@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -110,12 +108,9 @@ class Comparison:
         return out
 
     def to_csv(self) -> str:
-        buf = io.StringIO()
-        rows = self.rows()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        return buf.getvalue()
+        import pandas as pd
+
+        return pd.DataFrame(self.rows()).to_csv(index=False)
 
     def to_markdown(self) -> str:
         def f(v: float, digits: int = 4) -> str:

@@ -47,12 +47,3 @@ def tiny_run(synthetic_raw, tmp_path_factory) -> Path:
                                      batch_size=4, workers=0, max_steps_per_epoch=2)  # fmt: skip
     ct.train(cfg, run_dir=run)
     return run
-
-
-def run_cli(*args: str):
-    """Invoke the crosstask CLI in-process; returns the click Result (exit_code, output)."""
-    from typer.testing import CliRunner
-
-    from crosstask_cli.cli.app import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli
+from helpers import run_cli
 from torch import nn
 
 import crosstask_cli as ct

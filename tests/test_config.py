@@ -6,7 +6,7 @@ import json
 
 import pytest
 import typer
-from conftest import run_cli
+from helpers import TINY, run_cli
 
 from crosstask_cli.engine.config import BY_PATH, FIELDS, PAPER_DEFAULTS, TrainConfig
 from crosstask_cli.errors import ConfigError
@@ -81,8 +81,7 @@ def test_every_field_is_a_train_option_and_nothing_else_is():
 
 def test_cli_set_overrides_and_is_refused_on_resume(synthetic_raw, tmp_path):
     run = tmp_path / "run"
-    tiny = ["--height", "32", "--width", "64", "--enc-layers", "18", "--batch-size", "4", "--workers", "0"]
-    r = run_cli("train", "synthetic", "--data", synthetic_raw, "--run-dir", run, *tiny, "--epochs", "1",
+    r = run_cli("train", "synthetic", "--data", synthetic_raw, "--run-dir", run, *TINY, "--epochs", "1",
                 "--set", "runtime.max_steps_per_epoch=1", "--set", "loss.alpha=0.2")  # fmt: skip
     assert r.exit_code == 0, r.output
     saved = json.loads((run / "config.json").read_text())

@@ -65,6 +65,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.integration
 def test_ddp_ranks_agree_and_match_a_single_process(synthetic_prepared, tmp_path, one_thread):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(synthetic_prepared), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
@@ -127,6 +128,7 @@ def _spawn_resume(prepared: Path, run_dir: Path, stop_after: int = 0, resume: bo
              join=True)  # fmt: skip
 
 
+@pytest.mark.integration
 def test_ddp_mid_epoch_resume_keeps_every_process_loss_sums(synthetic_prepared, tmp_path, one_thread):
     """A mid-epoch checkpoint under DDP must carry the partial loss sums of all processes, or the resumed
     epoch's logged means would count rank 0's first steps twice and the other ranks' not at all."""
@@ -163,6 +165,7 @@ def _gradnorm_worker(rank: int, world: int, port: int, prepared: str, out: str) 
     ddp.cleanup(info)
 
 
+@pytest.mark.integration
 def test_ddp_gradnorm_reference_losses_are_those_of_the_global_batch(synthetic_prepared, tmp_path, one_thread):
     mp.spawn(_gradnorm_worker, args=(2, _free_port(), str(synthetic_prepared), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "gn0.pt"), torch.load(tmp_path / "gn1.pt")
@@ -171,6 +174,7 @@ def test_ddp_gradnorm_reference_losses_are_those_of_the_global_batch(synthetic_p
     assert torch.allclose(r0["initial"], (r0["local"] + r1["local"]) / 2, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_torchrun_launches_the_cli(synthetic_raw, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 from PIL import Image
 
 from crosstask_cli.images import read_image

@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
-from fixtures import make_raw_cityscapes, write_raw_sample
+from helpers import make_raw_cityscapes, run_cli, write_raw_sample
 
 import crosstask_cli as ct
 from crosstask_cli.data.prepare import PrepareOptions, prepare_cityscapes
@@ -70,6 +69,7 @@ class CheckpointWatcher(threading.Thread):
             time.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_sigkill_anywhere_loses_nothing_and_checkpoints_stay_loadable(synthetic_raw, tmp_path):
     ref = _train_proc(tmp_path / "ref", synthetic_raw)
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]

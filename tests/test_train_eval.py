@@ -7,14 +7,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from helpers import TINY, run_cli
 
 import crosstask_cli as ct
 from crosstask_cli.data.prepared import open_split
 from crosstask_cli.engine.evaluator import evaluate_predictions
 from crosstask_cli.engine.trainer import RunDirError
-
-TINY = ["--height", "32", "--width", "64", "--enc-layers", "18", "--batch-size", "4", "--workers", "0"]
 
 
 def test_cli_train_then_eval_json(synthetic_raw, tmp_path):
@@ -208,7 +206,7 @@ def test_cli_train_bad_data_and_run_dirs(tmp_path, tiny_run, synthetic_raw):
 
 
 def test_eval_rejects_data_that_does_not_match_the_checkpoint(tiny_run, tmp_path):
-    from fixtures import make_mtan
+    from helpers import make_mtan
 
     nyu = make_mtan(tmp_path / "nyu", "nyu", h=32, w=64)
     r = run_cli("eval", "--ckpt", tiny_run / "checkpoints/best.pt", "--data", nyu)

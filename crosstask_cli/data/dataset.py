@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from crosstask_cli.data.prepared import PreparedSplit, open_split, read_meta
-from crosstask_cli.data.resize import nearest_indices
+from crosstask_cli.data.resize import resize_nearest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,9 +49,8 @@ def scale_crop(
     ch, cw = int(round(h / scale)), int(round(w / scale))
     y0, x0 = int(round(top * (h - ch))), int(round(left * (w - cw)))
     img = cv2.resize(np.ascontiguousarray(image[y0 : y0 + ch, x0 : x0 + cw]), (w, h), interpolation=cv2.INTER_LINEAR)
-    rows, cols = y0 + nearest_indices(ch, h)[:, None], x0 + nearest_indices(cw, w)[None, :]
-    lab = labels[rows, cols]
-    dep = depth[rows, cols]
+    lab = resize_nearest(labels[y0 : y0 + ch, x0 : x0 + cw], h, w)
+    dep = resize_nearest(depth[y0 : y0 + ch, x0 : x0 + cw], h, w)
     dep = dep / scale if depth_kind == "metric" else dep * scale
     return img, lab, dep.astype(np.float32)
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each output pixel, sampling at pixel centres (as PIL NEAREST, torch nearest-exact)."""
-    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
-    return np.minimum(idx, n_in - 1)
-
-
 def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an H×W(×…) array at pixel centres; exact class ids and depth values."""
+    """Nearest-neighbour resize of an H×W(×C) array sampling at pixel centres (OpenCV's INTER_NEAREST_EXACT, the
+    same as PIL NEAREST and torch ``nearest-exact``): exact class ids and depth values, labels aligned with the
+    image. Arrays of a dtype OpenCV does not resize (e.g. int64) are resized through int32."""
+    import cv2
+
     if a.shape[:2] == (height, width):
         return a
-    return a[nearest_indices(a.shape[0], height)[:, None], nearest_indices(a.shape[1], width)[None, :]]
+    src = np.ascontiguousarray(a)
+    if src.dtype in (np.int64, np.uint32, np.bool_):
+        return cv2.resize(src.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST_EXACT).astype(a.dtype)
+    return cv2.resize(src, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def resize_image(img: np.ndarray, height: int, width: int) -> np.ndarray:

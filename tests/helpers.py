@@ -1,4 +1,5 @@
-"""Builders of tiny datasets in each supported layout, written by the tests themselves."""
+"""Shared test helpers: the in-process CLI runner, tiny option sets, and builders of tiny datasets in each
+supported layout (written by the tests themselves; nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,15 @@ def make_mtan(root: Path, kind: str, n_train: int = 3, n_val: int = 2, h: int = 
                 (d / "normal").mkdir(exist_ok=True)
                 np.save(d / "normal" / f"{i}.npy", rng.random((h, w, 3)).astype(np.float32))
     return root
+
+
+TINY = ["--height", "32", "--width", "64", "--enc-layers", "18", "--batch-size", "4", "--workers", "0"]
+
+
+def run_cli(*args: str):
+    """Invoke the crosstask CLI in-process; returns the click Result (exit_code, output)."""
+    from typer.testing import CliRunner
+
+    from crosstask_cli.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
