@@ -144,8 +144,6 @@ def evaluate(
     loader = DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
     )
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     metrics = MetricSet.for_dataset(ds.meta, (protocol,))
     need_transfer = consistency or loss_fn is not None
     loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
@@ -206,8 +204,6 @@ def evaluate_predictions(
         raise DatasetError(f"{pred_dir}: not a directory of predictions")
     meta = read_meta(data)
     s = open_split(data, split)
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     metrics = MetricSet.for_dataset(meta, (protocol,))
     h, w = meta.height, meta.width
     for start in range(0, len(s), batch_size):

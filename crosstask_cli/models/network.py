@@ -12,7 +12,7 @@ from torch import nn
 
 from crosstask_cli.errors import ConfigError
 from crosstask_cli.models.decoder import SkipDecoder
-from crosstask_cli.models.encoder import RESNET_DEPTHS, ResNetEncoder
+from crosstask_cli.models.encoder import ResNetEncoder
 from crosstask_cli.models.transfer_net import TaskTransferNet
 
 SIZE_MULTIPLE = 32  # total stride of the encoder
@@ -72,8 +72,6 @@ class CrossTaskNet(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.enc_layers not in RESNET_DEPTHS:
-            raise ConfigError(f"enc_layers must be one of {RESNET_DEPTHS}, got {config.enc_layers}")
         if config.num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2, got {config.num_classes}")
         self.config = config
