@@ -1,4 +1,4 @@
-"""``crosstask demo``: the whole lifecycle on generated street scenes, sized for a laptop CPU (~5 min)."""
+"""``crosstask demo``: the whole lifecycle on generated street scenes, sized for a laptop CPU (minutes; the README gives a measured run)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ each artefact is."""
 @handle_errors
 def demo_command(
     out_dir: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
-    epochs: int = typer.Option(7, "--epochs", min=1, help="Training epochs (about 40 s each on 2 CPU cores)."),
+    epochs: int = typer.Option(7, "--epochs", min=1, help="Training epochs."),
     train_images: int = typer.Option(240, "--train-images", min=8, help="Synthetic training scenes."),
     device: str = typer.Option("auto", "--device", help="Training device (auto, cpu, cuda, mps)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing demo folder."),
