@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from crosstask_cli.engine import rundir
 from crosstask_cli.engine.checkpoint import save_checkpoint
 from crosstask_cli.engine.records import EpochRecord, read_metrics_log, write_metrics_log
-from crosstask_cli.engine.state import checkpoint_payload
+from crosstask_cli.engine.state import checkpoint_payload, without_resume_state
 
 if TYPE_CHECKING:
     from crosstask_cli.engine.trainer import Trainer
@@ -84,10 +84,10 @@ class Checkpointing(Callback):
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         if not trainer.dist.is_main:
             return
-        row = record.to_row()
+        payload = checkpoint_payload(trainer, record.to_row())
         if record.best:
-            save_checkpoint(self.best, checkpoint_payload(trainer, False, row))
-        save_checkpoint(self.last, checkpoint_payload(trainer, True, row))
+            save_checkpoint(self.best, without_resume_state(payload))
+        save_checkpoint(self.last, payload)
 
 
 class TrainingCurves(Callback):

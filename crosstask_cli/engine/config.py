@@ -24,7 +24,6 @@ from crosstask_cli.errors import ConfigError
 
 DATASETS = ("cityscapes", "nyu", "synthetic")
 OPTIMIZERS = ("adam", "sgd")
-SELECT_METRICS = SELECT_DIRECTION  # --select-metric choices and whether lower or higher is better
 
 # The reference implementation's flag table (Cityscapes / NYUv2), by flat keyword; synthetic follows
 # Cityscapes with a schedule short enough for a CPU.
@@ -44,8 +43,6 @@ def option(default: Any, help: str, *, flag: str | None = "", kwarg: str | None 
     ``kwarg``: the flat keyword (and 0.1.0 config.json key) when it differs from the field name; ``cli_type``:
     how the CLI reads it when that differs from the field's type (paths, comma lists)."""
     meta = {"help": help, "flag": flag, "kwarg": kwarg, "cli_type": cli_type}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -184,7 +181,6 @@ class FieldInfo:
     help: str
     type: Any  # the field's type, None removed from unions
     cli_type: Any
-    default: Any
 
     @property
     def path(self) -> str:
@@ -209,8 +205,7 @@ def _field_table() -> dict[str, FieldInfo]:
             kwarg = m["kwarg"] or f.name
             flag = "--" + f.name.replace("_", "-") if m["flag"] == "" else m["flag"]
             tp = _strip_none(hints[f.name])
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            table[kwarg] = FieldInfo(section, f.name, kwarg, flag, m["help"], tp, m["cli_type"] or tp, default)
+            table[kwarg] = FieldInfo(section, f.name, kwarg, flag, m["help"], tp, m["cli_type"] or tp)
     return table
 
 
@@ -316,10 +311,6 @@ class TrainConfig:
         """Every setting by its flat keyword."""
         return {k: getattr(getattr(self, f.section), f.name) for k, f in FIELDS.items()}
 
-    @property
-    def dataset(self) -> str:
-        return self.data.name
-
     def to_dict(self) -> dict:
         """The nested JSON form (tuples as lists)."""
 
@@ -333,20 +324,7 @@ class TrainConfig:
         """Nested (this version) or flat (crosstask 0.1.0's config.json and checkpoints) → validated config."""
         if not isinstance(d, dict):
             raise ConfigError("a config must be a JSON object")
-        if _is_nested(d):
-            unknown = set(d) - set(SECTIONS)
-            if unknown:
-                raise ConfigError(f"unknown config sections: {', '.join(sorted(unknown))}")
-            flat = {}
-            for s, values in d.items():
-                for name, v in (values or {}).items():
-                    path = f"{s}.{name}"
-                    if path not in BY_PATH:
-                        raise ConfigError(f"unknown config key: {path}")
-                    flat[BY_PATH[path].kwarg] = v
-        else:
-            flat = {k: v for k, v in d.items() if not (k == "extra" and not v)}  # 0.1.0 wrote an empty "extra"
-        return cls.from_flat(flat)
+        return cls.from_flat(flat_config(d, strict=True))
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -402,7 +380,7 @@ class TrainConfig:
         one_of("weighting", o.weighting, weighting_names())
         one_of("optimizer", o.optimizer, OPTIMIZERS)
         one_of("gradnorm_params", o.gradnorm_params, GRADNORM_PARAMS)
-        one_of("select_metric", r.select_metric, tuple(SELECT_METRICS))
+        one_of("select_metric", r.select_metric, tuple(SELECT_DIRECTION))
         needs = {"miou": "seg", "pixel_acc": "seg", "abs_err": "depth", "rel_err": "depth"}.get(r.select_metric)
         if needs is not None and needs not in m.tasks:
             bad(f"--select-metric {r.select_metric} needs the {needs} task, but --tasks is {','.join(m.tasks)}")
@@ -431,19 +409,20 @@ class TrainConfig:
             bad(f"--device must be auto, cpu, cuda[:N] or mps, got {r.device!r}")
 
 
-def _is_nested(d: dict) -> bool:
+def flat_config(d: dict, strict: bool = False) -> dict[str, Any]:
+    """A stored config, nested or 0.1.0's flat form, as flat keywords. ``strict`` (loading): unknown sections or keys
+    are a ConfigError; otherwise (display) they are left out of a nested config."""
     # 0.1.0's flat form has a "data" key too (the dataset path, a string or null), never a section dict
-    return any(isinstance(d.get(s), dict) for s in SECTIONS)
-
-
-def flat_config(d: dict) -> dict[str, Any]:
-    """A stored config (nested, or 0.1.0's flat form) as flat keywords, without validating (for display)."""
-    if _is_nested(d):
-        return {
-            BY_PATH[f"{s}.{k}"].kwarg: v
-            for s, values in d.items()
-            if isinstance(values, dict)
-            for k, v in values.items()
-            if f"{s}.{k}" in BY_PATH
-        }
-    return dict(d)
+    if not any(isinstance(d.get(s), dict) for s in SECTIONS):
+        return {k: v for k, v in d.items() if not (k == "extra" and not v)}  # 0.1.0 wrote an empty "extra"
+    if strict and set(d) - set(SECTIONS):
+        raise ConfigError(f"unknown config sections: {', '.join(sorted(set(d) - set(SECTIONS)))}")
+    flat = {}
+    for section, values in d.items():
+        for name, v in (values if isinstance(values, dict) else {}).items():
+            path = f"{section}.{name}"
+            if path in BY_PATH:
+                flat[BY_PATH[path].kwarg] = v
+            elif strict:
+                raise ConfigError(f"unknown config key: {path}")
+    return flat

@@ -32,14 +32,19 @@ def set_rng_state(state: dict) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-def checkpoint_payload(trainer, resumable: bool, row: dict | None, partial: dict | None = None) -> dict:
-    """The checkpoint contents (checkpoint format v1) of a :class:`~crosstask_cli.engine.trainer.Trainer`.
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best_score", "best_epoch", "nonfinite", "partial_epoch")
 
-    Every checkpoint holds the model config, dataset description, training config, weights, the weighting's
-    state and the epoch's metrics; a resumable one (``last.pt``) adds the optimizers, scheduler, grad scaler,
-    RNG states, best-epoch bookkeeping and, mid-epoch, the progress inside the epoch (``partial``).
+
+def checkpoint_payload(trainer, row: dict | None, partial: dict | None = None) -> dict:
+    """The resumable checkpoint contents (checkpoint format v1, ``last.pt``) of a
+    :class:`~crosstask_cli.engine.trainer.Trainer`.
+
+    The model config, dataset description, training config, weights, the weighting's state (and its own optimizers)
+    and the epoch's metrics, plus :data:`RESUME_KEYS`: the optimizer, scheduler, grad scaler, RNG states, best-epoch
+    bookkeeping and, mid-epoch, the progress inside the epoch (``partial``). :func:`without_resume_state` gives the
+    weights-only form (``best.pt``) of the same payload, so the weights are copied off the device once.
     """
-    payload = {
+    return {
         "model_config": trainer.model.config.to_dict(),
         "dataset": trainer.dataset_info,
         "train_config": trainer.cfg.to_dict(),
@@ -48,21 +53,24 @@ def checkpoint_payload(trainer, resumable: bool, row: dict | None, partial: dict
             "name": trainer.cfg.optim.weighting,
             "state": trainer.weighting.state_dict(),
             "weights": trainer.weighting.weights(),
+            "optimizers": [o.state_dict() for o in trainer.weighting_optimizers],
         },
         "epoch": trainer.epoch,
         "step": trainer.step_count,
         "metrics": row or {},
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "rng": rng_state(),
+        "best_score": trainer.selection.best_score,
+        "best_epoch": trainer.selection.best_epoch,
+        "nonfinite": trainer.nonfinite,
+        "partial_epoch": partial,
     }
-    if resumable:
-        payload["weighting"]["optimizers"] = [o.state_dict() for o in trainer.weighting_optimizers]
-        payload.update(
-            optimizer=trainer.optimizer.state_dict(),
-            scheduler=trainer.scheduler.state_dict(),
-            scaler=trainer.scaler.state_dict(),
-            rng=rng_state(),
-            best_score=trainer.selection.best_score,
-            best_epoch=trainer.selection.best_epoch,
-            nonfinite=trainer.nonfinite,
-            partial_epoch=partial,
-        )
-    return payload
+
+
+def without_resume_state(payload: dict) -> dict:
+    """The non-resumable checkpoint (``best.pt``): everything but :data:`RESUME_KEYS` and the weighting's optimizers."""
+    out = {k: v for k, v in payload.items() if k not in RESUME_KEYS}
+    out["weighting"] = {k: v for k, v in payload["weighting"].items() if k != "optimizers"}
+    return out

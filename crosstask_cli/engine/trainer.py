@@ -33,7 +33,7 @@ from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from crosstask_cli.engine.config import PAPER_DEFAULTS, TrainConfig
 from crosstask_cli.engine.device import amp_dtype, configure_device, memory_format, resolve_device
 from crosstask_cli.engine.evaluator import evaluate
-from crosstask_cli.engine.records import EpochRecord
+from crosstask_cli.engine.records import VAL_METRICS, EpochRecord
 from crosstask_cli.engine.state import checkpoint_payload, seed_everything, set_rng_state
 from crosstask_cli.errors import ConfigError, DatasetError, NonFiniteLossError, RunDirError
 from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
@@ -292,7 +292,7 @@ class Trainer:
                 if self.dist.is_main:
                     partial = {"batches": i + 1, "done": part_done, "sums": part_sums.cpu()}
                     last_row = self.log.records[-1].to_row() if self.log.records else None
-                    save_checkpoint(self.run_dir / rundir.LAST, checkpoint_payload(self, True, last_row, partial))
+                    save_checkpoint(self.run_dir / rundir.LAST, checkpoint_payload(self, last_row, partial))
         train_seconds = time.perf_counter() - start
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -325,8 +325,8 @@ class Trainer:
         )
         record.val_split = self.select_split
         record.val = {"loss": sum(ev.loss[t] for t in self.weighting.tasks), **ev.loss}
-        record.val.update({k: ev.segmentation[k] for k in ("miou", "pixel_acc")})
-        record.val.update({k: ev.depth[k] for k in ("abs_err", "rel_err", "rmse", "delta1")})
+        metrics = {**ev.segmentation, **ev.depth}
+        record.val.update({k: metrics[k] for k in VAL_METRICS})
         record.val.update(ev.consistency or {})
         record.seconds = time.perf_counter() - start
         record.train_seconds = train_seconds
