@@ -38,12 +38,16 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    On any failure the temporary file is removed and an existing ``path`` is left unchanged; a full disk is
-    reported with the path.
+    On any failure the temporary file is removed and an existing ``path`` is left unchanged. An operating-system
+    failure (disk full, permission, …), also one that a writer such as ``torch.save`` wraps in its own error, is
+    raised as an ``OSError`` that names ``path`` and the cause.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -56,10 +60,25 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"{path}: no space left on device; the previous file is unchanged") from exc
+        cause = os_cause(exc)
+        if cause is not None and cause.errno is not None:
+            unchanged = "the previous file is unchanged" if path.exists() else "nothing was written"
+            reason = "no space left on device" if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
+            raise OSError(cause.errno, f"cannot write {path}: {reason}; {unchanged}") from exc
         raise
     _fsync_dir(path.parent)
+
+
+def os_cause(exc: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``exc``: itself, or one in its chain (torch.save reports a full disk as a
+    RuntimeError raised while handling the OSError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -88,3 +107,29 @@ def replace_dir(src: Path, dst: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def finite_json(obj: object, path: str = "") -> tuple[object, list[str]]:
+    """``obj`` with every NaN/±inf float replaced by None (JSON has no such numbers), and the key paths replaced
+    (``depth.abs_err``, ``segmentation.per_class_iou.bus``)."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [path]
+    if isinstance(obj, dict):
+        pairs = [(k, finite_json(v, f"{path}.{k}" if path else str(k))) for k, v in obj.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
+    if isinstance(obj, (list, tuple)):
+        items = [finite_json(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in items], [p for _, ps in items for p in ps]
+    return obj, []
+
+
+def atomic_write_json(path: str | Path, obj: object) -> list[str]:
+    """Write ``obj`` as strict JSON (NaN/inf become null, see :func:`finite_json`); returns the key paths that were
+    not finite, so the caller can say so."""
+    import json
+
+    clean, replaced = finite_json(obj)
+    atomic_write_text(path, json.dumps(clean, indent=2, allow_nan=False, default=str))
+    return replaced

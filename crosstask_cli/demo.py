@@ -87,7 +87,7 @@ def run_demo(
     res.artefacts["training curves"] = run.run_dir / "plots"
 
     ckpt = load_checkpoint(best)
-    metrics = evaluate(model_from_checkpoint(ckpt), prepared, "val", batch_size=8).to_dict()
+    metrics = evaluate(model_from_checkpoint(ckpt, best), prepared, "val", batch_size=8).to_dict()
     atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2, default=float))
     res.metrics = metrics
     res.artefacts["evaluation (JSON)"] = out / "eval.json"

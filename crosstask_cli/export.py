@@ -65,7 +65,7 @@ def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, op
         raise CheckpointError(
             f"{ckpt}: the model's input size {h}×{w} is not a multiple of 32, which the ONNX graph needs"
         )
-    module = DirectPredictions(model_from_checkpoint(c)).eval()
+    module = DirectPredictions(model_from_checkpoint(c, ckpt)).eval()
     eh, ew = max(h, 64), max(w, 64)
     example = torch.randn(2, 3, eh, ew)
     batch = torch.export.Dim("batch", min=1, max=1024)

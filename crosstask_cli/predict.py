@@ -37,16 +37,23 @@ class PredictResult:
         return len(self.written) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def collect_inputs(inputs: Iterable[Path], recursive: bool = False) -> list[tuple[Path, Path]]:
-    """(file, relative output stem) pairs. Folders contribute their image files (recursively if asked);
-    files given explicitly are taken whatever their extension (and skipped later if unreadable)."""
+def collect_inputs(
+    inputs: Iterable[Path], recursive: bool = False, unsupported: list[tuple[str, str]] | None = None
+) -> list[tuple[Path, Path]]:
+    """(file, relative output stem) pairs. Folders contribute their image files (recursively if asked); their
+    other files (hidden ones aside) are appended to ``unsupported`` as (path, reason). Files given explicitly are
+    taken whatever their extension (and skipped later if unreadable)."""
     pairs: list[tuple[Path, Path]] = []
     for inp in inputs:
         inp = Path(inp)
         if inp.is_dir():
-            files = inp.rglob("*") if recursive else inp.glob("*")
-            for f in sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-                pairs.append((f, f.relative_to(inp).with_suffix("")))
+            files = sorted(p for p in (inp.rglob("*") if recursive else inp.glob("*")) if p.is_file())
+            for f in files:
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    pairs.append((f, f.relative_to(inp).with_suffix("")))
+                elif unsupported is not None and not any(part.startswith(".") for part in f.relative_to(inp).parts):
+                    kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+                    unsupported.append((str(f), f"not a supported image type ({kinds})"))
         elif inp.exists():
             pairs.append((inp, Path(inp.stem)))
         else:
@@ -59,11 +66,12 @@ def collect_inputs(inputs: Iterable[Path], recursive: bool = False) -> list[tupl
     return pairs
 
 
-def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path], force: bool) -> None:
+def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path], force: bool, ckpt: Path) -> None:
+    from crosstask_cli.outputs import check_output_dir, contains
+
     out_r = out.resolve()
     for inp in inputs:
-        inp_r = Path(inp).resolve()
-        if Path(inp).is_dir() and (out_r == inp_r or inp_r in out_r.parents):
+        if Path(inp).is_dir() and contains(inp, out):
             raise InputError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
     inputs_r = {f.resolve() for f, _ in pairs}
     for _f, rel in pairs:
@@ -72,8 +80,8 @@ def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path]
                 raise InputError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"--out {out} already exists and is not empty; pass --force to write into it")
+    inputs_by_flag = {f"input {i}": p for i, p in enumerate(inputs, 1)} | {"--ckpt": ckpt}
+    check_output_dir(out, "predictions folder", "--out", force, inputs_by_flag)
 
 
 def predict(
@@ -100,17 +108,26 @@ def predict(
 
     inputs = [Path(p) for p in inputs]
     out = Path(out)
+    unsupported: list[tuple[str, str]] = []
+    pairs = collect_inputs(inputs, recursive, unsupported)
+    _check_out(out, pairs, inputs, force, Path(ckpt))
     c = load_checkpoint(ckpt)
     ds = c["dataset"]
     h, w, palette, depth_kind = ds["height"], ds["width"], [tuple(p) for p in ds["palette"]], ds["depth"]["kind"]
+    model = model_from_checkpoint(c, ckpt)
+    if transfer and not model.config.has_transfer:
+        raise InputError(
+            f"--transfer: {ckpt} has no TaskTransferNets (trained with --tasks {','.join(model.config.tasks)}"
+            f"{'' if len(model.config.tasks) == 1 else ' and --consistency none'}), so there is nothing to transfer"
+        )
     dev = resolve_device(device)
     fmt = memory_format(dev)
-    model = model_from_checkpoint(c).to(dev, memory_format=fmt)
-    pairs = collect_inputs(inputs, recursive)
-    _check_out(out, pairs, inputs, force)
+    model = model.to(dev, memory_format=fmt)
     if on_total:
-        on_total(len(pairs))
-    result = PredictResult(out)
+        on_total(len(pairs) + len(unsupported))
+    result = PredictResult(out, skipped=list(unsupported))
+    if progress and unsupported:
+        progress(len(unsupported))
     manifest: dict[str, str] = {}
     start = time.perf_counter()
 

@@ -140,12 +140,28 @@ def read_depth(path: Path) -> np.ndarray:
     return depth.astype(np.float32, copy=False)
 
 
-def read_prediction(pred_dir: Path, sample_id: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``<id>_seg.png`` and ``<id>_depth.npy``, resized (nearest at pixel centres) to height×width."""
+def read_prediction(
+    pred_dir: Path, sample_id: str, height: int, width: int, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``<id>_seg.png`` and ``<id>_depth.npy``, resized (nearest at pixel centres) to height×width.
+
+    With ``num_classes``, a class id outside 0..C−1 is an error naming the file (every pixel must be predicted
+    as a class); a depth that is not finite (NaN, inf) always is.
+    """
     from crosstask_cli.data.resize import resize_nearest
 
     seg_path, depth_path = pred_dir / seg_name(sample_id), pred_dir / depth_name(sample_id)
     for p in (seg_path, depth_path):
         if not p.is_file():
             raise DatasetError(f"{p}: missing prediction for sample {sample_id!r}")
-    return resize_nearest(read_seg(seg_path), height, width), resize_nearest(read_depth(depth_path), height, width)
+    seg, depth = read_seg(seg_path), read_depth(depth_path)
+    if num_classes is not None and int(seg.max(initial=0)) >= num_classes:
+        bad = sorted(int(v) for v in np.unique(seg[seg >= num_classes]))[:5]
+        raise InputError(
+            f"{seg_path}: class id(s) {bad} outside 0..{num_classes - 1}; the dataset has {num_classes} classes "
+            "and every pixel must be predicted as one of them"
+        )
+    finite = np.isfinite(depth)
+    if not finite.all():
+        raise InputError(f"{depth_path}: {int((~finite).sum())} depth value(s) are NaN or infinite")
+    return resize_nearest(seg, height, width), resize_nearest(depth, height, width)

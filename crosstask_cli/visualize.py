@@ -130,7 +130,7 @@ def sample_grid(
         c = load_checkpoint(ckpt)
         if c["dataset"]["num_classes"] != meta.num_classes:
             raise InputError(f"{ckpt}: model has {c['dataset']['num_classes']} classes, {data} has {meta.num_classes}")
-        model = model_from_checkpoint(c).to(device)
+        model = model_from_checkpoint(c, ckpt).to(device)
     cols = 8 if model is not None else 3
     h, w = meta.height, meta.width
     fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols * w / h * 0.5 + 1, 2.6 * n * 0.5 * 2 + 0.8), squeeze=False)

@@ -202,19 +202,19 @@ def test_label_id_outside_the_table_is_rejected(tmp_path):
 def test_existing_output_needs_force_and_force_replaces_atomically(tmp_path):
     src = make_raw_cityscapes(tmp_path / "raw")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
+    prepare_cityscapes(src, out, PrepareOptions(4, 34, 19))
     with pytest.raises(FileExistsError, match="--force"):
         prepare_cityscapes(src, out, PrepareOptions(4, 34, 7))
-    assert (out / "keep.txt").read_text() == "user data"
-    # a failing forced prepare keeps the old content
+    assert read_meta(out).num_classes == 19
+    # a failing forced prepare keeps the old dataset
     bad = make_raw_cityscapes(tmp_path / "bad")
     (bad / "disparity/val/aachen/aachen_000000_000019_disparity.png").write_bytes(b"")
     with pytest.raises(DatasetError):
         prepare_cityscapes(bad, out, PrepareOptions(4, 34, 7, force=True))
-    assert (out / "keep.txt").read_text() == "user data"
+    assert read_meta(out).num_classes == 19
     prepare_cityscapes(src, out, PrepareOptions(4, 34, 7, force=True))
-    assert read_meta(out).dataset == "cityscapes" and not (out / "keep.txt").exists()
+    assert read_meta(out).num_classes == 7
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_resolve_data_prepares_a_cache_once(tmp_path):
@@ -262,9 +262,18 @@ def test_prepare_synthetic_writes_the_official_raw_layout(synthetic_raw):
 
 
 def test_prepare_synthetic_refuses_existing_output(tmp_path):
+    from crosstask_cli.errors import ConfigError
+
     (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError):
         prepare_synthetic(tmp_path / "s", 1, 1, 16, 32)
+    with pytest.raises(ConfigError, match="not a synthetic scene folder made by crosstask"):
+        prepare_synthetic(tmp_path / "s", 1, 1, 16, 32, force=True)
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+    prepare_synthetic(tmp_path / "t", 1, 1, 16, 32)
+    prepare_synthetic(tmp_path / "t", 2, 1, 16, 32, force=True)  # its own scenes: replaced
+    assert len(list((tmp_path / "t/leftImg8bit/train").rglob("*.png"))) == 2
 
 
 # --- dataset and augmentation ----------------------------------------------------------------------------

@@ -162,7 +162,8 @@ def test_nonfinite_loss_stops_with_step_samples_and_component(synthetic_prepared
     ct.train(cfg, run_dir=tmp_path / "run")
     good = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     depth = np.load(data / "train/depth.npy", mmap_mode="r+")
-    depth[5] = np.inf  # the whole image, so no random crop can drop it
+    # finite (so the data checks pass) but its loss overflows float32; the whole image, so no crop can drop it
+    depth[5] = 3e38
     depth.flush()
     bad_id = open_split(data, "train").files[5]
     with pytest.raises(NonFiniteLossError) as err:
@@ -171,6 +172,10 @@ def test_nonfinite_loss_stops_with_step_samples_and_component(synthetic_prepared
     assert "epoch 2" in msg and "step" in msg and "depth" in msg and bad_id in msg and "last good checkpoint" in msg
     kept = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert kept["epoch"] == 1 and all(torch.equal(good["model"][k], kept["model"][k]) for k in good["model"])
+    # stopped before the first checkpoint: the message does not point to one
+    with pytest.raises(NonFiniteLossError, match="no checkpoint had been written yet"):
+        ct.train(cfg, run_dir=tmp_path / "fresh")
+    assert not (tmp_path / "fresh/checkpoints/last.pt").exists()
     # tolerated when asked: the bad batch is skipped and training finishes with finite weights
     cfg2 = cfg.replace(skip_nonfinite=1, epochs=1)
     result = ct.train(cfg2, run_dir=tmp_path / "tolerant")

@@ -50,10 +50,17 @@ def bench_command(
     json_file: Path = typer.Option(None, "--json", help="Also write every figure as JSON."),
 ) -> None:
     from crosstask_cli.bench import BenchConfig, run_bench
+    from crosstask_cli.outputs import check_output_file
 
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise CLIError(f"--part must be one of {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")
+    for flag, value in (("--height", height), ("--width", width)):
+        if value < 8 or value % 8:
+            raise CLIError(
+                f"{flag} must be a positive multiple of 8 (the TaskTransferNet pools three times), got {value}"
+            )
+    check_output_file(json_file, "--json", {"--data": data})
     cfg = BenchConfig(enc_layers, num_classes, height, width, batch_size, device, amp, runs, warmup, matmul_n,
                       str(data) if data else None, raw_samples, weighting)  # fmt: skip
     res = run_bench(cfg, tuple(p for p in PARTS if p in parts), progress=lambda p: err.print(f"measuring {p}…"))

@@ -29,9 +29,14 @@ def compare_command(
 ) -> None:
     from crosstask_cli.atomic import atomic_write_text
     from crosstask_cli.compare import SIGN_CONVENTION, compare
+    from crosstask_cli.outputs import check_output_file
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise CLIError(f"--plot {plot}: expected a .png file name")
+    inputs = {f"run {i}": r for i, r in enumerate(runs, 1)}
+    inputs |= {"--baseline": baseline, "--baseline-seg": baseline_seg, "--baseline-depth": baseline_depth}
+    for flag, path in (("--markdown", markdown), ("--csv", csv_file), ("--plot", plot)):
+        check_output_file(path, flag, inputs)
     cmp = compare(runs, baseline, baseline_seg, baseline_depth)
     t = Table(title="comparison", caption=SIGN_CONVENTION, title_justify="left")
     for col in ("run", "mIoU ↑", "pix acc ↑", "abs ↓", "abs rel ↓", "Δm flat % ↑", "Δm per task % ↑"):

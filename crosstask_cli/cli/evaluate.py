@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
         data = Path(data_str)
     name = ds["name"] if ds["name"] in ("cityscapes", "nyu", "synthetic") else "cityscapes"
     prepared = resolve_data(name, data, ds["height"], ds["width"], ds["num_classes"], ds["depth"]["kind"])
-    check_compatible(read_meta(prepared), ds["num_classes"], ds["depth"]["kind"], prepared)
+    check_compatible(read_meta(prepared), ds["num_classes"], ds["depth"]["kind"], prepared, ds.get("class_names"))
     return prepared
 
 
@@ -74,14 +73,6 @@ def render_results(res) -> None:
     out.print(pc)
 
 
-def _json_safe(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    return obj
-
-
 @handle_errors
 def eval_command(
     ckpt: Path = typer.Option(None, "--ckpt", help="Checkpoint to evaluate."),
@@ -103,13 +94,21 @@ def eval_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Check every value of the evaluated split first (labels in range, depth finite and ≥ 0); by default "
+        "only its format and a sample of values are checked.",
+    ),
 ) -> None:
     from crosstask_cli.metrics import PROTOCOLS
+    from crosstask_cli.outputs import check_output_file
 
     if protocol not in PROTOCOLS:
         raise CLIError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if (ckpt is None) == (predictions is None):
         raise CLIError("give exactly one of --ckpt CKPT or --predictions PRED_DIR")
+    check_output_file(json_file, "--json", {"--ckpt": ckpt, "--data": data, "--predictions": predictions})
     if predictions is not None:
         from crosstask_cli.data.prepare import detect_layout
         from crosstask_cli.engine.evaluator import evaluate_predictions
@@ -118,7 +117,7 @@ def eval_command(
             raise CLIError("--predictions needs --data: the prepared dataset the predictions are for")
         if detect_layout(data) != "prepared":
             raise CLIError(f"{data}: --predictions is evaluated against a prepared dataset (see `crosstask prepare`)")
-        res = evaluate_predictions(predictions, data, split, protocol, batch_size)
+        res = evaluate_predictions(predictions, data, split, protocol, batch_size, verify=verify)
     else:
         from rich.progress import Progress
 
@@ -131,8 +130,8 @@ def eval_command(
         c = load_checkpoint(ckpt)
         prepared = resolve_eval_data(c, data)
         dev = resolve_device(device)
-        model = model_from_checkpoint(c).to(dev)
-        ds = PreparedDataset(prepared, split)
+        model = model_from_checkpoint(c, ckpt).to(dev)
+        ds = PreparedDataset(prepared, split, verify=verify)
         with Progress(*progress_columns(), console=err, transient=True) as prog:
             task = prog.add_task(f"eval {split}", total=len(ds), info="")
             res = evaluate(
@@ -141,7 +140,10 @@ def eval_command(
         res.checkpoint, res.data = str(ckpt), str(prepared)
     render_results(res)
     if json_file is not None:
-        from crosstask_cli.atomic import atomic_write_text
+        from crosstask_cli.atomic import atomic_write_json
 
-        atomic_write_text(json_file, json.dumps(_json_safe(res.to_dict()), indent=2))
+        replaced = atomic_write_json(json_file, res.to_dict())
+        unexpected = [k for k in replaced if ".per_class_iou." not in k]  # absent classes are null by definition
+        if unexpected:
+            err.print(f"[yellow]warning:[/] not finite, written as null: {esc(', '.join(unexpected))}", highlight=False)
         out.print(f"results written to [bold]{esc(json_file)}[/]")

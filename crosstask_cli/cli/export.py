@@ -22,7 +22,9 @@ def export_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     from crosstask_cli.cli.common import CLIError
+    from crosstask_cli.outputs import check_output_file
 
+    check_output_file(onnx_file, "--onnx", {"--ckpt": ckpt})
     if onnx_file.exists() and not force:
         raise CLIError(f"{onnx_file} already exists; pass --force to overwrite it")
     from crosstask_cli.export import export_onnx

@@ -29,7 +29,10 @@ def predict_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
     force: bool = typer.Option(
-        False, "--force", help="Write into an existing non-empty --out (replacing same-named outputs)."
+        False,
+        "--force",
+        help="Write into an existing predictions folder (one with the predictions.json of an earlier predict), "
+        "replacing same-named outputs; any other non-empty folder is refused.",
     ),
 ) -> None:
     from rich.progress import Progress

@@ -121,6 +121,8 @@ def _train_command(**options: Any) -> None:
             )
         given["weighting"] = shorthand
     given["run_dir"] = None  # the run directory is an argument of train(), recorded by it
+    if resume and force:
+        raise CLIError("--resume continues the run in --run-dir and --force replaces it: give one of them")
     if resume:
         if run_dir is None:
             raise CLIError("--resume needs --run-dir: the run to continue")

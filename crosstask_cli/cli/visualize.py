@@ -21,8 +21,10 @@ def predictions(
     limit: int = typer.Option(None, "--limit", min=1, help="At most this many panels."),
 ) -> None:
     """One panel per image: image | segmentation overlay | depth (+ transferred predictions when present)."""
+    from crosstask_cli.outputs import check_output_folder
     from crosstask_cli.visualize import prediction_panels
 
+    check_output_folder(out_dir or pred_dir / "panels", "--out")
     paths = prediction_panels(pred_dir, out_dir or pred_dir / "panels", limit)
     out.print(f"[green]wrote[/] {len(paths)} panel(s) to [bold]{esc(out_dir or pred_dir / 'panels')}[/]")
 
@@ -48,10 +50,12 @@ def samples(
 ) -> None:
     """A grid of dataset samples with ground truth (and predictions with --ckpt)."""
     from crosstask_cli.data.prepare import detect_layout, resolve_data
+    from crosstask_cli.outputs import check_output_file
     from crosstask_cli.visualize import sample_grid
 
     if out_file.suffix.lower() != ".png":
         raise CLIError(f"--out {out_file}: expected a .png file name")
+    check_output_file(out_file, "--out", {"--data": data, "--ckpt": ckpt})
     prepared = data
     if detect_layout(data) != "prepared":
         if ckpt is not None:
@@ -75,7 +79,10 @@ def curves(
     out_dir: Path = typer.Option(None, "--out", help="Output folder (default RUN/plots)."),
 ) -> None:
     """Loss and metric curves (losses.png, metrics.png) from a run's metrics.csv."""
+    from crosstask_cli.outputs import check_output_folder
     from crosstask_cli.visualize import curves_from_run
 
+    if out_dir is not None:
+        check_output_folder(out_dir, "--out")
     paths = curves_from_run(run_dir, out_dir)
     out.print("[green]wrote[/] " + ", ".join(f"[bold]{esc(p)}[/]" for p in paths))

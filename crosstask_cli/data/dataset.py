@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from crosstask_cli.data.prepared import PreparedSplit, open_split, read_meta
+from crosstask_cli.data.prepared import PreparedSplit, open_split, read_meta, verify_split
 from crosstask_cli.data.resize import resize_nearest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,12 +58,17 @@ def scale_crop(
 class PreparedDataset(Dataset):
     """A split of a prepared dataset (see :mod:`crosstask_cli.data.prepared`)."""
 
-    def __init__(self, root: str | Path, split: str = "train", augment: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, root: str | Path, split: str = "train", augment: bool = False, seed: int = 0, verify: bool = False
+    ) -> None:
+        """Opening checks the split (:func:`~crosstask_cli.data.prepared.verify_split`): a sample of its values, or
+        every value with ``verify``."""
         self.root = Path(root)
         self.meta = read_meta(self.root)
         self.split_name = split
         self._split: PreparedSplit | None = None
-        self.length = self.meta.splits[split] if split in self.meta.splits else len(self.split)
+        verify_split(self.split, self.meta, full=verify)
+        self.length = len(self.split)
         self.augment = augment
         self.seed = seed
         self.epoch = 0

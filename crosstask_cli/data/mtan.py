@@ -6,6 +6,7 @@ image: H×W×3 float in [0, 1]; label: H×W with −1 = ignore; depth: H×W(×1)
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,15 @@ def mtan_indices(src: Path, split: str, label_dir: str) -> list[str]:
     return ids
 
 
+# np.load parses the .npy header with ast.literal_eval, which CPython 3.11 can break on when several threads
+# parse at once ("SystemError: AST constructor recursion depth mismatch"); prepare decodes in threads.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def _load(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        with _NPY_HEADER_LOCK:
+            return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from exc
 

@@ -21,7 +21,14 @@ from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
 from crosstask_cli.data.labels import class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
-from crosstask_cli.data.prepared import DatasetError, DatasetMeta, PreparedWriter, is_prepared, read_meta
+from crosstask_cli.data.prepared import (
+    DatasetError,
+    DatasetMeta,
+    PreparedWriter,
+    check_ids,
+    is_prepared,
+    read_meta,
+)
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -84,6 +91,10 @@ def _write_splits(
     opts: PrepareOptions,
     progress: ProgressFactory,
 ) -> None:
+    ids = {split: [ident(x) for x in items] for split, items in plan.items()}
+    for split_ids in ids.values():
+        check_ids(split_ids, writer.inputs.get("--src", "the source"))
+    writer.reserve({split: len(items) for split, items in plan.items()}, opts.height, opts.width)
     for split, items in plan.items():
         arrays = writer.new_split(split, len(items), opts.height, opts.width)
         advance = progress(f"{split}", len(items))
@@ -91,7 +102,7 @@ def _write_splits(
             for i, (img, lab, dep) in enumerate(pool.map(convert, items)):
                 arrays["images"][i], arrays["labels"][i], arrays["depth"][i] = img, lab, dep
                 advance(1)
-        writer.finish_split(split, [ident(x) for x in items])
+        writer.finish_split(split, ids[split])
 
 
 def _split_plan(splits: dict[str, list], opts: PrepareOptions, src: Path) -> dict[str, list]:
@@ -108,6 +119,25 @@ def _split_plan(splits: dict[str, list], opts: PrepareOptions, src: Path) -> dic
     return plan
 
 
+def source_fingerprint(src: Path) -> str:
+    """A digest of the files under ``src`` (relative names, sizes, modification times), skipping crosstask's own
+    cache folder: it changes when a source file is added, removed, replaced or edited."""
+    import hashlib
+
+    src = Path(src)
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if d != CACHE_FOLDER)
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path.relative_to(src).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _base_meta(dataset: str, num_classes: int, opts: PrepareOptions, src: Path, layout: str) -> dict:
     names, palette = class_info(dataset, num_classes)
     return {
@@ -118,7 +148,7 @@ def _base_meta(dataset: str, num_classes: int, opts: PrepareOptions, src: Path, 
         "ignore_index": 255,
         "height": opts.height,
         "width": opts.width,
-        "source": {"path": str(Path(src).resolve()), "layout": layout},
+        "source": {"path": str(Path(src).resolve()), "layout": layout, "fingerprint": source_fingerprint(src)},
         "created_by": f"crosstask {__version__}",
     }
 
@@ -146,7 +176,7 @@ def prepare_cityscapes(
         depth = cs.depth_meta("inverse")
     else:
         raise DatasetError(f"{src}: layout {layout!r} is not Cityscapes (expected the raw or the MTAN layout)")
-    with PreparedWriter(out, force=opts.force) as writer:
+    with PreparedWriter(out, force=opts.force, inputs={"--src": src}) as writer:
         _write_splits(writer, plan, convert, ident, opts, progress)
         writer.write_meta({**_base_meta(dataset, opts.num_classes, opts, src, layout), "depth": depth})
     return out
@@ -163,7 +193,7 @@ def prepare_nyu(src: Path, out: Path, opts: PrepareOptions, progress: ProgressFa
     opts.num_classes = 13
     plan = _split_plan({s: [(s, i) for i in mtan_indices(src, s, "label")] for s in MTAN_SPLITS}, opts, src)
     convert = lambda x: convert_mtan_sample(src, x[0], x[1], "label", 13, opts.height, opts.width)  # noqa: E731
-    with PreparedWriter(out, force=opts.force) as writer:
+    with PreparedWriter(out, force=opts.force, inputs={"--src": src}) as writer:
         _write_splits(writer, plan, convert, lambda x: f"{x[0]}/{x[1]}", opts, progress)
         writer.write_meta(
             {**_base_meta("nyu", 13, opts, src, layout), "depth": {"kind": "metric", "unit": "m", "max": 10.0}}
@@ -183,12 +213,11 @@ def prepare_synthetic(
 ) -> Path:
     """Render synthetic street scenes into ``out`` in the official Cityscapes raw layout (atomically)."""
     from crosstask_cli.data.synthetic import render_split_to_raw
+    from crosstask_cli.outputs import check_output_dir
 
-    out = Path(out)
     if train < 1 or val < 1:
         raise DatasetError("synthetic sets need at least one train and one val image")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    out = check_output_dir(out, "synthetic scene folder", "--out", force)
     tmp = temp_dir_beside(out)
     try:
         for split, n in (("train", train), ("val", val)):
@@ -213,9 +242,23 @@ def prepare_synthetic(
     return out
 
 
+CACHE_FOLDER = ".crosstask"
+
+
 def cache_dir(raw: Path, height: int, width: int, num_classes: int, depth: str = "inverse") -> Path:
     suffix = "" if depth == "inverse" else f"-{depth}"
-    return Path(raw) / ".crosstask" / f"{height}x{width}-c{num_classes}{suffix}"
+    return Path(raw) / CACHE_FOLDER / f"{height}x{width}-c{num_classes}{suffix}"
+
+
+def cache_is_current(cache: Path, data: Path) -> bool:
+    """The cache was prepared from ``data`` as it is now (same files, sizes and modification times)."""
+    if not is_prepared(cache):
+        return False
+    try:
+        source = read_meta(cache).source
+    except DatasetError:
+        return False
+    return isinstance(source, dict) and source.get("fingerprint") == source_fingerprint(data)
 
 
 def resolve_data(
@@ -227,15 +270,19 @@ def resolve_data(
     depth: str = "inverse",
     progress: ProgressFactory = _no_progress,
     workers: int = 2,
+    message: Callable[[str], None] | None = None,
 ) -> Path:
-    """Return a prepared directory for ``data``: itself if prepared, else a cache inside it, prepared once."""
+    """Return a prepared directory for ``data``: itself if prepared, else a cache inside it, prepared once and
+    prepared again when the source files change (names, sizes or modification times)."""
     data = Path(data)
     layout = detect_layout(data)
     if layout == "prepared":
         return data
     cache = cache_dir(data, height, width, num_classes, depth)
-    if is_prepared(cache):
+    if cache_is_current(cache, data):
         return cache
+    if is_prepared(cache) and message:
+        message(f"{data} changed since {cache} was prepared from it: preparing it again")
     if not os.access(data, os.W_OK):
         raise DatasetError(
             f"{data}: not writable, cannot create the prepared cache; run `crosstask prepare` to another --out"
@@ -248,9 +295,19 @@ def resolve_data(
     )
 
 
-def check_compatible(meta: DatasetMeta, num_classes: int, depth_kind: str | None, where: Path) -> None:
+def check_compatible(
+    meta: DatasetMeta, num_classes: int, depth_kind: str | None, where: Path, class_names: list[str] | None = None
+) -> None:
+    """The dataset at ``where`` suits a model of ``num_classes`` (named ``class_names``, when known) predicting
+    ``depth_kind`` depth."""
     if meta.num_classes != num_classes:
         raise DatasetError(f"{where}: dataset has {meta.num_classes} classes, the model {num_classes}")
+    if class_names is not None and list(class_names) != list(meta.class_names):
+        diff = next((i, a, b) for i, (a, b) in enumerate(zip(meta.class_names, class_names, strict=True)) if a != b)
+        raise DatasetError(
+            f"{where}: the dataset's classes differ from the model's (class {diff[0]} is {diff[1]!r} in the dataset, "
+            f"{diff[2]!r} in the model); scores would go under the wrong names"
+        )
     if depth_kind is not None and meta.depth_kind != depth_kind:
         raise DatasetError(f"{where}: dataset depth is {meta.depth_kind}, the model predicts {depth_kind}")
 
@@ -278,7 +335,9 @@ def prepare_training_data(
         prepare_synthetic(data, train=synthetic[0], val=synthetic[1], height=256, width=512, seed=0, **kwargs)
     if not data.exists():
         raise DatasetError(f"{data}: dataset directory not found (pass --data DIR; see `crosstask prepare --help`)")
-    prepared = resolve_data(dataset, data, height, width, num_classes, depth, workers=workers or 1, **kwargs)
+    prepared = resolve_data(
+        dataset, data, height, width, num_classes, depth, workers=workers or 1, message=message, **kwargs
+    )
     meta = read_meta(prepared)
     check_compatible(meta, num_classes, None, prepared)
     if (meta.height, meta.width) != (height, width):

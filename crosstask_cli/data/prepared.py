@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,13 @@ class PreparedSplit:
         return len(self.files)
 
 
+DTYPES = {"images": np.uint8, "labels": np.uint8, "depth": np.float32}
+SAMPLE_CHECKS = 16  # samples whose values every opening checks (spread over the split)
+
+
 def open_split(root: Path, split: str) -> PreparedSplit:
+    """Memory-map one split after the cheap checks: meta.json, dtypes, shapes, files.txt (its line count and
+    ids). Values are checked by :func:`verify_split`."""
     root = Path(root)
     meta = read_meta(root)
     if split not in meta.splits:
@@ -136,18 +143,92 @@ def open_split(root: Path, split: str) -> PreparedSplit:
         images = np.load(d / "images.npy", mmap_mode="r")
         labels = np.load(d / "labels.npy", mmap_mode="r")
         depth = np.load(d / "depth.npy", mmap_mode="r")
-        files = (d / "files.txt").read_text().splitlines()
+        files = (d / "files.txt").read_text().split("\n")
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{d}: cannot read prepared split ({exc})") from exc
+    if files and files[-1] == "":
+        files.pop()  # the final line break
     n = meta.splits[split]
     h, w = meta.height, meta.width
     expected = {"images": (n, h, w, 3), "labels": (n, h, w), "depth": (n, h, w)}
     for name, arr in (("images", images), ("labels", labels), ("depth", depth)):
+        if arr.dtype != DTYPES[name]:
+            raise DatasetError(
+                f"{d / (name + '.npy')}: dtype {arr.dtype}, the prepared format stores {np.dtype(DTYPES[name])}"
+                + (" (images are bytes 0..255, not floats in [0, 1])" if name == "images" else "")
+            )
         if arr.shape != expected[name]:
             raise DatasetError(f"{d / (name + '.npy')}: shape {arr.shape}, meta.json says {expected[name]}")
     if len(files) != n:
         raise DatasetError(f"{d / 'files.txt'}: {len(files)} lines, expected {n}")
+    if any("\r" in f or not f for f in files):
+        raise DatasetError(f"{d / 'files.txt'}: empty lines or carriage returns among the sample ids")
     return PreparedSplit(root, split, images, labels, depth, files)
+
+
+def verify_split(s: PreparedSplit, meta: DatasetMeta, full: bool = False, chunk: int = 32) -> None:
+    """Check the values: labels in 0..C−1 or the ignore index, depth finite and ≥ 0. ``full`` checks every sample
+    (reads the whole split); otherwise :data:`SAMPLE_CHECKS` samples spread over it. The first violation is raised
+    as one line naming the file and the sample."""
+    n = len(s)
+    if n == 0:
+        return
+    if full:
+        blocks = [range(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+    else:
+        blocks = [sorted(set(np.linspace(0, n - 1, min(n, SAMPLE_CHECKS)).round().astype(int).tolist()))]
+    c, ignore = meta.num_classes, meta.ignore_index
+    d = s.root / s.name
+    for block in blocks:
+        idx = list(block)
+        labels = np.asarray(s.labels[idx[0] : idx[-1] + 1] if full else s.labels[idx])
+        bad = (labels >= c) & (labels != ignore)
+        if bad.any():
+            i = idx[int(np.argwhere(bad.reshape(len(idx), -1).any(1))[0, 0])]
+            values = sorted(set(np.unique(labels[bad]).tolist()))[:5]
+            raise DatasetError(
+                f"{d / 'labels.npy'}: sample {i} ({s.files[i]}) holds class id(s) {values}, expected 0..{c - 1} or "
+                f"{ignore} (ignore)"
+            )
+        depth = np.asarray(s.depth[idx[0] : idx[-1] + 1] if full else s.depth[idx])
+        bad = ~np.isfinite(depth) | (depth < 0)
+        if bad.any():
+            i = idx[int(np.argwhere(bad.reshape(len(idx), -1).any(1))[0, 0])]
+            what = "NaN" if np.isnan(depth[bad]).any() else "inf" if np.isinf(depth[bad]).any() else "negative values"
+            raise DatasetError(
+                f"{d / 'depth.npy'}: sample {i} ({s.files[i]}) holds {what}; depth must be finite and ≥ 0 (0 = invalid)"
+            )
+
+
+SAMPLE_BYTES_PER_PIXEL = 3 + 1 + 4  # RGB uint8, label uint8, depth float32
+
+
+def check_ids(ids: list[str], where: object) -> None:
+    """Sample ids go one per line into ``files.txt``: refuse those the format cannot store, naming them."""
+    for i in ids:
+        if not i or any(c in i for c in "\n\r\x00") or i != i.strip():
+            raise DatasetError(
+                f"{where}: the file name {i!r} cannot be stored in a prepared dataset (empty, line breaks, NUL or "
+                "surrounding spaces); rename it"
+            )
+
+
+def _allocate(path: Path, header: dict, shape: tuple[int, ...], dtype) -> None:
+    """Create the .npy file ``path`` with every data block allocated on disk now.
+
+    Writes into a memory map of a sparse file meet a full disk as SIGBUS, which kills the process with no message
+    and leaves the temporary folder behind; allocating up front turns that into an ``ENOSPC`` error here.
+    """
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
+        size = f.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        f.flush()
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            f.truncate(size)  # no fallocate on this filesystem: the upfront free-space check must do
 
 
 class PreparedWriter:
@@ -163,18 +244,18 @@ class PreparedWriter:
         # renamed into place here; on an exception the temporary directory is removed.
     """
 
-    def __init__(self, out: Path, force: bool = False) -> None:
+    def __init__(self, out: Path, force: bool = False, inputs: dict | None = None) -> None:
         self.out = Path(out)
         self.force = force
+        self.inputs = inputs or {}  # option name → input path: an --out that is or holds one is refused
         self.splits: dict[str, int] = {}
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self.tmp: Path | None = None
 
     def __enter__(self) -> PreparedWriter:
-        if self.out.exists() and not self.force:
-            raise FileExistsError(f"{self.out} already exists; pass --force to replace it")
-        if self.out.exists() and not self.out.is_dir():
-            raise DatasetError(f"{self.out} exists and is not a directory")
+        from crosstask_cli.outputs import check_output_dir
+
+        self.out = check_output_dir(self.out, "prepared dataset", "--out", self.force, self.inputs)
         try:
             self.tmp = temp_dir_beside(self.out)
         except PermissionError as exc:
@@ -183,16 +264,32 @@ class PreparedWriter:
             ) from exc
         return self
 
+    def reserve(self, sizes: dict[str, int], height: int, width: int) -> None:
+        """Refuse up front when the splits' arrays (``sizes``: split → samples) cannot fit on the output's disk."""
+        assert self.tmp is not None
+        need = sum(n for n in sizes.values()) * height * width * SAMPLE_BYTES_PER_PIXEL + 64 * 1024
+        free = shutil.disk_usage(self.tmp).free
+        if need > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"{self.out}: preparing needs about {need / 2**20:.1f} MiB but {free / 2**20:.1f} MiB are free on "
+                "that disk; nothing was written",
+            )
+
     def new_split(self, split: str, n: int, height: int, width: int) -> dict[str, np.ndarray]:
         assert self.tmp is not None
         d = self.tmp / split
         d.mkdir()
         fmt = np.lib.format.open_memmap
-        arrays = {
-            "images": fmt(d / "images.npy", mode="w+", dtype=np.uint8, shape=(n, height, width, 3)),
-            "labels": fmt(d / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, height, width)),
-            "depth": fmt(d / "depth.npy", mode="w+", dtype=np.float32, shape=(n, height, width)),
-        }
+        arrays = {}
+        for name, dtype, shape in (
+            ("images", np.uint8, (n, height, width, 3)),
+            ("labels", np.uint8, (n, height, width)),
+            ("depth", np.float32, (n, height, width)),
+        ):
+            path = d / f"{name}.npy"
+            _allocate(path, np.lib.format.header_data_from_array_1_0(np.empty(0, dtype)), shape, dtype)
+            arrays[name] = fmt(path, mode="r+")
         self._arrays[split] = arrays
         return arrays
 
@@ -202,6 +299,7 @@ class PreparedWriter:
         n = arrays["images"].shape[0]
         if len(files) != n:
             raise DatasetError(f"split {split}: {len(files)} ids for {n} samples")
+        check_ids(files, f"split {split}")
         for arr in arrays.values():
             arr.flush()
         del arrays
@@ -218,7 +316,7 @@ class PreparedWriter:
         self._arrays.clear()
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and str(self.out) not in str(exc):
                 raise OSError(
                     errno.ENOSPC, f"{self.out}: no space left on device while preparing; nothing was written"
                 ) from exc

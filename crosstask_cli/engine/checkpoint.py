@@ -50,13 +50,45 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict):
-    """Rebuild the CrossTaskNet stored in a loaded checkpoint (eval mode, on CPU)."""
+def model_from_checkpoint(ckpt: dict, where: str | Path = "checkpoint"):
+    """Rebuild the CrossTaskNet stored in a loaded checkpoint (eval mode, on CPU). A model description that does
+    not build, or weights that do not fit it, are one :class:`CheckpointError` naming ``where`` (the file)."""
     from crosstask_cli.models.network import CrossTaskNet, ModelConfig
 
-    config = dict(ckpt["model_config"])
+    config = dict(ckpt["model_config"]) if isinstance(ckpt["model_config"], dict) else None
+    if config is None:
+        raise CheckpointError(f"{where}: its 'model_config' entry is not a model description")
     # crosstask 0.1.0 wrote no such key; its decoders upsampled with align_corners=False and were trained so.
     config.setdefault("decoder_align_corners", False)
-    model = CrossTaskNet(ModelConfig(**config))
+    try:
+        model = CrossTaskNet(ModelConfig(**config))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{where}: its model description cannot be built ({exc})") from exc
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{where}: its 'model' entry is not a state dict")
+    mismatch = state_dict_mismatch(model.state_dict(), ckpt["model"])
+    if mismatch:
+        raise CheckpointError(f"{where}: its weights do not match its model description ({mismatch})")
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def state_dict_mismatch(expected: dict, found: dict) -> str:
+    """One line saying how ``found`` differs from ``expected`` (missing/unexpected keys, shapes); '' if it fits."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        k
+        for k in expected
+        if k in found and (not torch.is_tensor(found[k]) or tuple(found[k].shape) != tuple(expected[k].shape))
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if shapes:
+        k = shapes[0]
+        got = tuple(found[k].shape) if torch.is_tensor(found[k]) else type(found[k]).__name__
+        parts.append(f"{len(shapes)} of another shape, e.g. {k}: {got} instead of {tuple(expected[k].shape)}")
+    return "; ".join(parts)

@@ -159,6 +159,11 @@ class RuntimeOptions:
     sync_bn: bool = option(
         False, "Multi-GPU (torchrun): synchronise BatchNorm statistics across processes (CUDA only)."
     )
+    verify: bool = option(
+        False,
+        "Check every value of the prepared data before training (labels in range, depth finite and ≥ 0); by default "
+        "only its format and a sample of values are checked.",
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -214,6 +219,14 @@ FIELDS: dict[str, FieldInfo] = _field_table()
 BY_PATH: dict[str, FieldInfo] = {f.path: f for f in FIELDS.values()}
 
 
+def default_consistency(values: dict[str, Any]) -> str:
+    """The consistency a config gets when none is given: the method's (xtsc) for two tasks, none for one (a single
+    task has nothing to be consistent with; asking for consistency with one task is an error)."""
+    tasks = values.get("tasks") or ModelOptions().tasks
+    tasks = tuple(t.strip() for t in tasks.split(",")) if isinstance(tasks, str) else tuple(tasks)
+    return LossOptions().consistency if len(set(tasks)) > 1 else "none"
+
+
 def flag_of(kwarg: str) -> str:
     f = FIELDS[kwarg]
     return f.flag or f.kwarg
@@ -262,9 +275,6 @@ class TrainConfig:
         if not isinstance(self.optim.betas, tuple):
             object.__setattr__(self, "optim", dataclasses.replace(self.optim, betas=tuple(self.optim.betas)))
         object.__setattr__(self, "model", model)
-        if len(set(model.tasks)) == 1 and self.loss.consistency != "none":
-            # a single task has nothing to be consistent with
-            object.__setattr__(self, "loss", dataclasses.replace(self.loss, consistency="none"))
         self._validate()
 
     # --- building ----------------------------------------------------------------------------------------
@@ -285,11 +295,18 @@ class TrainConfig:
         if dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
         given = {k: v for k, v in overrides.items() if v is not None}
-        return cls.from_flat({**PAPER_DEFAULTS[dataset], **given, "dataset": dataset})
+        values = {**PAPER_DEFAULTS[dataset], **given, "dataset": dataset}
+        if "consistency" not in given:
+            values["consistency"] = default_consistency(values)
+        return cls.from_flat(values)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with flat keyword changes (None values are ignored), validated."""
-        return TrainConfig.from_flat({**self.flat(), **{k: v for k, v in changes.items() if v is not None}})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        flat = {**self.flat(), **changes}
+        if "tasks" in changes and "consistency" not in changes and flat["consistency"] == LossOptions().consistency:
+            flat["consistency"] = default_consistency(flat)
+        return TrainConfig.from_flat(flat)
 
     def with_assignments(self, assignments: list[str]) -> TrainConfig:
         """Apply ``section.field=value`` strings (``--set``), e.g. ``optim.lr=3e-4``, ``model.tasks=seg``."""
@@ -304,6 +321,8 @@ class TrainConfig:
             changes[info.kwarg] = parse_value(info, value)
         flat = self.flat()
         flat.update(changes)
+        if "consistency" not in changes and flat["consistency"] == LossOptions().consistency:
+            flat["consistency"] = default_consistency(flat)
         return TrainConfig.from_flat(flat)
 
     # --- views -------------------------------------------------------------------------------------------
@@ -360,6 +379,11 @@ class TrainConfig:
         if not m.tasks or set(m.tasks) - {"seg", "depth"} or len(set(m.tasks)) != len(m.tasks):
             bad(f"--tasks must be seg,depth, seg or depth, got {','.join(m.tasks)}")
         one_of("consistency", lo.consistency, CONSISTENCY)
+        if len(m.tasks) == 1 and lo.consistency != "none":
+            bad(
+                f"--consistency {lo.consistency} needs both tasks; with --tasks {m.tasks[0]} there is nothing to be "
+                "consistent with (leave --consistency out, or give none)"
+            )
         if o.dwa_temperature <= 0:
             bad(f"--dwa-temperature must be positive, got {o.dwa_temperature}")
         if m.enc_layers not in RESNET_DEPTHS:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from crosstask_cli.data.dataset import PreparedDataset
 from crosstask_cli.data.labels import IGNORE_INDEX
-from crosstask_cli.data.prepared import DatasetError, DatasetMeta, open_split, read_meta
+from crosstask_cli.data.prepared import DatasetError, DatasetMeta, open_split, read_meta, verify_split
 from crosstask_cli.engine.device import amp_dtype, memory_format
 from crosstask_cli.engine.records import EvalResult
 from crosstask_cli.errors import ConfigError
@@ -196,19 +196,27 @@ def evaluate(
 
 
 def evaluate_predictions(
-    pred_dir: str | Path, data: str | Path, split: str = "val", protocol: str = "standard", batch_size: int = 8
+    pred_dir: str | Path,
+    data: str | Path,
+    split: str = "val",
+    protocol: str = "standard",
+    batch_size: int = 8,
+    verify: bool = False,
 ) -> EvalResult:
-    """Evaluate prediction files (as written by ``crosstask predict``) against a prepared split."""
+    """Evaluate prediction files (as written by ``crosstask predict``) against a prepared split. Class ids outside
+    the dataset's classes and non-finite depth are errors naming the file; ``verify`` checks every value of the
+    split first (else a sample)."""
     pred_dir, data = Path(pred_dir), Path(data)
     if not pred_dir.is_dir():
         raise DatasetError(f"{pred_dir}: not a directory of predictions")
     meta = read_meta(data)
     s = open_split(data, split)
+    verify_split(s, meta, full=verify)
     metrics = MetricSet.for_dataset(meta, (protocol,))
     h, w = meta.height, meta.width
     for start in range(0, len(s), batch_size):
         ids = s.files[start : start + batch_size]
-        preds = [read_prediction(pred_dir, i, h, w) for i in ids]
+        preds = [read_prediction(pred_dir, i, h, w, meta.num_classes) for i in ids]
         seg_p = torch.from_numpy(np.stack([p[0] for p in preds]).astype(np.int64))
         dep_p = torch.from_numpy(np.stack([p[1] for p in preds]))
         seg_t = torch.from_numpy(np.array(s.labels[start : start + len(ids)], dtype=np.int64))

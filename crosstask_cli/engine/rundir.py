@@ -3,6 +3,7 @@ a new run, ``--resume`` and ``--force``."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -11,13 +12,99 @@ from pathlib import Path
 from crosstask_cli.engine import distributed as ddp
 from crosstask_cli.engine.config import TrainConfig
 from crosstask_cli.errors import RunDirError
+from crosstask_cli.outputs import check_not_an_input, made_by_crosstask
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
 LAST = Path("checkpoints") / "last.pt"
 BEST = Path("checkpoints") / "best.pt"
 PLOTS = "plots"
-RESUME_MAY_CHANGE = ("epochs", "device", "workers")  # flat keywords; everything else is the saved recipe
+LOCK = ".crosstask.lock"
+RESUME_MAY_CHANGE = ("epochs", "device", "workers", "verify")  # flat keywords; everything else is the saved recipe
+
+
+class RunLock:
+    """An exclusive OS lock (``flock``) on ``RUN/.crosstask.lock`` while a process trains in ``RUN``.
+
+    The operating system releases it when the process ends, however it ends, so a lock file left by a dead
+    process is simply taken over (its PID is reported as stale). A second process is refused with the PID of the
+    one holding it. The file is removed on release.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self.fd: int | None = None
+        self.created_dir = False
+        self.stale_pid: int | None = None  # the PID in a lock file left by a process that ended
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunDirError(f"{self.run_dir} is a file, expected a run directory")
+        self.created_dir = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise RunDirError(
+                    f"{self.run_dir} is in use: another training (PID {holder or 'unknown'}) holds its lock; wait "
+                    "for it to finish or choose another --run-dir"
+                ) from None
+            try:  # the file we locked may have been removed by its previous holder meanwhile: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.stale_pid = _read_pid(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+        if self.created_dir:
+            try:
+                self.run_dir.rmdir()  # only if the run never wrote anything
+            except OSError:
+                pass
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def run_inputs(cfg: TrainConfig) -> dict[str, str | None]:
+    """What a training reads, by option: a run directory must not be or contain any of them."""
+    from crosstask_cli.engine.config import PAPER_DEFAULTS
+
+    return {
+        "--data": cfg.data.root or PAPER_DEFAULTS[cfg.data.name]["data"],
+        "--encoder-weights": cfg.model.encoder_weights,
+    }
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -30,6 +117,7 @@ class OpenedRun:
     cfg: TrainConfig
     resume_from: Path | None  # last.pt to continue from, or None
     restarted: bool  # --resume of a run killed before its first checkpoint: starts over with its saved config
+    lock: RunLock | None = None  # held by the main process until training ends (release it)
 
 
 def open_run_dir(
@@ -48,6 +136,7 @@ def open_run_dir(
     if run_dir is None and cfg.runtime.run_dir is None and dist.enabled:
         raise RunDirError("distributed training needs --run-dir (every process must agree on it)")
     run_dir = Path(run_dir or cfg.runtime.run_dir or default_run_dir(cfg))
+    check_not_an_input(run_dir, "--run-dir", run_inputs(cfg))
     last = run_dir / LAST
     if resume:
         if not last.is_file() and not (run_dir / CONFIG).is_file():
@@ -60,18 +149,26 @@ def open_run_dir(
         if unknown:
             raise RunDirError(f"--resume continues the saved config; cannot change {', '.join(sorted(unknown))}")
         cfg = saved.replace(**overrides)
-        opened = OpenedRun(run_dir, cfg, last if last.is_file() else None, restarted=not last.is_file())
+        check_not_an_input(run_dir, "--run-dir", run_inputs(cfg))
+        lock = RunLock(run_dir).acquire() if dist.is_main else None
+        opened = OpenedRun(run_dir, cfg, last if last.is_file() else None, restarted=not last.is_file(), lock=lock)
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not force:
-                raise RunDirError(
-                    f"{run_dir} already holds a run; use --resume to continue it or --force to replace it"
-                )
-            if run_dir.is_file():
-                raise RunDirError(f"{run_dir} is a file, expected a run directory")
-            ddp.barrier(dist)  # every process has checked before the main one deletes
-            if dist.is_main:
-                shutil.rmtree(run_dir)
-        opened = OpenedRun(run_dir, cfg, None, restarted=False)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirError(f"{run_dir} is a file, expected a run directory")
+        existing = run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir())
+        if existing and not force:
+            raise RunDirError(f"{run_dir} already holds a run; use --resume to continue it or --force to replace it")
+        if existing and not made_by_crosstask(run_dir, "run directory"):
+            raise RunDirError(
+                f"{run_dir} is not a crosstask run directory (no {CONFIG}); --force replaces only a run crosstask "
+                "made: remove the folder yourself or choose another --run-dir"
+            )
+        lock = RunLock(run_dir).acquire() if dist.is_main else None
+        ddp.barrier(dist)  # every process has checked before the main one deletes
+        if existing and dist.is_main:
+            for entry in run_dir.iterdir():
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        opened = OpenedRun(run_dir, cfg, None, restarted=False, lock=lock)
     opened.cfg = opened.cfg.replace(run_dir=str(run_dir))
     return opened

@@ -29,7 +29,7 @@ from crosstask_cli.engine.callbacks import (
     TrainReporter,
     TrainResult,
 )
-from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from crosstask_cli.engine.config import PAPER_DEFAULTS, TrainConfig
 from crosstask_cli.engine.device import amp_dtype, configure_device, memory_format, resolve_device
 from crosstask_cli.engine.evaluator import evaluate
@@ -152,9 +152,10 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         seed_everything(cfg.runtime.seed + self.dist.rank)  # per-rank randomness; the weights came from one seed
 
-        self.train_ds = PreparedDataset(prepared, "train", augment=True, seed=cfg.runtime.seed)
+        verify = cfg.runtime.verify
+        self.train_ds = PreparedDataset(prepared, "train", augment=True, seed=cfg.runtime.seed, verify=verify)
         self.select_split = "holdout" if "holdout" in self.meta.splits else "val"
-        self.val_ds = PreparedDataset(prepared, self.select_split, augment=False)
+        self.val_ds = PreparedDataset(prepared, self.select_split, augment=False, verify=verify)
         if len(self.train_ds) == 0:
             raise DatasetError(f"{prepared}: the train split is empty")
         self.sampler = EpochSampler(
@@ -187,6 +188,9 @@ class Trainer:
                 "trains the original's align_corners=True decoders, so the run cannot continue the same model. Its "
                 "checkpoints still load for eval/predict/export; start a new run to train further."
             )
+        mismatch = state_dict_mismatch(self.model.state_dict(), ckpt["model"])
+        if mismatch:
+            raise RunDirError(f"{path}: its weights do not match the run's model ({mismatch})")
         self.model.load_state_dict(ckpt["model"])
         self.weighting.load_state_dict(ckpt["weighting"]["state"])
         own = ckpt["weighting"].get("optimizers", [])
@@ -233,9 +237,15 @@ class Trainer:
                 f"{', '.join(bad)}; batch samples {', '.join(names[:8])}"
             )
             if self.nonfinite > self.cfg.runtime.skip_nonfinite:
+                last = self.ckpt_dir / "last.pt"
+                kept = (
+                    f"the last good checkpoint is kept: {last}"
+                    if last.is_file()
+                    else "no checkpoint had been written yet"
+                )
                 raise NonFiniteLossError(
-                    msg + f". Stopped; the last good checkpoint is kept in {self.ckpt_dir}. "
-                    "Lower --lr, or allow skips with --skip-nonfinite N."
+                    msg + f". Stopped; {kept}. Lower --lr, allow skips with --skip-nonfinite N, or check the data "
+                    "for NaN/inf with --verify."
                 )
             self.reporter.message(msg + f" (skipped, {self.nonfinite}/{self.cfg.runtime.skip_nonfinite})")
             self._zero_grad()
@@ -381,8 +391,18 @@ def train(
 
 def _train(cfg, run_dir, resume, force, reporter, data_progress, resume_overrides, dist: ddp.DistInfo) -> TrainResult:
     opened = rundir.open_run_dir(cfg, run_dir, resume, force, resume_overrides, dist)
+    try:
+        return _train_opened(opened, reporter, data_progress, dist)
+    finally:
+        if opened.lock is not None:
+            opened.lock.release()
+
+
+def _train_opened(opened: rundir.OpenedRun, reporter, data_progress, dist: ddp.DistInfo) -> TrainResult:
     cfg, run_dir = opened.cfg, opened.run_dir
     reporter = (reporter or TrainReporter()) if dist.is_main else TrainReporter()
+    if opened.lock is not None and opened.lock.stale_pid:
+        reporter.message(f"{run_dir}: took over the lock left by process {opened.lock.stale_pid}, which has ended")
     if dist.is_main:  # prepares (and may write a cache) once; the others then find it
         prepared = resolve_training_data(cfg, reporter, data_progress)
     ddp.barrier(dist)

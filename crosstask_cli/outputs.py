@@ -1,0 +1,139 @@
+"""Where a command may write: output paths checked before any work starts, and what ``--force`` may replace.
+
+``--force`` replaces only a folder crosstask made, recognised by the file it always writes there (its *marker*):
+a prepared dataset (``meta.json`` of the prepared format), a run directory (``config.json``), a predictions folder
+(``predictions.json``) or rendered synthetic scenes (``synthetic.json``). A folder that is, or contains, one of the
+command's inputs is refused whatever the flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from crosstask_cli.errors import ConfigError
+
+# kind → (marker file, the key its JSON object must hold)
+MARKERS: dict[str, tuple[str, str]] = {
+    "prepared dataset": ("meta.json", "format"),
+    "run directory": ("config.json", ""),
+    "predictions folder": ("predictions.json", "inputs"),
+    "synthetic scene folder": ("synthetic.json", "generator"),
+}
+
+Inputs = Mapping[str, "str | Path | None"]  # the input's option name (e.g. "--data") → its path
+
+
+def made_by_crosstask(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` holds the marker of ``kind`` (see :data:`MARKERS`), so ``--force`` may replace it."""
+    name, key = MARKERS[kind]
+    marker = Path(folder) / name
+    if not marker.is_file():
+        return False
+    try:
+        content = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    if kind == "prepared dataset":
+        return isinstance(content, dict) and content.get("format") == "crosstask-prepared"
+    return isinstance(content, dict) and (not key or key in content)
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))  # no symlink resolution needed to compare lexically…
+
+
+def _real(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()  # …but symlinks can alias folders, so compare both ways
+
+
+def contains(folder: str | Path, path: str | Path) -> bool:
+    """``path`` is ``folder`` itself or lies inside it (lexically or after resolving symlinks)."""
+    for f, p in ((_resolved(folder), _resolved(path)), (_real(folder), _real(path))):
+        if f == p or f in p.parents:
+            return True
+    return False
+
+
+def check_not_an_input(out: str | Path, flag: str, inputs: Inputs) -> None:
+    """Refuse an output folder that is an input or contains one (``--force`` or not)."""
+    for name, inp in inputs.items():
+        if inp is None:
+            continue
+        if contains(out, inp):
+            what = "is" if _real(out) == _real(inp) or _resolved(out) == _resolved(inp) else "contains"
+            raise ConfigError(
+                f"{flag} {out} {what} the input {name} {inp}; crosstask never writes over its inputs, choose another "
+                f"{flag}"
+            )
+
+
+def check_output_dir(out: str | Path, kind: str, flag: str, force: bool, inputs: Inputs | None = None) -> Path:
+    """Check an output folder before the work starts; returns it as an absolute path.
+
+    Absent or empty: fine. A file: refused. Non-empty: refused without ``force``; with it, only a ``kind`` folder
+    that crosstask made (its marker, :data:`MARKERS`) may be replaced. A folder that is or contains one of
+    ``inputs`` is refused whatever ``force`` says.
+    """
+    out = _resolved(out)
+    check_not_an_input(out, flag, inputs or {})
+    if not out.exists():
+        _check_creatable(out, flag)
+        return out
+    if not out.is_dir():
+        raise ConfigError(f"{flag} {out} is a file, expected a folder for the {kind}")
+    if not any(out.iterdir()):
+        return out
+    marker = MARKERS[kind][0]
+    if not force:
+        raise FileExistsError(f"{flag} {out} already exists and is not empty; pass --force to replace it")
+    if not made_by_crosstask(out, kind):
+        raise ConfigError(
+            f"{flag} {out} is not a {kind} made by crosstask (no {marker} of its own); --force replaces only what "
+            "crosstask made: remove it yourself or choose another folder"
+        )
+    return out
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable folder."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: permission denied, cannot create it in {parent}")
+
+
+def check_output_file(path: str | Path | None, flag: str, inputs: Inputs | None = None) -> Path | None:
+    """Check a file to be written (``--json``, ``--csv``, ``--onnx``, …) before the work starts: not a folder,
+    its folder creatable and writable, not one of ``inputs``. Returns it (absolute) or None."""
+    if path is None:
+        return None
+    p = _resolved(path)
+    if str(path).endswith(("/", os.sep)) or p.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give the path of the file to write")
+    for name, inp in (inputs or {}).items():
+        if inp is not None and (_resolved(inp) == p or _real(inp) == _real(p)):
+            raise ConfigError(f"{flag} {path} is the input {name}; crosstask never writes over its inputs")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise PermissionError(f"{flag} {path}: permission denied, cannot replace it")
+    _check_creatable(p, flag)
+    return p
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """Check a folder that a command adds files to (figures) before the work starts: a folder or creatable, and
+    writable. Nothing in it is removed, so no ``--force`` rule applies."""
+    p = _resolved(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, expected a folder")
+    if p.exists():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise PermissionError(f"{flag} {path}: permission denied, cannot write there")
+    else:
+        _check_creatable(p, flag)
+    return p
