@@ -196,6 +196,8 @@ def test_single_task_run_trains_evaluates_and_predicts(synthetic_raw, tmp_path):
     assert res["segmentation"]["miou"] is None and res["depth"]["abs_err"] > 0
     photo = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
     r = run_cli("predict", photo, "--ckpt", tmp_path / "run/checkpoints/best.pt", "--out", tmp_path / "p", "--transfer")
+    assert r.exit_code == 1 and "has no TaskTransferNets" in r.output  # nothing to transfer: refused, not ignored
+    r = run_cli("predict", photo, "--ckpt", tmp_path / "run/checkpoints/best.pt", "--out", tmp_path / "p")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "p/grace_hopper_depth.npy").is_file() and not (tmp_path / "p/grace_hopper_seg.png").exists()
     assert np.load(tmp_path / "p/grace_hopper_depth.npy").shape == (600, 512)

@@ -96,8 +96,13 @@ def test_predict_protects_inputs_and_existing_outputs(odd_images, tiny_run, tmp_
     (tmp_path / "out" / "mine.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="--force"):
         predict([HOPPER], ckpt, tmp_path / "out")
-    predict([HOPPER], ckpt, tmp_path / "out", force=True)
+    with pytest.raises(ValueError, match="not a predictions folder made by crosstask"):
+        predict([HOPPER], ckpt, tmp_path / "out", force=True)
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+    predict([HOPPER], ckpt, tmp_path / "preds")
+    (tmp_path / "preds" / "mine.txt").write_text("keep")
+    predict([HOPPER], ckpt, tmp_path / "preds", force=True)  # its own folder: written into, other files kept
+    assert (tmp_path / "preds" / "mine.txt").read_text() == "keep"
 
 
 def test_cli_predict_exit_codes_and_foreign_checkpoint(odd_images, tiny_run, tmp_path):

@@ -201,7 +201,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tmp_path, tiny_r
     torch.save({"format": "crosstask-checkpoint", "version": 1, "model": _Evil(marker)}, evil)
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(evil)
-    for args in (("info", evil), ("eval", "--ckpt", evil), ("predict", tmp_path, "--ckpt", evil, "--out", tmp_path / "o"),
+    for args in (("info", evil), ("eval", "--ckpt", evil), ("predict", marker.parent / "evil.pt", "--ckpt", evil, "--out", tmp_path / "o"),
                  ("export", "--ckpt", evil, "--onnx", tmp_path / "m.onnx")):  # fmt: skip
         r = run_cli(*args)
         assert r.exit_code == 1 and "refused" in r.output, args

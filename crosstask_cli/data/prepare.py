@@ -92,8 +92,9 @@ def _write_splits(
     progress: ProgressFactory,
 ) -> None:
     ids = {split: [ident(x) for x in items] for split, items in plan.items()}
-    for split_ids in ids.values():
-        check_ids(split_ids, writer.inputs.get("--src", "the source"))
+    for split, items in plan.items():
+        for x, i in zip(items, ids[split], strict=True):
+            check_ids([i], getattr(x, "image", None) or writer.inputs.get("--src", "the source"))
     writer.reserve({split: len(items) for split, items in plan.items()}, opts.height, opts.width)
     for split, items in plan.items():
         arrays = writer.new_split(split, len(items), opts.height, opts.width)

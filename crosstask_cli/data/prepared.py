@@ -207,6 +207,8 @@ def check_ids(ids: list[str], where: object) -> None:
     """Sample ids go one per line into ``files.txt``: refuse those the format cannot store, naming them."""
     for i in ids:
         if not i or any(c in i for c in "\n\r\x00") or i != i.strip():
+            where = str(where)
+            where = repr(where) if any(c in where for c in "\n\r\x00") else where  # the message stays one line
             raise DatasetError(
                 f"{where}: the file name {i!r} cannot be stored in a prepared dataset (empty, line breaks, NUL or "
                 "surrounding spaces); rename it"
