@@ -93,8 +93,21 @@ def temp_dir_beside(target: Path) -> Path:
     return tmp
 
 
+MARKER_NAMES = ("meta.json", "synthetic.json")  # what makes a folder a finished crosstask output: moved last
+
+
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder ``src`` to ``dst``; an existing ``dst`` is removed only after the move."""
+    """Move the finished folder ``src`` to ``dst``; an existing ``dst`` is removed only after the move.
+
+    An existing *empty* ``dst`` is kept (it may be a shell's working directory, ``--out .``): the entries of
+    ``src`` are renamed into it, the marker file (:data:`MARKER_NAMES`) last, so the folder reads as finished only
+    once everything is there."""
+    if dst.is_dir() and not dst.is_symlink() and not any(dst.iterdir()):
+        for entry in sorted(src.iterdir(), key=lambda e: e.name in MARKER_NAMES):
+            os.replace(entry, dst / entry.name)
+        src.rmdir()
+        _fsync_dir(dst)
+        return
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

@@ -108,6 +108,8 @@ def predict(
 
     inputs = [Path(p) for p in inputs]
     out = Path(out)
+    if recursive and not any(p.is_dir() for p in inputs):
+        raise InputError("--recursive descends into folders, but every input is a file")
     unsupported: list[tuple[str, str]] = []
     pairs = collect_inputs(inputs, recursive, unsupported)
     _check_out(out, pairs, inputs, force, Path(ckpt))

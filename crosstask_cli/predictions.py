@@ -121,6 +121,8 @@ def read_seg(path: Path) -> np.ndarray:
     """A ``*_seg*.png`` → H×W uint8 class ids."""
     import cv2
 
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: missing (no such prediction file)")
     seg = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if seg is None or seg.ndim != 2:
         raise DatasetError(f"{path}: expected a single-channel PNG of class ids")

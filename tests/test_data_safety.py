@@ -93,6 +93,18 @@ def test_prepare_refuses_an_output_that_is_or_holds_the_source(tmp_path, monkeyp
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # nothing deleted, no temp
 
 
+def test_prepare_into_the_empty_working_directory_keeps_that_folder(tmp_path, monkeypatch):
+    src = make_raw_cityscapes(tmp_path / "raw")
+    here = tmp_path / "here"
+    here.mkdir()
+    inode = here.stat().st_ino
+    monkeypatch.chdir(here)
+    r = run_cli("prepare", "cityscapes", "--src", src, "--out", ".", "--height", "8", "--width", "34")
+    assert r.exit_code == 0, r.output
+    assert here.stat().st_ino == inode and read_meta(Path(".")).splits == {"train": 2, "val": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "raw"]
+
+
 def test_prepare_force_replaces_its_own_dataset(tmp_path):
     src = make_raw_cityscapes(tmp_path / "raw")
     out = tmp_path / "prepared"
@@ -539,6 +551,17 @@ def test_contradictory_options_are_refused(tmp_path, tiny_run, synthetic_raw):
                 "--transfer")  # fmt: skip
     one_line_error(r, "--transfer", "has no TaskTransferNets", "--tasks seg")
     assert not (tmp_path / "p").exists()
+    # options that would change nothing
+    ckpt = tiny_run / "checkpoints/best.pt"
+    one_line_error(run_cli("predict", image, "--ckpt", ckpt, "--out", tmp_path / "p", "-r"), "every input is a file")
+    one_line_error(run_cli("eval", "--predictions", tmp_path, "--data", data, "--device", "cpu"), "apply to evaluating")
+    r = run_cli("visualize", "samples", "--data", data, "--height", "64", "--out", tmp_path / "s.png")
+    one_line_error(r, "the prepared dataset")
+    r = run_cli(
+        "visualize", "samples", "--data", synthetic_raw, "--ckpt", ckpt, "--width", "64", "--out", tmp_path / "s.png"
+    )
+    one_line_error(r, "the checkpoint")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "s.png").exists()
 
 
 def test_unsupported_files_in_a_folder_are_listed_not_ignored(tmp_path, tiny_run, synthetic_raw):
@@ -567,6 +590,7 @@ def test_a_checkpoint_whose_weights_disagree_with_its_header_is_one_line(tmp_pat
     assert len([line for line in r.output.splitlines() if line.strip()]) == 1
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_nonfinite_loss_before_any_checkpoint_points_to_no_checkpoint(tmp_path):
     data = tiny_prepared(tmp_path / "prep")
     depth = np.load(data / "train" / "depth.npy")
@@ -576,3 +600,33 @@ def test_nonfinite_loss_before_any_checkpoint_points_to_no_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match="no checkpoint had been written yet") as err:
         ct.train(cfg, run_dir=tmp_path / "run")
     assert "last good checkpoint" not in str(err.value) and "--verify" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("a,b\n1,2\n", "no valid 'epoch' column"),
+        ("epoch,val_miou\nabc,1\n", "no valid 'epoch' column"),
+        ("epoch,val_miou\n1,xyz\n", "epoch 1: a value is not a number"),
+    ],
+)
+def test_malformed_metrics_logs_are_one_line_in_compare_and_visualize(tmp_path, content, match):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(content)
+    one_line_error(run_cli("compare", run), "metrics.csv", match)
+    one_line_error(run_cli("visualize", "curves", run), "metrics.csv", match)
+
+
+def test_malformed_json_inputs_are_one_line(tmp_path, tiny_run):
+    data = tiny_prepared(tmp_path / "prep")
+    (data / "meta.json").write_text("[]")
+    one_line_error(run_cli("eval", "--ckpt", tiny_run / "checkpoints/best.pt", "--data", data), "matches no known")
+    with pytest.raises(DatasetError, match="format is None"):
+        read_meta(data)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    one_line_error(run_cli("compare", tmp_path / "list.json"), "not a JSON file written by `crosstask eval --json`")
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / "predictions.json").write_text(json.dumps({"checkpoint": "x"}))
+    one_line_error(run_cli("visualize", "predictions", preds), "not a crosstask predictions manifest", "missing")

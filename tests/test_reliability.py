@@ -155,6 +155,7 @@ def _poisonable(tmp_path: Path, synthetic_prepared: Path) -> Path:
     return dst
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_nonfinite_loss_stops_with_step_samples_and_component(synthetic_prepared, tmp_path):
     data = _poisonable(tmp_path, synthetic_prepared)
     cfg = ct.TrainConfig.for_dataset("synthetic", data=str(data), height=32, width=64, epochs=1, enc_layers=18,
@@ -215,7 +216,8 @@ def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tmp_path, tiny_r
         (lambda p, real: p.write_bytes(real.read_bytes()[: real.stat().st_size // 3]), "truncated or corrupt"),
         (lambda p, real: torch.save({"state_dict": {}}, p), "not a crosstask checkpoint"),
         (lambda p, real: torch.save({"format": "crosstask-checkpoint", "version": 99}, p), "newer than this crosstask"),
-        (lambda p, real: p.write_text("hello"), "truncated or corrupt"),
+        (lambda p, real: p.write_text("hello"), "not a PyTorch checkpoint file"),
+        (lambda p, real: p.write_text('{"model": {}}'), "not a PyTorch checkpoint file"),  # e.g. a config.json
         (lambda p, real: p.mkdir(), "is a directory"),
     ],
 )

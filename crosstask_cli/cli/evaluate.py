@@ -92,8 +92,8 @@ def eval_command(
     batch_size: int = typer.Option(
         8, "--batch-size", min=1, help="Evaluation batch size (the original protocol's depth averaging depends on it)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda[:N] or mps (with --ckpt)."),
+    workers: int = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (0; with --ckpt)."),
     verify: bool = typer.Option(
         False,
         "--verify",
@@ -109,6 +109,9 @@ def eval_command(
     if (ckpt is None) == (predictions is None):
         raise CLIError("give exactly one of --ckpt CKPT or --predictions PRED_DIR")
     check_output_file(json_file, "--json", {"--ckpt": ckpt, "--data": data, "--predictions": predictions})
+    if predictions is not None and (device is not None or workers is not None):
+        raise CLIError("--device and --workers apply to evaluating a model (--ckpt), not prediction files")
+    device, workers = device or "auto", workers or 0
     if predictions is not None:
         from crosstask_cli.data.prepare import detect_layout
         from crosstask_cli.engine.evaluator import evaluate_predictions

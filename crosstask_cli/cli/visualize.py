@@ -57,6 +57,11 @@ def samples(
         raise CLIError(f"--out {out_file}: expected a .png file name")
     check_output_file(out_file, "--out", {"--data": data, "--ckpt": ckpt})
     prepared = data
+    if (height or width) and (ckpt is not None or detect_layout(data) == "prepared"):
+        raise CLIError(
+            "--height/--width choose the size to prepare raw data at without --ckpt; here the size is given by "
+            + ("the checkpoint" if ckpt is not None else f"the prepared dataset {data}")
+        )
     if detect_layout(data) != "prepared":
         if ckpt is not None:
             from crosstask_cli.cli.evaluate import resolve_eval_data

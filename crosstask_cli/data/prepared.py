@@ -34,9 +34,10 @@ def is_prepared(path: Path) -> bool:
     if not meta.is_file():
         return False
     try:
-        return json.loads(meta.read_text()).get("format") == FORMAT
+        content = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(content, dict) and content.get("format") == FORMAT
 
 
 META_KEYS = ("dataset", "num_classes", "class_names", "palette", "depth", "height", "width", "splits")

@@ -69,7 +69,17 @@ class EpochRecord:
             epoch = int(float(row["epoch"]))
         except (KeyError, TypeError, ValueError):
             raise InputError(f"{where}: not a crosstask metrics log (a row has no valid 'epoch' column)") from None
-        rec = cls(epoch=epoch, step=int(_number(row.get("step", 0)) or 0), lr=_number(row.get("lr")))
+        try:
+            return cls._from_valid_row(row, epoch)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"{where}: not a crosstask metrics log (epoch {epoch}: a value is not a number: {exc})"
+            ) from None
+
+    @classmethod
+    def _from_valid_row(cls, row: Mapping[str, Any], epoch: int) -> EpochRecord:
+        step = _number(row.get("step", 0))
+        rec = cls(epoch=epoch, step=int(step) if math.isfinite(step) else 0, lr=_number(row.get("lr")))
         for key, value in row.items():
             if key.startswith("train_") and key != "train_seconds":
                 rec.train[key[6:]] = _number(value)
