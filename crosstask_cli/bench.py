@@ -16,35 +16,115 @@ from pathlib import Path
 
 import torch
 
-# Targets of the speed issue (ResNet-34, 7 classes, 128×256, batch 8, fp32, CPU).
+# Targets of the speed issue (ResNet-34, 7 classes, 128×256, batch 8, CPU). "peak_rss_gb" and
+# "metrics_share_of_eval" are upper bounds, the others lower bounds.
 TARGETS = {
     "train_vs_matmul": 0.85,
     "direct_vs_full_forward": 2.5,
     "loader_vs_raw_png": 100.0,
     "loader_vs_train_step": 10.0,
-    "metrics_vs_loop": 20.0,
+    "metrics_share_of_eval": 0.01,
     "peak_rss_gb": 6.0,
 }
+UPPER_BOUNDS = ("peak_rss_gb", "metrics_share_of_eval")
+# the timings each target's ratio is made of (a noisy one makes the target unjudgeable)
+TARGET_TIMINGS = {
+    "train_vs_matmul": ("train_step", "matmul"),
+    "direct_vs_full_forward": ("forward_full", "forward_direct"),
+    "loader_vs_raw_png": ("loader", "raw_png"),
+    "loader_vs_train_step": ("loader", "train_step"),
+    "metrics_share_of_eval": ("metrics_standard", "forward_full"),
+}
+MAX_OTHERS = 0.3  # cores other processes may use during a timed repetition before it is dropped
+
+
+class LoadProbe:
+    """How many cores *other* processes kept busy between two marks: the machine's busy time (``/proc/stat``,
+    steal included) less this process's own CPU time (its threads and waited-for children), over the wall time.
+    ``available`` is False where ``/proc/stat`` does not exist (then nothing is filtered)."""
+
+    def __init__(self) -> None:
+        self.available = self._busy() is not None
+
+    @staticmethod
+    def _busy() -> float | None:
+        import os
+
+        try:
+            with open("/proc/stat") as f:
+                values = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def mark(self) -> tuple[float, float, float]:
+        import os
+
+        t = os.times()
+        return (self._busy() or 0.0, t.user + t.system + t.children_user + t.children_system, time.monotonic())
+
+    def others_since(self, mark: tuple[float, float, float]) -> float:
+        """Cores other processes used since ``mark`` (≥ 0; 0 when unavailable)."""
+        if not self.available:
+            return 0.0
+        busy, own, wall = self.mark()
+        elapsed = max(wall - mark[2], 1e-6)
+        return max(0.0, ((busy - mark[0]) - (own - mark[1])) / elapsed)
+
+    def wait_for_quiet(self, max_others: float, limit_s: float, window_s: float = 0.5) -> tuple[float, bool]:
+        """Wait (up to ``limit_s``) for a ``window_s`` in which others use at most ``max_others`` cores; returns
+        (seconds waited, whether it is quiet)."""
+        start = time.monotonic()
+        while True:
+            m = self.mark()
+            time.sleep(window_s)
+            if self.others_since(m) <= max_others:
+                return time.monotonic() - start, True
+            if time.monotonic() - start >= limit_s:
+                return time.monotonic() - start, False
 
 
 @dataclass
 class Timing:
+    """Timed repetitions; ``others``: cores other processes used during each; ``kept``: the repetitions whose
+    ``others`` stayed under the limit. Statistics are over the kept ones (all of them when fewer than 3 were
+    kept, then ``noisy``)."""
+
     seconds: list[float]
+    others: list[float] = field(default_factory=list)
+    kept: list[bool] = field(default_factory=list)
+    wanted: int = 0  # clean repetitions asked for
+
+    @property
+    def clean(self) -> list[float]:
+        if not self.kept:
+            return self.seconds
+        clean = [s for s, k in zip(self.seconds, self.kept, strict=True) if k]
+        return clean if len(clean) >= 3 or len(clean) == len(self.seconds) else self.seconds
+
+    @property
+    def noisy(self) -> bool:
+        """Fewer clean repetitions than asked for could be had: the figure says more about the machine's load."""
+        return bool(self.kept) and sum(self.kept) < min(self.wanted or len(self.seconds), len(self.seconds))
 
     @property
     def median(self) -> float:
-        return statistics.median(self.seconds)
+        return statistics.median(self.clean)
 
     @property
     def spread(self) -> float:
         """Interquartile range relative to the median (0.05 = ±5 % noise)."""
-        if len(self.seconds) < 4:
-            return (max(self.seconds) - min(self.seconds)) / self.median
-        q = statistics.quantiles(self.seconds, n=4)
+        values = self.clean
+        if len(values) < 4:
+            return (max(values) - min(values)) / self.median
+        q = statistics.quantiles(values, n=4)
         return (q[2] - q[0]) / self.median
 
     def to_dict(self) -> dict:
-        return {"median_s": self.median, "spread": self.spread, "runs": len(self.seconds), "all_s": self.seconds}
+        return {"median_s": self.median, "spread": self.spread, "runs": len(self.seconds), "kept": sum(self.kept)
+                if self.kept else len(self.seconds), "noisy": self.noisy, "all_s": self.seconds,
+                "others_cores": self.others}  # fmt: skip
 
 
 def _sync(device: torch.device) -> None:
@@ -52,28 +132,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> Timing:
+def time_it(
+    fn: Callable[[], object],
+    runs: int,
+    warmup: int,
+    device: torch.device,
+    probe: LoadProbe | None = None,
+    max_others: float = MAX_OTHERS,
+    max_attempts: int | None = None,
+) -> Timing:
     """``runs`` timings of one call each, after ``warmup`` untimed calls, synchronising CUDA around each.
+
+    With a ``probe``, a repetition during which other processes used more than ``max_others`` cores is dropped
+    and repeated, up to ``max_attempts`` (default 3 × runs) in all; the Timing says how many were kept.
 
     Not ``torch.utils.benchmark.Timer``: its ``timeit`` runs at least two untimed calls before every measurement
     (3× the cost of a multi-second CPU training step per timed run), and ``blocked_autorange`` times blocks, not the
-    single calls whose spread is reported here."""
+    single calls whose spread is reported here; neither knows about other processes."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    out = []
-    for _ in range(runs):
+    seconds, others, kept = [], [], []
+    attempts = max_attempts or 3 * runs
+    while sum(kept) < runs and len(seconds) < (attempts if probe is not None else runs):
+        mark = probe.mark() if probe is not None else None
         start = time.perf_counter()
         fn()
         _sync(device)
-        out.append(time.perf_counter() - start)
-    return Timing(out)
+        seconds.append(time.perf_counter() - start)
+        load = probe.others_since(mark) if probe is not None else 0.0
+        others.append(load)
+        kept.append(load <= max_others)
+    return Timing(seconds, others, kept, wanted=runs)
 
 
-def matmul_gflops(device: torch.device, n: int = 4096, runs: int = 5) -> tuple[float, Timing]:
+def matmul_gflops(
+    device: torch.device, n: int = 4096, runs: int = 5, res: BenchResult | None = None
+) -> tuple[float, Timing]:
     """fp32 n×n matmul throughput (GFLOP/s), the reference for how fast this machine multiplies."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    t = time_it(lambda: a @ b, runs, 1, device)
+    t = res.time("matmul", lambda: a @ b, runs, 1, device) if res else time_it(lambda: a @ b, runs, 1, device)
     return 2 * n**3 / t.median / 1e9, t
 
 
@@ -99,7 +197,7 @@ class BenchConfig:
     width: int = 256
     batch_size: int = 8
     device: str = "auto"
-    amp: bool = False
+    amp: str = "auto"  # auto, off, bf16, fp16 (engine.device.resolve_amp)
     runs: int = 5
     warmup: int = 2
     matmul_n: int = 4096
@@ -107,6 +205,9 @@ class BenchConfig:
     raw_samples: int = 4  # full-size (2048×1024) raw PNG samples decoded for the loader baseline; 0 = skip
     weighting: str = "fixed"  # task weighting used in the training step (pcgrad costs one backward per task)
     channels_last: bool | None = None  # default: as training uses it (engine.device.memory_format)
+    max_others: float = MAX_OTHERS  # cores others may use during a kept repetition
+    quiet_wait_s: float = 30.0  # how long to wait for a quiet machine before starting
+    compare: tuple[str, str, str] | None = None  # (setting, A, B): time A and B interleaved instead of the parts
 
 
 @dataclass
@@ -115,23 +216,44 @@ class BenchResult:
     device: str
     figures: dict = field(default_factory=dict)
     ratios: dict = field(default_factory=dict)
+    noisy: list[str] = field(default_factory=list)  # timings with too few clean repetitions
+    probe: LoadProbe | None = field(default=None, repr=False)
 
-    def targets(self) -> dict[str, tuple[float, float, bool]]:
-        """name → (measured, target, met)."""
+    def time(self, name: str, fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> Timing:
+        """:func:`time_it` with this run's load probe; a noisy timing is remembered under ``name``."""
+        t = time_it(fn, runs, warmup, device, self.probe, self.config.get("max_others", MAX_OTHERS))
+        if t.noisy:
+            self.noisy.append(name)
+        return t
+
+    def targets(self) -> dict[str, tuple[float, float, str]]:
+        """name → (measured, target, status): ``met``, ``not met``, or ``noisy machine`` when a timing the ratio is
+        made of kept too few clean repetitions (then the figure says more about the load than the code)."""
         out = {}
         for name, target in TARGETS.items():
-            if name == "peak_rss_gb":
-                value = self.figures.get("peak_rss_gb")
-                if value is not None:
-                    out[name] = (value, target, value <= target)
-            elif name in self.ratios:
-                out[name] = (self.ratios[name], target, self.ratios[name] >= target)
+            value = self.figures.get(name) if name == "peak_rss_gb" else self.ratios.get(name)
+            if value is None:
+                continue
+            met = value <= target if name in UPPER_BOUNDS else value >= target
+            noisy = any(t in self.noisy for t in TARGET_TIMINGS.get(name, ()))
+            out[name] = (value, target, "met" if met else "noisy machine" if noisy else "not met")
         return out
 
 
-def bench_model(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
+@dataclass
+class ModelBench:
+    """A model on random inputs of the configured size: ``forward(direct_only)`` in inference mode and
+    ``train_step()`` (forward, losses in fp32, weighting's backward, Adam step), at the configured precision."""
+
+    model: torch.nn.Module
+    forward: Callable[[bool], object]
+    train_step: Callable[[], None]
+    precision: str
+
+
+def build_model_bench(cfg: BenchConfig, device: torch.device) -> ModelBench:
     import crosstask_cli as ct
-    from crosstask_cli.engine.device import amp_dtype, memory_format
+    from crosstask_cli.engine.device import autocast, memory_format, resolve_amp
 
     torch.manual_seed(0)
     model = ct.build_model(cfg.enc_layers, cfg.num_classes).to(device)
@@ -147,22 +269,31 @@ def bench_model(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
     x = torch.randn(b, 3, h, w, device=device).contiguous(memory_format=fmt)
     seg_t = torch.randint(0, cfg.num_classes, (b, h, w), device=device)
     depth_t = torch.rand(b, 1, h, w, device=device)
-    dtype = amp_dtype(device)
+    precision = resolve_amp(cfg.amp, device)
 
     def forward(direct_only: bool):
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=cfg.amp):
+        with torch.inference_mode(), autocast(device, precision):
             return model(x, direct_only=direct_only)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=cfg.amp):
+        with autocast(device, precision):
             pred = model(x)
+        if precision != "off":  # losses in fp32, as training computes them
+            pred = type(pred)(*(None if t is None else t.float() for t in pred))
         losses = loss_fn(pred, seg_t, depth_t)
         task_losses = {k: losses[k] for k in weighting.tasks}
         weighting.backward(weighting.combine(task_losses, model), task_losses, model)
         opt.step()
         weighting.after_step()
 
+    return ModelBench(model, forward, train_step, precision)
+
+
+def bench_model(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
+    mb = build_model_bench(cfg, device)
+    model, forward, train_step, b = mb.model, mb.forward, mb.train_step, cfg.batch_size
+    res.config["precision"] = mb.precision
     model.eval()
     flops_full = count_flops(lambda: forward(False)) / b
     flops_direct = count_flops(lambda: forward(True)) / b
@@ -171,11 +302,11 @@ def bench_model(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.eval()
-    t_full = time_it(lambda: forward(False), cfg.runs, cfg.warmup, device)
-    t_direct = time_it(lambda: forward(True), cfg.runs, cfg.warmup, device)
+    t_full = res.time("forward_full", lambda: forward(False), cfg.runs, cfg.warmup, device)
+    t_direct = res.time("forward_direct", lambda: forward(True), cfg.runs, cfg.warmup, device)
     model.train()
-    t_train = time_it(train_step, cfg.runs, cfg.warmup, device)
-    gflops, t_mm = matmul_gflops(device, cfg.matmul_n)
+    t_train = res.time("train_step", train_step, cfg.runs, cfg.warmup, device)
+    gflops, t_mm = matmul_gflops(device, cfg.matmul_n, res=res)
     train_gflops = flops_train * b / t_train.median / 1e9
     res.figures.update(
         forward_full=t_full.to_dict(),
@@ -263,8 +394,9 @@ def bench_metrics(cfg: BenchConfig, res: BenchResult, device: torch.device) -> N
     timings = {}
     for protocol in ("standard", "original"):
         metrics = MetricSet(c, (protocol,))
-        timings[protocol] = time_it(lambda m=metrics: m.update(logits, target, dp, dt), runs, 3, device)
-    t_loop = time_it(lambda: reference_metric_loop(logits, target, dp, dt), runs, 3, device)
+        timings[protocol] = res.time(f"metrics_{protocol}", lambda m=metrics: m.update(logits, target, dp, dt),
+                                     runs, 3, device)  # fmt: skip
+    t_loop = res.time("metrics_loop", lambda: reference_metric_loop(logits, target, dp, dt), runs, 3, device)
     res.figures["metrics_update"] = {
         "standard": timings["standard"].to_dict(),
         "original": timings["original"].to_dict(),
@@ -296,7 +428,7 @@ def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
         for i in range(n):
             ds[(state["epoch"], i)]
 
-    t = time_it(one_pass, 3, 1, torch.device("cpu"))
+    t = res.time("loader", one_pass, 3, 1, torch.device("cpu"))
     prepared_sps = n / t.median
     res.figures["loader"] = {"prepared_augmented_samples_per_s": prepared_sps, "prepared": t.to_dict()}
     if "train_step" in res.figures:
@@ -310,12 +442,65 @@ def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
             workdir / "full-size-raw", train=cfg.raw_samples, val=1, height=1024, width=2048, seed=1
         )
         samples = find_raw_samples(raw, "train")
-        t_raw = time_it(lambda: [convert_raw_sample(s, cfg.height, cfg.width, 7, "inverse") for s in samples], 3, 1,
-                        torch.device("cpu"))  # fmt: skip
+        t_raw = res.time("raw_png", lambda: [convert_raw_sample(s, cfg.height, cfg.width, 7, "inverse")
+                                             for s in samples], 3, 1, torch.device("cpu"))  # fmt: skip
         raw_sps = len(samples) / t_raw.median
         res.figures["loader"]["raw_png_samples_per_s"] = raw_sps
         res.figures["loader"]["raw_png"] = t_raw.to_dict()
         res.ratios["loader_vs_raw_png"] = prepared_sps / raw_sps
+
+
+COMPARABLE = ("weighting", "amp", "batch_size", "channels_last")  # settings --compare can set
+
+
+def bench_compare(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
+    """Time the training step under two values of one setting (``cfg.compare`` = (setting, A, B)), interleaved
+    A, B, B, A, … in one process so that both see the same machine; a pair is dropped when others' load
+    exceeded the limit during either step. Reports both medians and the median of the per-pair ratios B / A."""
+    import dataclasses
+
+    setting, a_value, b_value = cfg.compare
+    runs, pairs, every, others = cfg.runs, [], [], []
+    benches = [build_model_bench(dataclasses.replace(cfg, **{setting: v}), device) for v in (a_value, b_value)]
+    for mb in benches:
+        mb.model.train()
+        for _ in range(max(cfg.warmup, 1)):
+            mb.train_step()
+    _sync(device)
+    attempts = 0
+    while len(pairs) < runs and attempts < 3 * runs:
+        order = (0, 1) if attempts % 2 == 0 else (1, 0)
+        times, load = [0.0, 0.0], 0.0
+        for i in order:
+            mark = res.probe.mark() if res.probe else None
+            start = time.perf_counter()
+            benches[i].train_step()
+            _sync(device)
+            times[i] = time.perf_counter() - start
+            load = max(load, res.probe.others_since(mark) if res.probe else 0.0)
+        attempts += 1
+        others.append(load)
+        every.append(times)
+        if load <= cfg.max_others:
+            pairs.append(times)
+    if len(pairs) < runs:
+        res.noisy.append("compare")
+    use = pairs if len(pairs) >= min(3, runs) else every  # too few clean pairs: all of them, reported as noisy
+    ratio = statistics.median(t[1] / t[0] for t in use)
+    res.figures["compare"] = {
+        "setting": setting,
+        "a": a_value,
+        "b": b_value,
+        "precision": [mb.precision for mb in benches],
+        "a_median_s": statistics.median(t[0] for t in use),
+        "b_median_s": statistics.median(t[1] for t in use),
+        "ratio_b_over_a": ratio,
+        "pairs_kept": len(pairs),
+        "attempts": attempts,
+        "others_cores": others,
+        "noisy": len(pairs) < runs,
+    }
+    res.ratios["compare_b_over_a"] = ratio
 
 
 def run_bench(cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "loader"), progress=None) -> BenchResult:
@@ -325,9 +510,21 @@ def run_bench(cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "l
     from crosstask_cli.engine.device import resolve_device
 
     device = resolve_device(cfg.device)
-    res = BenchResult(config={**cfg.__dict__}, device=str(device))
+    res = BenchResult(config={**cfg.__dict__}, device=str(device), probe=LoadProbe())
     res.config["torch"] = torch.__version__
     res.config["threads"] = torch.get_num_threads()
+    machine = {"load_probe": res.probe.available, "max_others_cores": cfg.max_others}
+    if res.probe.available and cfg.quiet_wait_s > 0:
+        if progress:
+            progress("waiting for a quiet machine")
+        waited, quiet = res.probe.wait_for_quiet(cfg.max_others, cfg.quiet_wait_s)
+        machine.update(waited_s=waited, quiet_at_start=quiet)
+    res.figures["machine"] = machine
+    if cfg.compare is not None:
+        if progress:
+            progress(f"{cfg.compare[0]}: {cfg.compare[1]} against {cfg.compare[2]}")
+        bench_compare(cfg, res, device)
+        return res
     steps = {"model": lambda: bench_model(cfg, res, device), "metrics": lambda: bench_metrics(cfg, res, device)}
     with tempfile.TemporaryDirectory(prefix="crosstask-bench-") as tmp:
         steps["loader"] = lambda: bench_loader(cfg, res, Path(tmp))
@@ -335,4 +532,9 @@ def run_bench(cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "l
             if progress:
                 progress(part)
             steps[part]()
+    f = res.figures
+    if "forward_full" in f and "metrics_update" in f:
+        # what the metric update adds to evaluating a batch of the same size (full forward, as evaluate runs it)
+        update = f["metrics_update"]["standard"]["median_s"]
+        res.ratios["metrics_share_of_eval"] = update / (update + f["forward_full"]["median_s"])
     return res

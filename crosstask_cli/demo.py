@@ -29,6 +29,8 @@ class DemoSettings:
     predict_count: int = 4
     workers: int = 1
     seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32 (see engine.device.resolve_amp)
 
 
 @dataclass
@@ -41,21 +43,27 @@ class DemoResult:
 def run_demo(
     out: str | Path, settings: DemoSettings | None = None, force: bool = False, reporter=None, progress=None
 ) -> DemoResult:
+    from dataclasses import asdict
+
     from crosstask_cli.atomic import atomic_write_text
     from crosstask_cli.data.prepare import PrepareOptions, prepare_cityscapes, prepare_synthetic
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from crosstask_cli.engine.config import TrainConfig
+    from crosstask_cli.engine.device import resolve_device
     from crosstask_cli.engine.evaluator import evaluate
     from crosstask_cli.engine.trainer import train
+    from crosstask_cli.outputs import check_output_dir
     from crosstask_cli.predict import predict
     from crosstask_cli.visualize import prediction_panels, sample_grid
 
     s = settings or DemoSettings()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} already exists; pass --force to replace the demo there")
-        shutil.rmtree(out)
+    check_output_dir(out, "demo folder", "--out", force)
+    if out.exists():
+        for entry in out.iterdir():  # a demo folder of crosstask's own (checked above): replace its content
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "demo.json", json.dumps({"generator": "crosstask demo", "settings": asdict(s)}, indent=2))
     res = DemoResult(out)
     data = out / "data" / "synthetic"
     kw = {"progress": progress} if progress else {}
@@ -77,6 +85,8 @@ def run_demo(
         enc_layers=s.enc_layers,
         workers=s.workers,
         seed=s.seed,
+        device=s.device,
+        amp=s.amp,
         scheduler_step_size=max(1, (s.epochs * 2) // 3),
         select_metric="miou",
     )
@@ -87,14 +97,15 @@ def run_demo(
     res.artefacts["training curves"] = run.run_dir / "plots"
 
     ckpt = load_checkpoint(best)
-    metrics = evaluate(model_from_checkpoint(ckpt, best), prepared, "val", batch_size=8).to_dict()
+    dev = resolve_device(s.device)
+    metrics = evaluate(model_from_checkpoint(ckpt, best).to(dev), prepared, "val", 8, dev, amp=s.amp).to_dict()
     atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2, default=float))
     res.metrics = metrics
     res.artefacts["evaluation (JSON)"] = out / "eval.json"
 
     val_images = sorted((data / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))[: s.predict_count]
     pred_dir = out / "predictions"
-    predict(val_images, best, pred_dir, transfer=True, device="cpu")
+    predict(val_images, best, pred_dir, transfer=True, device=s.device, amp=s.amp)
     res.artefacts["predictions"] = pred_dir
     prediction_panels(pred_dir, out / "panels")
     res.artefacts["prediction panels"] = out / "panels"

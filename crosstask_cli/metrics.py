@@ -31,9 +31,11 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self._bad_targets: torch.Tensor | None = None  # out-of-range target pixels, counted on the device
 
     def reset(self) -> None:
         self.matrix.zero_()
+        self._bad_targets = None
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -52,13 +54,15 @@ class ConfusionMatrix:
             raise DatasetError(f"target class id out of range 0..{c - 1}")
         table = counts.view(256, c)
         bad = table[c:].sum() - table[self.ignore_index].sum() if self.ignore_index >= c else table[c:].sum()
-        if int(bad):
-            raise DatasetError(f"target class id out of range 0..{c - 1}")
+        # checked when the scores are computed: reading it here would wait for the device after every batch
+        self._bad_targets = bad if self._bad_targets is None else self._bad_targets + bad
         block = table[:c]
         if self.ignore_index < c:  # an ignore index inside the class range: that row is not counted
             block = block.clone()
             block[self.ignore_index] = 0
-        self.matrix += block.to(self.matrix.device, torch.int64)
+        if self.matrix.device != block.device:  # accumulate where the batches are (no copy back per batch)
+            self.matrix = self.matrix.to(block.device)
+        self.matrix += block
 
     def merge(self, other: torch.Tensor) -> None:
         """Add a matrix from elsewhere (another process or shard)."""
@@ -71,7 +75,13 @@ class ConfusionMatrix:
         union = m.sum(0) + m.sum(1) - tp
         return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
+    def check_targets(self) -> None:
+        """Raise if any target id seen so far was outside 0..C−1 and not the ignore index."""
+        if self._bad_targets is not None and int(self._bad_targets):
+            raise DatasetError(f"target class id out of range 0..{self.num_classes - 1}")
+
     def compute(self) -> dict:
+        self.check_targets()
         iou = self.iou()
         present = ~torch.isnan(iou)
         total = int(self.matrix.sum())
@@ -150,7 +160,9 @@ class DepthMetrics:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Add one batch; returns its own sums (float64, on the inputs' device, in the order of DEPTH_SUMS)."""
         row = depth_error_sums(pred, target)
-        self.sums += row.cpu()
+        if self.sums.device != row.device:  # accumulate on the batches' device: no host sync per batch
+            self.sums = self.sums.to(row.device)
+        self.sums += row
         return row
 
     def merge(self, other: torch.Tensor) -> None:
@@ -188,13 +200,15 @@ class OriginalProtocolMetrics:
         self.reset()
 
     def reset(self) -> None:
-        self.miou_sum = 0.0
-        self.acc_sum = 0.0
         self.images = 0
-        self.seg_images = 0
-        self.abs_sum = 0.0
-        self.rel_sum = 0.0
-        self.depth_images = 0
+        # [Σ image mIoU, Σ image pixel acc, images with labels, Σ batch abs·b, Σ batch rel·b, images with depth],
+        # float64 on the batches' device; read once, in compute()
+        self.sums = torch.zeros(6, dtype=torch.float64)
+
+    def _add(self, row: torch.Tensor, at: slice) -> None:
+        if self.sums.device != row.device:
+            self.sums = self.sums.to(row.device)
+        self.sums[at] += row
 
     @torch.no_grad()
     def update(
@@ -225,35 +239,32 @@ class OriginalProtocolMetrics:
         labelled = cm.sum((1, 2))
         union = cm.sum(1) + cm.sum(2) - tp
         present = union > 0
-        has_pixels = labelled > 0
+        has_pixels = (labelled > 0).double()
         image_iou = torch.where(present, tp / union.clamp(min=1), 0).sum(1) / present.sum(1).clamp(min=1)
         image_acc = tp.sum(1) / labelled.clamp(min=1)
-        sums = torch.stack([image_iou[has_pixels].sum(), image_acc[has_pixels].sum(), has_pixels.sum().double()])
-        miou, acc, n = sums.tolist()  # one host sync per batch
-        self.miou_sum += miou
-        self.acc_sum += acc
-        self.seg_images += int(n)
+        self._add(torch.stack([(image_iou * has_pixels).sum(), (image_acc * has_pixels).sum(), has_pixels.sum()]),
+                  slice(0, 3))  # fmt: skip
         self.images += b
 
     def _update_depth(self, depth_pred: torch.Tensor, depth_target: torch.Tensor) -> None:
         self.add_depth_sums(depth_error_sums(depth_pred, depth_target), depth_target.shape[0])
 
     def add_depth_sums(self, sums: torch.Tensor, batch_size: int) -> None:
-        """Add one batch from its ``depth_error_sums`` (shared with ``DepthMetrics`` to compute them once)."""
-        n, abs_sum, rel_sum = sums[:3].tolist()
-        if n > 0:
-            self.abs_sum += abs_sum / n * batch_size
-            self.rel_sum += rel_sum / n * batch_size
-            self.depth_images += batch_size
+        """Add one batch from its ``depth_error_sums`` (shared with ``DepthMetrics`` to compute them once); a batch
+        without valid depth pixels does not count."""
+        n = sums[0]
+        weight = (n > 0).double() * batch_size
+        self._add(torch.stack([sums[1] / n.clamp(min=1) * weight, sums[2] / n.clamp(min=1) * weight, weight]),
+                  slice(3, 6))  # fmt: skip
 
     def compute(self) -> dict[str, float]:
         nan = float("nan")
-        s, d = self.seg_images, self.depth_images
+        miou, acc, s, abs_sum, rel_sum, d = self.sums.tolist()
         return {
-            "miou": self.miou_sum / s if s else nan,
-            "pixel_acc": self.acc_sum / s if s else nan,
-            "abs_err": self.abs_sum / d if d else nan,
-            "rel_err": self.rel_sum / d if d else nan,
+            "miou": miou / s if s else nan,
+            "pixel_acc": acc / s if s else nan,
+            "abs_err": abs_sum / d if d else nan,
+            "rel_err": rel_sum / d if d else nan,
         }
 
 
@@ -283,7 +294,9 @@ class ConsistencyMetrics:
         valid = depth_target.reshape(depth.shape) > 0
         gap = ((depth - depth_from_seg).abs() * valid).double().sum()
         row = torch.stack([agree.sum().double(), labelled.sum().double(), gap, valid.sum().double()])
-        self.sums += row.cpu()
+        if self.sums.device != row.device:
+            self.sums = self.sums.to(row.device)
+        self.sums += row
 
     def compute(self) -> dict[str, float]:
         a, n, g, v = self.sums.tolist()

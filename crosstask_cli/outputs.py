@@ -21,6 +21,7 @@ MARKERS: dict[str, tuple[str, str]] = {
     "run directory": ("config.json", ""),
     "predictions folder": ("predictions.json", "inputs"),
     "synthetic scene folder": ("synthetic.json", "generator"),
+    "demo folder": ("demo.json", "generator"),
 }
 
 Inputs = Mapping[str, "str | Path | None"]  # the input's option name (e.g. "--data") → its path

@@ -94,16 +94,23 @@ def predict(
     device: str = "auto",
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    amp: str | bool = "off",
     on_total: Callable[[int], None] | None = None,
+    workers: int = 2,
 ) -> PredictResult:
-    """Predict segmentation and depth for image files with a checkpoint; see the module docstring."""
+    """Predict segmentation and depth for image files with a checkpoint; see the module docstring. ``workers``
+    threads decode the next images and encode/write the previous ones while the model runs; outputs, the
+    manifest and ``written`` keep the inputs' order."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     import torch.nn.functional as F
 
     from crosstask_cli.data.dataset import normalise
     from crosstask_cli.data.resize import resize_image
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from crosstask_cli.engine.device import memory_format, resolve_device
+    from crosstask_cli.engine.device import autocast, memory_format, resolve_amp, resolve_device
     from crosstask_cli.ops import class_labels
 
     inputs = [Path(p) for p in inputs]
@@ -123,6 +130,7 @@ def predict(
             f"{'' if len(model.config.tasks) == 1 else ' and --consistency none'}), so there is nothing to transfer"
         )
     dev = resolve_device(device)
+    precision = resolve_amp(amp, dev)
     fmt = memory_format(dev)
     model = model.to(dev, memory_format=fmt)
     if on_total:
@@ -133,47 +141,80 @@ def predict(
     manifest: dict[str, str] = {}
     start = time.perf_counter()
 
-    def flush(batch: list[tuple[Path, Path, np.ndarray]]) -> None:
-        x = normalise(torch.from_numpy(np.stack([resize_image(img, h, w) for _, _, img in batch])))
-        x = x.to(dev).contiguous(memory_format=fmt)
-        with torch.inference_mode():
-            pred = model(x, direct_only=not transfer)
-        for i, (f, rel, img) in enumerate(batch):
-            size = img.shape[:2]
-            maps = {"": (pred.seg, pred.depth)}
-            if transfer and pred.seg_from_depth is not None:
-                maps[TRANSFER_TAG] = (pred.seg_from_depth, pred.depth_from_seg)
-            files: dict[str, bytes] = {}
-            for tag, (seg_t, dep_t) in maps.items():
-                if seg_t is not None:  # a single-task model predicts one of the two
-                    seg = F.interpolate(seg_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
-                    labels = class_labels(seg)[0].to(torch.uint8).cpu().numpy()
-                    files.update(encode_seg(labels, palette, tag))
-                if dep_t is not None:
-                    dep = F.interpolate(dep_t[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
-                    depth = dep[0, 0].clamp(min=0).cpu().numpy().astype(np.float32)
-                    files.update(encode_depth(depth, depth_kind, tag))
-            write_files(out, rel, files)
-            result.written.append(str(rel))
-            manifest[str(rel)] = str(f.resolve())
-            if progress:
-                progress(1)
+    def load(f: Path) -> tuple[tuple[int, int], np.ndarray]:
+        """Decode and resize to the model's size (a worker thread: OpenCV releases the GIL)."""
+        img = read_image(f)
+        return img.shape[:2], resize_image(img, h, w)
 
-    batch: list[tuple[Path, Path, np.ndarray]] = []
-    for f, rel in pairs:
-        try:
-            img = read_image(f)
-        except (OSError, ValueError) as exc:
-            result.skipped.append((str(f), str(exc)))
-            if progress:
-                progress(1)
-            continue
-        batch.append((f, rel, img))
-        if len(batch) == batch_size:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
+    def finish(rel: Path, size: tuple[int, int], maps: dict) -> None:
+        """Upsample to the input's size, encode and write one image's outputs (a worker thread)."""
+        files: dict[str, bytes] = {}
+        for tag, (seg_t, dep_t) in maps.items():
+            if seg_t is not None:  # a single-task model predicts one of the two
+                seg = F.interpolate(seg_t, size=size, mode="bilinear", align_corners=False)
+                files.update(encode_seg(class_labels(seg)[0].to(torch.uint8).numpy(), palette, tag))
+            if dep_t is not None:
+                dep = F.interpolate(dep_t, size=size, mode="bilinear", align_corners=False)
+                files.update(encode_depth(dep[0, 0].clamp(min=0).numpy().astype(np.float32), depth_kind, tag))
+        write_files(out, rel, files)
+
+    # Three stages overlap: worker threads decode the next images and encode/write the previous ones while the
+    # model runs on this thread. Both queues are bounded, so memory stays a few batches of images.
+    ahead = 2 * batch_size
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        todo = iter(pairs)
+        loads: deque = deque()  # (file, rel, future of load), input order
+        writes: deque = deque()  # (file, rel, future of finish), input order
+
+        def refill() -> None:
+            for f, rel in todo:
+                loads.append((f, rel, pool.submit(load, f)))
+                if len(loads) >= ahead:
+                    return
+
+        def drain(keep: int) -> None:
+            """Account finished writes in input order; wait while more than ``keep`` are pending."""
+            while writes and (len(writes) > keep or writes[0][2].done()):
+                f, rel, fut = writes.popleft()
+                fut.result()  # a write error (disk full, permission) ends the run, naming the file
+                result.written.append(str(rel))
+                manifest[str(rel)] = str(f.resolve())
+                if progress:
+                    progress(1)
+
+        def run(batch: list) -> None:
+            x = normalise(torch.from_numpy(np.stack([small for _, _, _, small in batch])))
+            x = x.to(dev).contiguous(memory_format=fmt)
+            with torch.inference_mode(), autocast(dev, precision):
+                pred = model(x, direct_only=not transfer)
+            tags = {"": (pred.seg, pred.depth)}
+            if transfer and pred.seg_from_depth is not None:
+                tags[TRANSFER_TAG] = (pred.seg_from_depth, pred.depth_from_seg)
+            cpu = {t: tuple(None if a is None else a.float().cpu() for a in pair) for t, pair in tags.items()}
+            for i, (f, rel, size, _) in enumerate(batch):
+                maps = {t: tuple(None if a is None else a[i : i + 1] for a in pair) for t, pair in cpu.items()}
+                writes.append((f, rel, pool.submit(finish, rel, size, maps)))
+            drain(ahead)
+
+        refill()
+        batch: list = []
+        while loads:
+            f, rel, fut = loads.popleft()
+            refill()
+            try:
+                size, small = fut.result()
+            except (OSError, ValueError) as exc:
+                result.skipped.append((str(f), str(exc)))
+                if progress:
+                    progress(1)
+                continue
+            batch.append((f, rel, size, small))
+            if len(batch) == batch_size:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
+        drain(0)
     result.seconds = time.perf_counter() - start
     if result.written:
         write_manifest(

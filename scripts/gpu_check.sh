@@ -35,7 +35,7 @@ fi
 for size in "${SIZES[@]}"; do
     read -r H W B <<<"$size"
     for prec in fp32 amp; do
-        amp=(); [ "$prec" = amp ] && amp=(--amp)
+        amp=(--amp off); [ "$prec" = amp ] && amp=(--amp auto)
         echo "== bench ${H}x${W} batch $B $prec"
         crosstask bench --device "$DEVICE" --enc-layers "$ENC" --height "$H" --width "$W" --batch-size "$B" \
             "${amp[@]}" "${BENCH[@]}" --raw-samples 0 --json "$DIR/bench-${H}x${W}-b${B}-${prec}.json"
@@ -45,7 +45,7 @@ done
 echo "== 100-step AMP training on synthetic scenes"
 [ -d "$WORK/raw" ] || crosstask prepare synthetic --out "$WORK/raw" --train "$TRAIN_SCENES" --val 16 \
     --height "${RENDER[0]}" --width "${RENDER[1]}" --seed 0
-crosstask train synthetic --data "$WORK/raw" --run-dir "$WORK/run" --force --device "$DEVICE" --amp \
+crosstask train synthetic --data "$WORK/raw" --run-dir "$WORK/run" --force --device "$DEVICE" --amp auto \
     "${TRAIN[@]}" --max-val-batches 2 --workers 4 --seed 0
 cp "$WORK/run/metrics.csv" "$DIR/train-metrics.csv"
 

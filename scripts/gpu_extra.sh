@@ -18,11 +18,10 @@ import torch
 import crosstask_cli.engine.trainer as trainer
 from crosstask_cli.engine.config import TrainConfig
 
-trainer.amp_dtype = lambda device: torch.float16  # force the fp16 + GradScaler path
 work = Path(sys.argv[1])
 for weighting in ("gradnorm", "uncertainty"):
     cfg = TrainConfig.for_dataset("synthetic", data=str(work / "raw"), height=128, width=256, enc_layers=34,
-                                  batch_size=8, epochs=2, max_steps_per_epoch=20, max_val_batches=2, amp=True,
+                                  batch_size=8, epochs=2, max_steps_per_epoch=20, max_val_batches=2, amp="fp16",
                                   device="cuda", weighting=weighting, workers=4)
     res = trainer.train(cfg, run_dir=work / f"fp16-{weighting}", force=True)
     rows = list(csv.DictReader((res.run_dir / "metrics.csv").open()))
@@ -37,7 +36,7 @@ PY
 
 echo "== torchrun DDP on one GPU"
 torchrun --standalone --nproc-per-node 1 -m crosstask_cli train synthetic --data "$WORK/raw" \
-    --run-dir "$WORK/ddp" --force --device cuda --amp --height 128 --width 256 --batch-size 8 --enc-layers 34 \
+    --run-dir "$WORK/ddp" --force --device cuda --amp auto --height 128 --width 256 --batch-size 8 --enc-layers 34 \
     --epochs 2 --max-steps-per-epoch 10 --max-val-batches 2 --workers 4
 cp "$WORK/ddp/metrics.csv" "$DIR/ddp-metrics.csv"
 echo "ddp run finished"

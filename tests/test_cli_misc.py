@@ -85,6 +85,7 @@ def test_the_prepared_gpu_check_script_rehearses_on_cpu(tmp_path):
     assert "training loss decreased" in r.stdout
     for prec in ("fp32", "amp"):
         res = json.loads((tmp_path / "out" / f"bench-32x64-b2-{prec}.json").read_text())
-        assert res["config"]["amp"] == (prec == "amp") and res["device"] == "cpu"
+        assert res["config"]["amp"] == ("auto" if prec == "amp" else "off") and res["device"] == "cpu"
+        assert res["config"]["precision"] in (("off", "bf16") if prec == "amp" else ("off",))
         assert {"train_vs_matmul", "metrics_vs_loop", "loader_vs_train_step"} <= set(res["ratios"])
     assert (tmp_path / "out" / "log.txt").stat().st_size > 0

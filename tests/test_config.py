@@ -52,10 +52,10 @@ def test_nested_json_round_trip_and_a_0_1_flat_config_still_loads(tmp_path):
 
 def test_set_assignments_reach_any_field_in_its_type():
     cfg = TrainConfig.for_dataset("synthetic").with_assignments(
-        ["optim.lr=3e-4", "optim.betas=0.8,0.9", "model.tasks=depth", "runtime.amp=true", "runtime.max_val_batches=2"]
+        ["optim.lr=3e-4", "optim.betas=0.8,0.9", "model.tasks=depth", "runtime.amp=bf16", "runtime.max_val_batches=2"]
     )
     assert cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.8, 0.9) and cfg.model.tasks == ("depth",)
-    assert cfg.runtime.amp is True and cfg.runtime.max_val_batches == 2
+    assert cfg.runtime.amp == "bf16" and cfg.runtime.max_val_batches == 2
     with pytest.raises(ConfigError, match="expected SECTION.FIELD=VALUE"):
         cfg.with_assignments(["optim.learning_rate=1"])
     with pytest.raises(ConfigError, match="not a valid int"):

@@ -6,6 +6,7 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from crosstask_cli.engine.evaluator import MetricSet
+from crosstask_cli.errors import DatasetError
 from crosstask_cli.metrics import (
     ConfusionMatrix,
     DepthMetrics,
@@ -235,3 +236,40 @@ def test_original_protocol_with_an_ignore_index_inside_the_class_range():
     r = m.compute()
     # the pixel with target 0 is not counted: class 1 IoU 1/2, class 2 IoU 1/2, class 0 absent
     assert r["miou"] == pytest.approx(0.5) and r["pixel_acc"] == pytest.approx(2 / 3)
+
+
+def test_metric_updates_never_read_the_device_back(monkeypatch):
+    """On a GPU, reading a value back to the host waits for the device; the evaluator's per-batch updates (both
+    protocols, depth, consistency) must only launch work, with one read at the end of the evaluation. On CPU that
+    is checked by making every read-back method of tensors raise during the updates."""
+    from crosstask_cli.engine.evaluator import MetricSet
+
+    g = torch.Generator().manual_seed(0)
+    b, c, h, w = 3, 5, 8, 16
+    target = torch.randint(0, c, (b, h, w), generator=g)
+    target[:, 0] = 255
+    logits, logits_t = torch.randn(b, c, h, w, generator=g), torch.randn(b, c, h, w, generator=g)
+    dp, dt, dp_t = (torch.rand(b, 1, h, w, generator=g) for _ in range(3))
+    metrics = MetricSet(c, ("standard", "original"))
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} read a value back to the host during a metric update")
+
+        return fail
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+            m.setattr(torch.Tensor, name, forbidden(name))
+        for _ in range(2):
+            metrics.update(logits, target, dp, dt)
+            metrics.consistency.update(logits, logits_t, dp, dp_t, target, dt)
+    standard, original = metrics.result("standard", "val"), metrics.result("original", "val")
+    assert 0 <= standard.segmentation["miou"] <= 1 and original.depth["abs_err"] > 0
+    assert metrics.images == 2 * b
+    # out-of-range targets are still refused, when the scores are read
+    bad = target.clone()
+    bad[0, 1, 1] = c
+    metrics.update(logits, bad, dp, dt)
+    with pytest.raises(DatasetError, match="out of range"):
+        metrics.result("standard", "val")

@@ -171,3 +171,51 @@ def test_export_without_onnx_says_what_to_install(tiny_run, tmp_path, monkeypatc
     r = run_cli("export", "--ckpt", tiny_run / "checkpoints/best.pt", "--onnx", tmp_path / "x.onnx")
     assert r.exit_code == 1 and "crosstask-cli[onnx]" in r.output
     assert not os.path.exists(tmp_path / "x.onnx")
+
+
+def test_pipelined_predict_keeps_input_order_and_matches_one_image_at_a_time(
+    odd_images, tiny_run, tmp_path, monkeypatch
+):
+    """Decoding and writing run in worker threads while the model runs: with decode times that finish out of
+    order, the outputs, the manifest and ``written`` keep the inputs' order, and every output equals a plain
+    one-image-at-a-time computation."""
+    import random
+    import time
+
+    import torch.nn.functional as F
+
+    import crosstask_cli.predict as predict_module
+    from crosstask_cli.data.dataset import normalise
+    from crosstask_cli.data.resize import resize_image
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    files = [odd_images / n for n in ("hopper.jpg", "gray.png", "rgba.png", "deep.png", "rotated.jpg",
+                                      "sub_dir_image.bmp", "nested/small.webp", "notes.png")]  # fmt: skip
+    delays = random.Random(0)
+    real_read = predict_module.read_image
+
+    def slow_read(path):
+        time.sleep(delays.uniform(0, 0.05) if "hopper" not in str(path) else 0.2)  # the first one is slowest
+        return real_read(path)
+
+    monkeypatch.setattr(predict_module, "read_image", slow_read)
+    ckpt = tiny_run / "checkpoints/best.pt"
+    res = predict(files, ckpt, tmp_path / "out", batch_size=3, transfer=True, workers=3)
+    expected = [f.stem for f in files if f.name != "notes.png"]
+    assert res.written == expected and [Path(s).name for s, _ in res.skipped] == ["notes.png"]
+    manifest = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert list(manifest["inputs"]) == expected
+
+    c = load_checkpoint(ckpt)
+    model, (h, w) = model_from_checkpoint(c, ckpt), (c["dataset"]["height"], c["dataset"]["width"])
+    for f in files[:-1]:
+        img = real_read(f)
+        x = normalise(torch.from_numpy(resize_image(img, h, w)[None]))
+        with torch.inference_mode():
+            pred = model(x)
+        for tag, seg_t, dep_t in (("", pred.seg, pred.depth), ("_transfer", pred.seg_from_depth, pred.depth_from_seg)):
+            seg = F.interpolate(seg_t, size=img.shape[:2], mode="bilinear", align_corners=False).argmax(1)[0].numpy()
+            dep = F.interpolate(dep_t, size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0].clamp(min=0)
+            written_seg = cv2.imread(str(tmp_path / "out" / f"{f.stem}_seg{tag}.png"), cv2.IMREAD_UNCHANGED)
+            assert (written_seg == seg).mean() > 0.999, f  # batched vs single forward: float rounding only
+            np.testing.assert_allclose(np.load(tmp_path / "out" / f"{f.stem}_depth{tag}.npy"), dep.numpy(), atol=1e-4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -28,7 +27,11 @@ def bench_command(
     width: int = typer.Option(256, "--width", help="Input width."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Batch size."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision (bf16 where supported, else fp16)."),
+    amp: str = typer.Option(
+        "auto",
+        "--amp",
+        help="Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off (fp32), bf16, fp16.",
+    ),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per figure (after warm-up)."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed warm-up runs."),
     matmul_n: int = typer.Option(4096, "--matmul-size", min=256, help="Size n of the n×n fp32 matmul reference."),
@@ -42,16 +45,37 @@ def bench_command(
         help="Full-size 2048×1024 raw samples to decode for the loader baseline (0 skips it).",
     ),
     parts: list[str] = typer.Option(
-        list(PARTS), "--part", help="What to measure: model, metrics, loader (repeatable)."
+        None, "--part", help="What to measure: model, metrics, loader (repeatable; default all three)."
+    ),
+    compare: str = typer.Option(
+        None,
+        "--compare",
+        help="SETTING=A,B: time the training step with two values of one setting, interleaved in this process, "
+        "and print the ratio B/A instead of the other figures. SETTING: weighting (e.g. weighting=fixed,pcgrad), "
+        "amp (e.g. amp=off,bf16), batch-size, channels-last (on/off).",
+    ),
+    max_others: float = typer.Option(
+        0.3,
+        "--max-others",
+        min=0.0,
+        help="Drop (and repeat) a timed run during which other processes used more than this many CPU cores; "
+        "too few clean runs make a figure 'noisy machine' instead of 'not met'.",
+    ),
+    quiet_wait: float = typer.Option(
+        30.0, "--quiet-wait", min=0.0, help="Seconds to wait for a quiet machine before measuring (0: no wait)."
     ),
     weighting: str = typer.Option(
         "fixed", "--weighting", help="Task weighting in the training step (e.g. pcgrad, to measure its cost)."
     ),
     json_file: Path = typer.Option(None, "--json", help="Also write every figure as JSON."),
 ) -> None:
-    from crosstask_cli.bench import BenchConfig, run_bench
+    from crosstask_cli.bench import UPPER_BOUNDS, BenchConfig, run_bench
     from crosstask_cli.outputs import check_output_file
 
+    if compare is not None and parts:
+        raise CLIError("--compare times the training step only; --part does not apply to it")
+    parts = parts or list(PARTS)
+    compared = _parse_compare(compare) if compare is not None else None
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise CLIError(f"--part must be one of {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")
@@ -62,11 +86,20 @@ def bench_command(
             )
     check_output_file(json_file, "--json", {"--data": data})
     cfg = BenchConfig(enc_layers, num_classes, height, width, batch_size, device, amp, runs, warmup, matmul_n,
-                      str(data) if data else None, raw_samples, weighting)  # fmt: skip
+                      str(data) if data else None, raw_samples, weighting, max_others=max_others,
+                      quiet_wait_s=quiet_wait, compare=compared)  # fmt: skip
     res = run_bench(cfg, tuple(p for p in PARTS if p in parts), progress=lambda p: err.print(f"measuring {p}…"))
+    machine = res.figures.get("machine", {})
+    if machine.get("quiet_at_start") is False:
+        err.print(f"[yellow]warning:[/] other processes kept using more than {max_others:g} cores for "
+                  f"{machine['waited_s']:.0f} s; measuring anyway, dropping the disturbed runs")  # fmt: skip
+    if compared is not None:
+        _render_compare(res, enc_layers, height, width, batch_size)
+        _write_json(res, json_file)
+        return
     f = res.figures
     t = Table(title=f"crosstask bench · ResNet-{enc_layers}, {num_classes} classes, {height}×{width}, batch {batch_size}, "
-                    f"{res.device}{' AMP' if amp else ' fp32'}", title_justify="left")  # fmt: skip
+                    f"{res.device} {res.config.get('precision', amp).replace('off', 'fp32')}", title_justify="left")  # fmt: skip
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_column("spread", justify="right")
@@ -105,14 +138,77 @@ def bench_command(
     tt = Table(title="targets", title_justify="left")
     for col in ("ratio", "measured", "target", ""):
         tt.add_column(col, justify="right" if col in ("measured", "target") else "left")
-    for name, (value, target, met) in res.targets().items():
-        op = "≤" if name == "peak_rss_gb" else "≥"
-        tt.add_row(name, f"{value:.2f}", f"{op} {target:g}", "[green]met[/]" if met else "[red]not met[/]")
+    styles = {"met": "[green]met[/]", "not met": "[red]not met[/]", "noisy machine": "[yellow]noisy machine[/]"}
+    for name, (value, target, status) in res.targets().items():
+        op = "≤" if name in UPPER_BOUNDS else "≥"
+        tt.add_row(name, f"{value:.3g}", f"{op} {target:g}", styles[status])
     out.print(tt)
-    if json_file is not None:
-        from crosstask_cli.atomic import atomic_write_text
+    if res.noisy:
+        err.print(
+            f"[yellow]noisy machine:[/] other processes used more than {max_others:g} cores during too many runs of "
+            f"{', '.join(res.noisy)}; those figures describe the load, not crosstask (rerun on a quiet machine)"
+        )
+    _write_json(res, json_file)
 
-        payload = {"config": res.config, "device": res.device, "figures": res.figures, "ratios": res.ratios,
-                   "targets": {k: {"measured": v, "target": t_, "met": m} for k, (v, t_, m) in res.targets().items()}}  # fmt: skip
-        atomic_write_text(json_file, json.dumps(payload, indent=2, default=str))
-        out.print(f"figures written to [bold]{esc(json_file)}[/]")
+
+def _write_json(res, json_file: Path | None) -> None:
+    if json_file is None:
+        return
+    from crosstask_cli.atomic import atomic_write_json
+
+    payload = {"config": res.config, "device": res.device, "figures": res.figures, "ratios": res.ratios,
+               "noisy": res.noisy, "targets": {k: {"measured": v, "target": t_, "status": s}
+                                               for k, (v, t_, s) in res.targets().items()}}  # fmt: skip
+    atomic_write_json(json_file, payload)
+    out.print(f"figures written to [bold]{esc(json_file)}[/]")
+
+
+def _parse_compare(text: str) -> tuple[str, object, object]:
+    """``SETTING=A,B`` → (BenchConfig field, A, B), values in the field's type."""
+    from crosstask_cli.bench import COMPARABLE
+    from crosstask_cli.engine.device import AMP_MODES
+    from crosstask_cli.weighting import weighting_names
+
+    name, sep, values = text.partition("=")
+    field = name.strip().replace("-", "_")
+    parts = [v.strip() for v in values.split(",")]
+    if not sep or field not in COMPARABLE or len(parts) != 2 or not all(parts):
+        raise CLIError(
+            f"--compare {text!r}: expected SETTING=A,B with SETTING one of "
+            f"{', '.join(c.replace('_', '-') for c in COMPARABLE)}"
+        )
+    if field == "weighting":
+        bad = [p for p in parts if p not in weighting_names()]
+        choices = weighting_names()
+    elif field == "amp":
+        bad, choices = [p for p in parts if p not in AMP_MODES], AMP_MODES
+    elif field == "batch_size":
+        bad, choices = [p for p in parts if not (p.isdigit() and int(p) > 0)], ("positive integers",)
+        parts = parts if bad else [int(p) for p in parts]
+    else:
+        flags = {"on": True, "true": True, "off": False, "false": False}
+        bad, choices = [p for p in parts if p.lower() not in flags], ("on", "off")
+        parts = parts if bad else [flags[p.lower()] for p in parts]
+    if bad:
+        raise CLIError(f"--compare {text!r}: {', '.join(map(str, bad))} is not one of {', '.join(map(str, choices))}")
+    if parts[0] == parts[1]:
+        raise CLIError(f"--compare {text!r}: the two values are the same; nothing to compare")
+    return field, parts[0], parts[1]
+
+
+def _render_compare(res, enc_layers: int, height: int, width: int, batch_size: int) -> None:
+    c = res.figures["compare"]
+    setting = c["setting"].replace("_", "-")
+    t = Table(title=f"crosstask bench --compare · training step · ResNet-{enc_layers}, {height}×{width}, batch "
+                    f"{batch_size}, {res.device}", title_justify="left")  # fmt: skip
+    t.add_column(setting)
+    t.add_column("median step", justify="right")
+    t.add_column("precision")
+    t.add_row(str(c["a"]), f"{c['a_median_s'] * 1000:.0f} ms", c["precision"][0].replace("off", "fp32"))
+    t.add_row(str(c["b"]), f"{c['b_median_s'] * 1000:.0f} ms", c["precision"][1].replace("off", "fp32"))
+    out.print(t)
+    verdict = "[yellow]noisy machine[/] " if c["noisy"] else ""
+    out.print(
+        f"{verdict}ratio {c['b']} / {c['a']}: [bold]{c['ratio_b_over_a']:.3f}[/] (median of {c['pairs_kept']} "
+        f"interleaved pairs kept of {c['attempts']})"
+    )

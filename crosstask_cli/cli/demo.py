@@ -20,13 +20,20 @@ def demo_command(
     out_dir: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes."),
     epochs: int = typer.Option(7, "--epochs", min=1, help="Training epochs."),
     train_images: int = typer.Option(240, "--train-images", min=8, help="Synthetic training scenes."),
-    device: str = typer.Option("auto", "--device", help="Training device (auto, cpu, cuda, mps)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing demo folder."),
+    device: str = typer.Option("auto", "--device", help="Device (auto, cpu, cuda, mps)."),
+    amp: str = typer.Option(
+        "auto",
+        "--amp",
+        help="Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off (fp32), bf16, fp16.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier demo in --out (a folder with its demo.json; nothing else)."
+    ),
 ) -> None:
     from crosstask_cli.cli.reporting import rich_train_reporter
     from crosstask_cli.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(epochs=epochs, train=train_images)
+    settings = DemoSettings(epochs=epochs, train=train_images, device=device, amp=amp)
     with progress_factory() as progress:
         res = run_demo(out_dir, settings, force=force, reporter=rich_train_reporter(), progress=progress)
     seg, dep = res.metrics["segmentation"], res.metrics["depth"]

@@ -41,7 +41,8 @@ def render_results(res) -> None:
     """Print an EvalResult as two tables (metrics, per-class IoU)."""
     seg, dep = res.segmentation, res.depth
     t = Table(
-        title=f"{res.dataset or ''} {res.split} · {res.num_images} images · {res.protocol} protocol",
+        title=f"{res.dataset or ''} {res.split} · {res.num_images} images · {res.protocol} protocol"
+        + (f" · {'fp32' if res.precision == 'off' else res.precision + ' autocast'}" if res.precision else ""),
         title_justify="left",
     )
     t.add_column("metric")
@@ -93,6 +94,12 @@ def eval_command(
         8, "--batch-size", min=1, help="Evaluation batch size (the original protocol's depth averaging depends on it)."
     ),
     device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda[:N] or mps (with --ckpt)."),
+    amp: str = typer.Option(
+        None,
+        "--amp",
+        help="Precision with --ckpt: auto (default: bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off "
+        "(fp32), bf16, fp16. Metrics are accumulated in fp32.",
+    ),
     workers: int = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (0; with --ckpt)."),
     verify: bool = typer.Option(
         False,
@@ -109,9 +116,9 @@ def eval_command(
     if (ckpt is None) == (predictions is None):
         raise CLIError("give exactly one of --ckpt CKPT or --predictions PRED_DIR")
     check_output_file(json_file, "--json", {"--ckpt": ckpt, "--data": data, "--predictions": predictions})
-    if predictions is not None and (device is not None or workers is not None):
-        raise CLIError("--device and --workers apply to evaluating a model (--ckpt), not prediction files")
-    device, workers = device or "auto", workers or 0
+    if predictions is not None and (device is not None or workers is not None or amp is not None):
+        raise CLIError("--device, --workers and --amp apply to evaluating a model (--ckpt), not prediction files")
+    device, workers, amp = device or "auto", workers or 0, amp or "auto"
     if predictions is not None:
         from crosstask_cli.data.prepare import detect_layout
         from crosstask_cli.engine.evaluator import evaluate_predictions
@@ -138,8 +145,9 @@ def eval_command(
         with Progress(*progress_columns(), console=err, transient=True) as prog:
             task = prog.add_task(f"eval {split}", total=len(ds), info="")
             res = evaluate(
-                model, ds, split, batch_size, dev, protocol, workers=workers, progress=lambda n: prog.advance(task, n)
-            )
+                model, ds, split, batch_size, dev, protocol, workers=workers, amp=amp,
+                progress=lambda n: prog.advance(task, n),
+            )  # fmt: skip
         res.checkpoint, res.data = str(ckpt), str(prepared)
     render_results(res)
     if json_file is not None:

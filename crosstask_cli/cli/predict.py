@@ -28,6 +28,14 @@ def predict_command(
         False, "--transfer", help="Also write the transferred predictions (runs the TaskTransferNets)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
+    workers: int = typer.Option(
+        2, "--workers", min=1, help="Threads that decode/resize the next images and encode/write the previous ones."
+    ),
+    amp: str = typer.Option(
+        "auto",
+        "--amp",
+        help="Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off (fp32), bf16, fp16.",
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -53,6 +61,8 @@ def predict_command(
             force,
             progress=lambda n: prog.advance(task, n),
             on_total=lambda n: prog.update(task, total=n),
+            amp=amp,
+            workers=workers,
         )
     for path, reason in result.skipped:
         err.print(f"[yellow]skipped[/] {esc(path)}: {esc(reason)}", highlight=False)

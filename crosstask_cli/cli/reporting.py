@@ -22,7 +22,7 @@ def rich_train_reporter():
         def start(self, info: dict) -> None:
             resumed = f", resuming after epoch {info['start_epoch']}" if info["start_epoch"] else ""
             err.print(
-                f"[bold]training[/] on {info['device']}: {info['train']} train images, model selection on "
+                f"[bold]training[/] on {info['device']} ({info.get('precision', 'fp32')}): {info['train']} train images, model selection on "
                 f"'{info['select_split']}' ({info['val']} images), {info['params']:,} parameters{resumed}\n"
                 f"run directory: [bold]{esc(info['run_dir'])}[/]"
             )

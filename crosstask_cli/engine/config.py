@@ -142,7 +142,12 @@ class RuntimeOptions:
     run_dir: str | None = option(None, "Run directory (default runs/<dataset>-<timestamp>).", cli_type=Path)
     device: str = option("auto", "auto (default), cpu, cuda, cuda:N or mps.")
     seed: int = option(0, "Random seed (initialisation, shuffling, augmentation).")
-    amp: bool = option(False, "Mixed precision: bf16 where supported, else fp16 with a GradScaler.")
+    amp: str = option(
+        "auto",
+        "Precision: auto (default: bf16 autocast on CUDA GPUs that support it and on CPUs with native bf16, e.g. "
+        "AVX512-BF16/AMX; fp32 elsewhere), off (fp32), bf16, or fp16 (with a GradScaler). Losses and metrics stay "
+        "fp32. config.json records the precision used.",
+    )
     compile: bool = option(False, "torch.compile the model (GPU).")
     max_steps_per_epoch: int | None = option(None, "Quick runs: cap the training batches per epoch.")
     max_val_batches: int | None = option(None, "Quick runs: cap the validation batches per epoch.")
@@ -275,6 +280,9 @@ class TrainConfig:
         if not isinstance(self.optim.betas, tuple):
             object.__setattr__(self, "optim", dataclasses.replace(self.optim, betas=tuple(self.optim.betas)))
         object.__setattr__(self, "model", model)
+        if isinstance(self.runtime.amp, bool):  # crosstask ≤ 0.2 stored a boolean --amp
+            amp = "auto" if self.runtime.amp else "off"
+            object.__setattr__(self, "runtime", dataclasses.replace(self.runtime, amp=amp))
         self._validate()
 
     # --- building ----------------------------------------------------------------------------------------
@@ -361,6 +369,7 @@ class TrainConfig:
     # --- validation, once, in field terms ----------------------------------------------------------------
     def _validate(self) -> None:
         # imported here: the CLI reads the option table (this module) without loading torch
+        from crosstask_cli.engine.device import AMP_MODES
         from crosstask_cli.losses import CONSISTENCY, DEPTH_LOSSES, TDEPTH_LOSSES, TSEG_LOSSES
         from crosstask_cli.models.encoder import RESNET_DEPTHS
         from crosstask_cli.weighting import GRADNORM_PARAMS, weighting_names
@@ -403,6 +412,7 @@ class TrainConfig:
         one_of("tseg_loss", lo.tseg_loss, TSEG_LOSSES)
         one_of("weighting", o.weighting, weighting_names())
         one_of("optimizer", o.optimizer, OPTIMIZERS)
+        one_of("amp", r.amp, AMP_MODES)
         one_of("gradnorm_params", o.gradnorm_params, GRADNORM_PARAMS)
         one_of("select_metric", r.select_metric, tuple(SELECT_DIRECTION))
         needs = {"miou": "seg", "pixel_acc": "seg", "abs_err": "depth", "rel_err": "depth"}.get(r.select_metric)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from crosstask_cli.data.dataset import PreparedDataset
 from crosstask_cli.data.labels import IGNORE_INDEX
 from crosstask_cli.data.prepared import DatasetError, DatasetMeta, open_split, read_meta, verify_split
-from crosstask_cli.engine.device import amp_dtype, memory_format
+from crosstask_cli.engine.device import autocast, memory_format, resolve_amp
 from crosstask_cli.engine.records import EvalResult
 from crosstask_cli.errors import ConfigError
 from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
@@ -79,18 +79,17 @@ class MetricSet:
         """Sum every accumulator over the processes of a distributed run (each evaluated a shard)."""
         from crosstask_cli.engine.distributed import all_reduce_sum_
 
+        self.cm.check_targets()
         o = self.original
-        scalars = torch.tensor([o.miou_sum, o.acc_sum, o.images, o.seg_images, o.abs_sum, o.rel_sum,
-                                o.depth_images, self.images, float(self.has_consistency)], dtype=torch.float64)  # fmt: skip
-        parts = [self.cm.matrix.double(), self.depth.sums, self.consistency.sums, scalars]
-        flat = all_reduce_sum_(torch.cat([t.flatten() for t in parts]).to(device), dist).cpu()
+        scalars = torch.tensor([o.images, self.images, float(self.has_consistency)], dtype=torch.float64)
+        parts = [self.cm.matrix.double(), self.depth.sums, self.consistency.sums, o.sums, scalars]
+        flat = all_reduce_sum_(torch.cat([t.to(device).flatten() for t in parts]), dist).cpu()
         sizes = [t.numel() for t in parts]
-        cm, depth, cons, sc = torch.split(flat, sizes)
+        cm, depth, cons, orig, sc = torch.split(flat, sizes)
         self.cm.matrix = cm.round().long().view_as(self.cm.matrix)
-        self.depth.sums, self.consistency.sums = depth.clone(), cons.clone()
-        (o.miou_sum, o.acc_sum, images_o, seg_images, o.abs_sum, o.rel_sum, depth_images, images, has_c) = sc.tolist()
-        o.images, o.seg_images, o.depth_images = int(images_o), int(seg_images), int(depth_images)
-        self.images, self.has_consistency = int(images), has_c > 0
+        self.depth.sums, self.consistency.sums, o.sums = depth.clone(), cons.clone(), orig.clone()
+        images_o, images, has_c = sc.tolist()
+        o.images, self.images, self.has_consistency = int(images_o), int(images), has_c > 0
 
     def result(self, protocol: str, split: str) -> EvalResult:
         if protocol not in self.protocols:
@@ -124,7 +123,7 @@ def evaluate(
     loss_fn: CrossTaskLoss | None = None,
     max_batches: int | None = None,
     consistency: bool = True,
-    amp: bool = False,
+    amp: bool | str = False,
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
     dist=None,
@@ -136,6 +135,7 @@ def evaluate(
     distributed ``dist`` each process evaluates every world_size-th image and the metrics are summed.
     """
     device = torch.device(device)
+    precision = resolve_amp(amp, device)
     ds = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split, augment=False)
     indices = range(len(ds) if max_batches is None else min(len(ds), max_batches * batch_size))
     if dist is not None and dist.enabled:
@@ -158,7 +158,7 @@ def evaluate(
             images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
             seg_t = seg_t.to(device, non_blocking=True)
             depth_t = depth_t.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+            with autocast(device, precision):
                 pred = model(images, direct_only=not need_transfer)
             pred = type(pred)(*(None if t is None else t.float() for t in pred))
             metrics.update(pred.seg, seg_t, pred.depth, depth_t)
@@ -189,6 +189,7 @@ def evaluate(
             )
             loss_sums, batches = packed[:-1], int(packed[-1].item())
     out = metrics.result(protocol, ds.split_name)
+    out.precision = precision
     if loss_fn is not None:
         sums = loss_sums.tolist() if loss_sums is not None else [0.0] * len(loss_keys)
         out.loss = {k: v / max(batches, 1) for k, v in zip(loss_keys, sums, strict=True)}

@@ -126,7 +126,8 @@ class EvalResult:
 
     ``segmentation``: miou, pixel_acc, per_class_iou {name: iou}; ``depth``: abs_err, rel_err, … (see
     ``metrics.DepthMetrics``); ``consistency`` (models with TaskTransferNets): seg_agreement, depth_gap; ``loss``:
-    mean loss components when a loss function was given; ``checkpoint``/``data``: where it came from.
+    mean loss components when a loss function was given; ``checkpoint``/``data``: where it came from;
+    ``precision``: of the model's forward pass (off = fp32, bf16, fp16).
     """
 
     protocol: str
@@ -140,9 +141,10 @@ class EvalResult:
     loss: dict[str, float] | None = None
     checkpoint: str | None = None
     data: str | None = None
+    precision: str | None = None  # the model's forward pass: off (fp32), bf16 or fp16; metrics are always fp32
 
     KEYS = ("protocol", "split", "num_images", "dataset", "depth_kind", "segmentation", "depth")
-    OPTIONAL = ("consistency", "loss", "checkpoint", "data")
+    OPTIONAL = ("consistency", "loss", "checkpoint", "data", "precision")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.KEYS}
@@ -169,4 +171,5 @@ class EvalResult:
             loss=d.get("loss"),
             checkpoint=d.get("checkpoint"),
             data=d.get("data"),
+            precision=d.get("precision"),
         )

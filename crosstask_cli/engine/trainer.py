@@ -31,7 +31,14 @@ from crosstask_cli.engine.callbacks import (
 )
 from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from crosstask_cli.engine.config import PAPER_DEFAULTS, TrainConfig
-from crosstask_cli.engine.device import amp_dtype, configure_device, memory_format, resolve_device
+from crosstask_cli.engine.device import (
+    amp_dtype,
+    autocast,
+    configure_device,
+    memory_format,
+    resolve_amp,
+    resolve_device,
+)
 from crosstask_cli.engine.evaluator import evaluate
 from crosstask_cli.engine.records import VAL_METRICS, EpochRecord
 from crosstask_cli.engine.state import checkpoint_payload, seed_everything, set_rng_state
@@ -78,6 +85,8 @@ class Trainer:
         self.reporter = reporter if (reporter is not None and self.dist.is_main) else TrainReporter()
         self.device = resolve_device(ddp.device_for(self.dist, cfg.runtime.device))
         configure_device(self.device)
+        # "auto" becomes the precision actually used, so config.json, checkpoints and --resume record it
+        self.cfg = cfg = cfg.replace(amp=resolve_amp(cfg.runtime.amp, self.device))
         self.ckpt_dir = self.run_dir / rundir.LAST.parent
         if self.dist.is_main:
             for stale in self.ckpt_dir.glob(".*.tmp"):  # left by a process killed while writing a checkpoint
@@ -139,9 +148,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, cfg.optim.scheduler_step_size, cfg.optim.scheduler_gamma
         )
-        self.amp = cfg.runtime.amp
-        self.amp_dtype = amp_dtype(self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        self.amp = cfg.runtime.amp  # resolved: off, bf16 or fp16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype(self.amp) == torch.float16)
         self.forward = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -221,8 +229,10 @@ class Trainer:
 
     def _train_step(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
         self._zero_grad()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with autocast(self.device, self.amp):
             pred = self.forward(images)
+        if self.amp != "off":  # the losses (and the weighting) in fp32
+            pred = type(pred)(*(None if t is None else t.float() for t in pred))
         losses = self.loss_fn(pred, seg_t, depth_t)
         total = self.weighting.combine({k: losses[k] for k in self.weighting.tasks}, self.model)
         # Every process must take the same decision, or DDP's collective calls would hang.
@@ -347,6 +357,7 @@ class Trainer:
             {
                 "run_dir": str(self.run_dir),
                 "device": str(self.device),
+                "precision": {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler"}[self.amp],
                 "data": str(self.prepared),
                 "train": len(self.train_ds),
                 "select_split": self.select_split,
@@ -409,6 +420,7 @@ def _train_opened(opened: rundir.OpenedRun, reporter, data_progress, dist: ddp.D
     if not dist.is_main:
         prepared = resolve_training_data(cfg)
     trainer = Trainer(cfg, run_dir, reporter, dist)
+    cfg = trainer.cfg  # with the precision resolved
     trainer.setup(prepared)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
