@@ -36,6 +36,7 @@ TARGET_TIMINGS = {
     "metrics_share_of_eval": ("metrics_standard", "forward_full"),
 }
 MAX_OTHERS = 0.3  # cores other processes may use during a timed repetition before it is dropped
+LOAD_WINDOW_S = 0.25  # shortest span the load of other processes is measured over
 
 
 class LoadProbe:
@@ -154,15 +155,30 @@ def time_it(
     _sync(device)
     seconds, others, kept = [], [], []
     attempts = max_attempts or 3 * runs
-    while sum(kept) < runs and len(seconds) < (attempts if probe is not None else runs):
-        mark = probe.mark() if probe is not None else None
+    # /proc/stat counts in clock ticks (10 ms): the load of a run shorter than a window is measured over the
+    # window of consecutive runs it belongs to, and judged with them
+    window, pending, mark = LOAD_WINDOW_S, 0, probe.mark() if probe is not None else None
+    while sum(kept) + pending < runs or pending:
+        if len(seconds) >= (attempts if probe is not None else runs):
+            break
         start = time.perf_counter()
         fn()
         _sync(device)
         seconds.append(time.perf_counter() - start)
-        load = probe.others_since(mark) if probe is not None else 0.0
-        others.append(load)
-        kept.append(load <= max_others)
+        pending += 1
+        if probe is None:
+            others.append(0.0)
+            kept.append(True)
+            pending = 0
+        elif time.monotonic() - mark[2] >= window or sum(kept) + pending >= runs:
+            load = probe.others_since(mark)
+            others.extend([load] * pending)
+            kept.extend([load <= max_others] * pending)
+            pending, mark = 0, probe.mark()
+    if pending:  # attempts ran out inside a window
+        load = probe.others_since(mark)
+        others.extend([load] * pending)
+        kept.extend([load <= max_others] * pending)
     return Timing(seconds, others, kept, wanted=runs)
 
 

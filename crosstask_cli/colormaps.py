@@ -25,6 +25,13 @@ def depth_range(depth: np.ndarray, kind: str) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
+def _depth_lut() -> np.ndarray:
+    """256×3 uint8 RGB of :data:`DEPTH_CMAP`."""
+    import matplotlib
+
+    return (matplotlib.colormaps[DEPTH_CMAP](np.arange(256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
 def colorize_depth(
     depth: np.ndarray, kind: str, vrange: tuple[float, float] | None = None, mark_invalid: bool = True
 ) -> np.ndarray:
@@ -33,14 +40,14 @@ def colorize_depth(
     ``mark_invalid``: ground truth's 0 (no measurement) is drawn dark grey; predictions have no invalid
     pixels, so for them (False) a value ≤ 0 is simply the far end of the scale.
     """
-    import matplotlib
-
     if not mark_invalid:
         floor = 1e-6 if kind == "inverse" else None
         depth = np.maximum(depth, floor) if floor else np.where(depth > 0, depth, np.inf)
     lo, hi = vrange or depth_range(depth, kind)
-    norm = np.clip((depth_display(depth, kind) - lo) / (hi - lo), 0, 1)
-    rgb = (matplotlib.colormaps[DEPTH_CMAP](norm)[..., :3] * 255 + 0.5).astype(np.uint8)
+    norm = np.nan_to_num(np.clip((depth_display(depth, kind) - lo) / (hi - lo), 0, 1), nan=0.0)
+    # the colormap's own 256-entry table, indexed as matplotlib indexes it (x·N truncated, 1.0 → the last entry),
+    # without the float64 RGBA image that calling the colormap on the whole map builds
+    rgb = _depth_lut()[np.minimum((norm * 256).astype(np.intp), 255)]
     if mark_invalid:
         rgb[depth <= 0] = INVALID_RGB
     return rgb

@@ -84,6 +84,19 @@ def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path]
     check_output_dir(out, "predictions folder", "--out", force, inputs_by_flag)
 
 
+def upsampled_class_ids(logits, size: tuple[int, int]) -> np.ndarray:
+    """C×h×w logits (CPU tensor) → H×W uint8 class ids of the bilinearly upsampled logits (half-pixel centres, as
+    ``F.interpolate(..., align_corners=False)``), first maximum on ties. OpenCV resizes the channels-last logits
+    about 3× faster than torch on a CPU at full Cityscapes size."""
+    import cv2
+
+    hwc = np.ascontiguousarray(logits.permute(1, 2, 0).numpy(), dtype=np.float32)
+    up = cv2.resize(hwc, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    if up.ndim == 2:  # one class: OpenCV drops the channel axis
+        return np.zeros(size, np.uint8)
+    return up.argmax(2).astype(np.uint8)
+
+
 def predict(
     inputs: Iterable[str | Path],
     ckpt: str | Path,
@@ -111,7 +124,6 @@ def predict(
     from crosstask_cli.data.resize import resize_image
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from crosstask_cli.engine.device import autocast, memory_format, resolve_amp, resolve_device
-    from crosstask_cli.ops import class_labels
 
     inputs = [Path(p) for p in inputs]
     out = Path(out)
@@ -151,8 +163,7 @@ def predict(
         files: dict[str, bytes] = {}
         for tag, (seg_t, dep_t) in maps.items():
             if seg_t is not None:  # a single-task model predicts one of the two
-                seg = F.interpolate(seg_t, size=size, mode="bilinear", align_corners=False)
-                files.update(encode_seg(class_labels(seg)[0].to(torch.uint8).numpy(), palette, tag))
+                files.update(encode_seg(upsampled_class_ids(seg_t[0], size), palette, tag))
             if dep_t is not None:
                 dep = F.interpolate(dep_t, size=size, mode="bilinear", align_corners=False)
                 files.update(encode_depth(dep[0, 0].clamp(min=0).numpy().astype(np.float32), depth_kind, tag))

@@ -313,7 +313,7 @@ class PCGradWeighting(TaskWeighting):
 
     def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
         if scaler is not None and scaler.is_enabled():
-            raise ConfigError("pcgrad does not support fp16 loss scaling; use --amp on a bf16 GPU or fp32")
+            raise ConfigError("pcgrad does not support fp16 loss scaling; use --amp bf16 or --amp off")
         params = [p for p in model.parameters() if p.requires_grad]
         shared = {id(p) for p in model.shared_parameters()}
         per_task = []

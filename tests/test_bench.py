@@ -17,7 +17,8 @@ from crosstask_cli.bench import BenchResult, LoadProbe, time_it
 
 
 class ScriptedProbe:
-    """A load probe that reports the given loads (cores used by others), one per timed repetition."""
+    """A load probe that reports the given loads (cores used by others), one per timed repetition (each mark is
+    long past, so every repetition closes its own measuring window)."""
 
     available = True
 
@@ -25,7 +26,7 @@ class ScriptedProbe:
         self.loads = list(loads)
 
     def mark(self):
-        return None
+        return (0.0, 0.0, float("-inf"))
 
     def others_since(self, mark) -> float:
         return self.loads.pop(0)
@@ -38,6 +39,14 @@ def test_disturbed_repetitions_are_dropped_and_repeated():
     assert len(calls) == 1 + 5  # warm-up, then repeated until 3 clean runs
     assert t.kept == [True, False, True, False, True] and not t.noisy
     assert t.to_dict()["kept"] == 3 and len(t.clean) == 3
+
+
+def test_short_repetitions_are_judged_by_the_window_they_ran_in():
+    """/proc/stat counts 10 ms ticks: runs shorter than the window share one load measurement."""
+    probe = LoadProbe()
+    t = time_it(lambda: time.sleep(0.01), runs=12, warmup=0, device=torch.device("cpu"), probe=probe)
+    assert len(t.seconds) == len(t.others) == len(t.kept) >= 12
+    assert len(set(t.others)) < len(t.others)  # several runs per measured window
 
 
 def test_too_few_clean_repetitions_make_the_timing_noisy():

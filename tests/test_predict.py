@@ -219,3 +219,30 @@ def test_pipelined_predict_keeps_input_order_and_matches_one_image_at_a_time(
             written_seg = cv2.imread(str(tmp_path / "out" / f"{f.stem}_seg{tag}.png"), cv2.IMREAD_UNCHANGED)
             assert (written_seg == seg).mean() > 0.999, f  # batched vs single forward: float rounding only
             np.testing.assert_allclose(np.load(tmp_path / "out" / f"{f.stem}_depth{tag}.npy"), dep.numpy(), atol=1e-4)
+
+
+def test_fast_full_size_post_processing_equals_the_plain_computation():
+    """predict's OpenCV upsampling of the logits and table lookup of the depth colours give what torch's bilinear
+    interpolation + argmax and matplotlib's colormap give."""
+    import torch.nn.functional as F
+
+    from crosstask_cli.colormaps import colorize_depth, depth_range
+    from crosstask_cli.predict import upsampled_class_ids
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 32, 64, generator=g)
+    ours = upsampled_class_ids(logits, (250, 500))
+    plain = F.interpolate(logits[None], size=(250, 500), mode="bilinear", align_corners=False).argmax(1)[0].numpy()
+    assert ours.shape == (250, 500) and ours.dtype == np.uint8 and (ours == plain).mean() > 0.9995
+    depth = torch.rand(60, 80, generator=g).numpy() * 0.3
+    depth[0, :4] = 0
+    for kind, mark in (("inverse", True), ("metric", False)):
+        d = depth if mark else np.where(depth > 0, depth, np.inf)  # as colorize_depth treats a prediction
+        lo, hi = depth_range(d, kind)
+        from crosstask_cli.colormaps import depth_display
+
+        norm = np.clip((depth_display(d, kind) - lo) / (hi - lo), 0, 1)
+        expected = (matplotlib.colormaps["magma"](norm)[..., :3] * 255 + 0.5).astype(np.uint8)
+        if mark:
+            expected[d <= 0] = (40, 40, 40)
+        assert np.array_equal(colorize_depth(depth, kind, mark_invalid=mark), expected), kind

@@ -280,7 +280,7 @@ class TrainConfig:
         if not isinstance(self.optim.betas, tuple):
             object.__setattr__(self, "optim", dataclasses.replace(self.optim, betas=tuple(self.optim.betas)))
         object.__setattr__(self, "model", model)
-        if isinstance(self.runtime.amp, bool):  # crosstask ≤ 0.2 stored a boolean --amp
+        if isinstance(self.runtime.amp, bool):  # configs of earlier versions stored a boolean --amp
             amp = "auto" if self.runtime.amp else "off"
             object.__setattr__(self, "runtime", dataclasses.replace(self.runtime, amp=amp))
         self._validate()

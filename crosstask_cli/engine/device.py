@@ -58,7 +58,7 @@ def resolve_amp(mode: str | bool, device: torch.device, native_bf16: bool | None
     """The precision a run uses: ``off`` (fp32), ``bf16`` or ``fp16``.
 
     ``auto``: bf16 on CUDA GPUs that support it and on CPUs with native bf16 (``native_bf16``, probed when None),
-    fp32 elsewhere (MPS included). A forced mode is returned as given. ``True``/``False`` (crosstask ≤ 0.2's
+    fp32 elsewhere (MPS included). A forced mode is returned as given. ``True``/``False`` (earlier versions'
     boolean ``--amp``) mean ``auto``/``off``.
     """
     if isinstance(mode, bool):
