@@ -29,7 +29,7 @@ def test_every_command_is_registered_and_answers_help():
 def test_bench_cli_small(synthetic_prepared, tmp_path):
     r = run_cli("bench", "--enc-layers", "18", "--height", "32", "--width", "64", "--batch-size", "2", "--runs", "1",
                 "--warmup", "0", "--matmul-size", "256", "--data", synthetic_prepared, "--raw-samples", "0",
-                "--json", tmp_path / "b.json")  # fmt: skip
+                "--quiet-wait", "0", "--json", tmp_path / "b.json")  # fmt: skip
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "b.json").read_text())
     fl = res["figures"]["flops_per_image"]
@@ -38,10 +38,11 @@ def test_bench_cli_small(synthetic_prepared, tmp_path):
     assert {"train_vs_matmul", "direct_vs_full_forward", "metrics_vs_loop", "metrics_original_vs_loop",
             "loader_vs_train_step"} <= set(res["ratios"])  # fmt: skip
     m = res["figures"]["metrics_update"]
-    assert m["standard"]["runs"] >= 30 and m["per_image_loop"]["runs"] == m["standard"]["runs"]
+    assert m["standard"]["kept"] >= 30 or m["standard"]["noisy"]  # 30 clean runs, or said to be noisy
+    assert m["per_image_loop"]["runs"] >= 30 and len(m["standard"]["others_cores"]) == m["standard"]["runs"]
     for name, value in res["ratios"].items():  # the printed table shows the measured ratios, not just headings
         if name in ("train_vs_matmul", "direct_vs_full_forward"):
-            assert f"{value:.2f}" in r.output, name
+            assert f"{value:.3g}" in r.output, name
 
 
 def test_the_benchmark_reference_loop_computes_the_same_metrics():
