@@ -414,8 +414,10 @@ def test_raw_cache_is_rebuilt_when_the_sources_change(tmp_path):
     again = resolve_data("cityscapes", src, 8, 34, 7, message=messages.append)
     assert again == cache and read_meta(cache).splits["val"] == 4
     assert messages and "changed since" in messages[0]
-    # unchanged sources: the cache is reused as it is
+    # unchanged sources: the cache is reused as it is, whatever else is kept beside them (a run directory)
     stamp = (cache / "meta.json").stat().st_mtime_ns
+    (src / "runs" / "r1").mkdir(parents=True)
+    (src / "runs" / "r1" / "metrics.csv").write_text("epoch\n1\n")
     assert resolve_data("cityscapes", src, 8, 34, 7) == cache and (cache / "meta.json").stat().st_mtime_ns == stamp
     # an edited file (same name) also counts
     label = src / "gtFine/val/bonn/bonn_000001_000019_gtFine_labelIds.png"

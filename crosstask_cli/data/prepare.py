@@ -120,15 +120,23 @@ def _split_plan(splits: dict[str, list], opts: PrepareOptions, src: Path) -> dic
     return plan
 
 
+# The folders a dataset's files live in (Cityscapes raw; MTAN's splits): other things kept beside them, such as
+# crosstask's cache or a run directory, do not make the data change.
+SOURCE_FOLDERS = ("leftImg8bit", "gtFine", "disparity", "camera", "train", "val")
+
+
 def source_fingerprint(src: Path) -> str:
-    """A digest of the files under ``src`` (relative names, sizes, modification times), skipping crosstask's own
-    cache folder: it changes when a source file is added, removed, replaced or edited."""
+    """A digest of the dataset files under ``src`` (relative names, sizes, modification times, in
+    :data:`SOURCE_FOLDERS`): it changes when a source file is added, removed, replaced or edited."""
     import hashlib
 
     src = Path(src)
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if d != CACHE_FOLDER)
+        if Path(dirpath) == src:
+            dirnames[:] = sorted(d for d in dirnames if d in SOURCE_FOLDERS)
+            continue
+        dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
             try:
