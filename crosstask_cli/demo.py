@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def run_demo(
     from crosstask_cli.engine.device import resolve_device
     from crosstask_cli.engine.evaluator import evaluate
     from crosstask_cli.engine.trainer import train
-    from crosstask_cli.outputs import check_output_dir
+    from crosstask_cli.outputs import check_output_dir, clear_folder
     from crosstask_cli.predict import predict
     from crosstask_cli.visualize import prediction_panels, sample_grid
 
@@ -60,8 +59,7 @@ def run_demo(
     out = Path(out)
     check_output_dir(out, "demo folder", "--out", force)
     if out.exists():
-        for entry in out.iterdir():  # a demo folder of crosstask's own (checked above): replace its content
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        clear_folder(out)  # a demo folder of crosstask's own (checked above): replace its content
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "demo.json", json.dumps({"generator": "crosstask demo", "settings": asdict(s)}, indent=2))
     res = DemoResult(out)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from crosstask_cli.errors import ConfigError
 
-# kind → (marker file, the key its JSON object must hold)
-MARKERS: dict[str, tuple[str, str]] = {
-    "prepared dataset": ("meta.json", "format"),
-    "run directory": ("config.json", ""),
-    "predictions folder": ("predictions.json", "inputs"),
-    "synthetic scene folder": ("synthetic.json", "generator"),
-    "demo folder": ("demo.json", "generator"),
+# kind → (marker file, a key its JSON object must hold ("" for none), the value that key must have (None: any))
+MARKERS: dict[str, tuple[str, str, str | None]] = {
+    "prepared dataset": ("meta.json", "format", "crosstask-prepared"),  # data.prepared.FORMAT
+    "run directory": ("config.json", "", None),
+    "predictions folder": ("predictions.json", "inputs", None),
+    "synthetic scene folder": ("synthetic.json", "generator", None),
+    "demo folder": ("demo.json", "generator", None),
 }
 
 Inputs = Mapping[str, "str | Path | None"]  # the input's option name (e.g. "--data") → its path
@@ -29,7 +29,7 @@ Inputs = Mapping[str, "str | Path | None"]  # the input's option name (e.g. "--d
 
 def made_by_crosstask(folder: Path, kind: str) -> bool:
     """Whether ``folder`` holds the marker of ``kind`` (see :data:`MARKERS`), so ``--force`` may replace it."""
-    name, key = MARKERS[kind]
+    name, key, value = MARKERS[kind]
     marker = Path(folder) / name
     if not marker.is_file():
         return False
@@ -37,9 +37,23 @@ def made_by_crosstask(folder: Path, kind: str) -> bool:
         content = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    if kind == "prepared dataset":
-        return isinstance(content, dict) and content.get("format") == "crosstask-prepared"
-    return isinstance(content, dict) and (not key or key in content)
+    if not isinstance(content, dict) or (key and key not in content):
+        return False
+    return value is None or content[key] == value
+
+
+def clear_folder(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything in ``folder`` except the entries named in ``keep`` (a folder crosstask made, after
+    :func:`check_output_dir` or :func:`made_by_crosstask` said so); symlinks are removed, not followed."""
+    import shutil
+
+    for entry in Path(folder).iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _resolved(path: str | Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import CLIError, err, esc, handle_errors, out
+from crosstask_cli.cli.common import AMP_HELP, CLIError, err, esc, handle_errors, out
 
 HELP = """Measure speed and memory in one run: forward / training-step time (median and spread of N runs after
 warm-up), images/s, FLOPs per image (torch.utils.flop_counter), achieved GFLOP/s against an fp32 matmul timed in
@@ -30,7 +30,7 @@ def bench_command(
     amp: str = typer.Option(
         "auto",
         "--amp",
-        help="Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off (fp32), bf16, fp16.",
+        help=AMP_HELP,
     ),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per figure (after warm-up)."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed warm-up runs."),

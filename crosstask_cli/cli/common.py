@@ -23,6 +23,9 @@ out = _console(False)
 err = _console(True)
 
 
+AMP_HELP = "Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off (fp32), bf16, fp16."
+
+
 class CLIError(CrosstaskError):
     """An error in how the command was called, reported as one line with exit code 1."""
 

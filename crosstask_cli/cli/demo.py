@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import esc, fmt, handle_errors, out, progress_factory
+from crosstask_cli.cli.common import AMP_HELP, esc, fmt, handle_errors, out, progress_factory
 
 HELP = """Run the whole lifecycle on generated street scenes in a few minutes on a CPU: render a synthetic
 Cityscapes-layout dataset, train a small model (ResNet-18, 64×128) choosing its best epoch on held-out
@@ -24,7 +24,7 @@ def demo_command(
     amp: str = typer.Option(
         "auto",
         "--amp",
-        help="Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off (fp32), bf16, fp16.",
+        help=AMP_HELP,
     ),
     force: bool = typer.Option(
         False, "--force", help="Replace an earlier demo in --out (a folder with its demo.json; nothing else)."

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from crosstask_cli.cli.common import err, esc, handle_errors, out
+from crosstask_cli.cli.common import AMP_HELP, err, esc, handle_errors, out
 
 HELP = """Predict segmentation and depth for images (files and folders) with a checkpoint.
 
@@ -34,7 +34,7 @@ def predict_command(
     amp: str = typer.Option(
         "auto",
         "--amp",
-        help="Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32), off (fp32), bf16, fp16.",
+        help=AMP_HELP,
     ),
     force: bool = typer.Option(
         False,

@@ -30,14 +30,9 @@ VERSION = 1
 
 
 def is_prepared(path: Path) -> bool:
-    meta = Path(path) / "meta.json"
-    if not meta.is_file():
-        return False
-    try:
-        content = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(content, dict) and content.get("format") == FORMAT
+    from crosstask_cli.outputs import made_by_crosstask
+
+    return made_by_crosstask(Path(path), "prepared dataset")
 
 
 META_KEYS = ("dataset", "num_classes", "class_names", "palette", "depth", "height", "width", "splits")
@@ -216,14 +211,15 @@ def check_ids(ids: list[str], where: object) -> None:
             )
 
 
-def _allocate(path: Path, header: dict, shape: tuple[int, ...], dtype) -> None:
+def _allocate(path: Path, shape: tuple[int, ...], dtype) -> None:
     """Create the .npy file ``path`` with every data block allocated on disk now.
 
     Writes into a memory map of a sparse file meet a full disk as SIGBUS, which kills the process with no message
     and leaves the temporary folder behind; allocating up front turns that into an ``ENOSPC`` error here.
     """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
+        np.lib.format.write_array_header_1_0(f, header)
         size = f.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
         f.flush()
         try:
@@ -270,7 +266,7 @@ class PreparedWriter:
     def reserve(self, sizes: dict[str, int], height: int, width: int) -> None:
         """Refuse up front when the splits' arrays (``sizes``: split → samples) cannot fit on the output's disk."""
         assert self.tmp is not None
-        need = sum(n for n in sizes.values()) * height * width * SAMPLE_BYTES_PER_PIXEL + 64 * 1024
+        need = sum(sizes.values()) * height * width * SAMPLE_BYTES_PER_PIXEL + 64 * 1024
         free = shutil.disk_usage(self.tmp).free
         if need > free:
             raise OSError(
@@ -291,7 +287,7 @@ class PreparedWriter:
             ("depth", np.float32, (n, height, width)),
         ):
             path = d / f"{name}.npy"
-            _allocate(path, np.lib.format.header_data_from_array_1_0(np.empty(0, dtype)), shape, dtype)
+            _allocate(path, shape, dtype)
             arrays[name] = fmt(path, mode="r+")
         self._arrays[split] = arrays
         return arrays

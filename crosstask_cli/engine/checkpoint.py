@@ -59,9 +59,9 @@ def model_from_checkpoint(ckpt: dict, where: str | Path = "checkpoint"):
     not build, or weights that do not fit it, are one :class:`CheckpointError` naming ``where`` (the file)."""
     from crosstask_cli.models.network import CrossTaskNet, ModelConfig
 
-    config = dict(ckpt["model_config"]) if isinstance(ckpt["model_config"], dict) else None
-    if config is None:
+    if not isinstance(ckpt["model_config"], dict):
         raise CheckpointError(f"{where}: its 'model_config' entry is not a model description")
+    config = dict(ckpt["model_config"])
     # crosstask 0.1.0 wrote no such key; its decoders upsampled with align_corners=False and were trained so.
     config.setdefault("decoder_align_corners", False)
     try:

@@ -29,6 +29,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_LABELS = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler"}  # for people
 
 
 def cpu_has_native_bf16() -> bool:

@@ -4,7 +4,6 @@ a new run, ``--resume`` and ``--force``."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from crosstask_cli.engine import distributed as ddp
 from crosstask_cli.engine.config import TrainConfig
 from crosstask_cli.errors import RunDirError
-from crosstask_cli.outputs import check_not_an_input, made_by_crosstask
+from crosstask_cli.outputs import check_not_an_input, clear_folder, made_by_crosstask
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -136,7 +135,6 @@ def open_run_dir(
     if run_dir is None and cfg.runtime.run_dir is None and dist.enabled:
         raise RunDirError("distributed training needs --run-dir (every process must agree on it)")
     run_dir = Path(run_dir or cfg.runtime.run_dir or default_run_dir(cfg))
-    check_not_an_input(run_dir, "--run-dir", run_inputs(cfg))
     last = run_dir / LAST
     if resume:
         if not last.is_file() and not (run_dir / CONFIG).is_file():
@@ -153,6 +151,7 @@ def open_run_dir(
         lock = RunLock(run_dir).acquire() if dist.is_main else None
         opened = OpenedRun(run_dir, cfg, last if last.is_file() else None, restarted=not last.is_file(), lock=lock)
     else:
+        check_not_an_input(run_dir, "--run-dir", run_inputs(cfg))
         if run_dir.exists() and not run_dir.is_dir():
             raise RunDirError(f"{run_dir} is a file, expected a run directory")
         existing = run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir())
@@ -166,9 +165,7 @@ def open_run_dir(
         lock = RunLock(run_dir).acquire() if dist.is_main else None
         ddp.barrier(dist)  # every process has checked before the main one deletes
         if existing and dist.is_main:
-            for entry in run_dir.iterdir():
-                if entry.name != LOCK:
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            clear_folder(run_dir, keep=(LOCK,))
         opened = OpenedRun(run_dir, cfg, None, restarted=False, lock=lock)
     opened.cfg = opened.cfg.replace(run_dir=str(run_dir))
     return opened

@@ -32,6 +32,7 @@ from crosstask_cli.engine.callbacks import (
 from crosstask_cli.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from crosstask_cli.engine.config import PAPER_DEFAULTS, TrainConfig
 from crosstask_cli.engine.device import (
+    PRECISION_LABELS,
     amp_dtype,
     autocast,
     configure_device,
@@ -357,7 +358,7 @@ class Trainer:
             {
                 "run_dir": str(self.run_dir),
                 "device": str(self.device),
-                "precision": {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler"}[self.amp],
+                "precision": PRECISION_LABELS[self.amp],
                 "data": str(self.prepared),
                 "train": len(self.train_ds),
                 "select_split": self.select_split,
