@@ -8,6 +8,7 @@ per-class loop (kept here as the baseline).
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +28,12 @@ TARGETS = {
     "peak_rss_gb": 6.0,
 }
 UPPER_BOUNDS = ("peak_rss_gb", "metrics_share_of_eval")
+
+
+def is_upper_bound(target: str) -> bool:
+    return target in UPPER_BOUNDS or target.startswith("weighting_")
+
+
 # the timings each target's ratio is made of (a noisy one makes the target unjudgeable)
 TARGET_TIMINGS = {
     "train_vs_matmul": ("train_step", "matmul"),
@@ -219,11 +226,12 @@ class BenchConfig:
     matmul_n: int = 4096
     data: str | None = None  # a prepared dataset for the loader benchmark (else a temporary synthetic one)
     raw_samples: int = 4  # full-size (2048×1024) raw PNG samples decoded for the loader baseline; 0 = skip
-    weighting: str = "fixed"  # task weighting used in the training step (pcgrad costs one backward per task)
+    weighting: str = "fixed"  # task weighting used in the training step
     channels_last: bool | None = None  # default: as training uses it (engine.device.memory_format)
     max_others: float = MAX_OTHERS  # cores others may use during a kept repetition
     quiet_wait_s: float = 30.0  # how long to wait for a quiet machine before starting
     compare: tuple[str, str, str] | None = None  # (setting, A, B): time A and B interleaved instead of the parts
+    weightings: tuple[str, ...] | None = None  # methods to time against fixed instead of the parts
 
 
 @dataclass
@@ -253,17 +261,24 @@ class BenchResult:
             met = value <= target if name in UPPER_BOUNDS else value >= target
             noisy = any(t in self.noisy for t in TARGET_TIMINGS.get(name, ()))
             out[name] = (value, target, "met" if met else "noisy machine" if noisy else "not met")
+        w = self.figures.get("weightings")
+        for name, row in (w or {}).get("methods", {}).items():
+            if name != "fixed":
+                value, target = row["ratio_vs_fixed"], WEIGHTING_TARGETS[row["kind"]]
+                status = "met" if value <= target else "noisy machine" if w["noisy"] else "not met"
+                out[f"weighting_{name}_vs_fixed"] = (value, target, status)
         return out
 
 
 @dataclass
 class ModelBench:
     """A model on random inputs of the configured size: ``forward(direct_only)`` in inference mode and
-    ``train_step()`` (forward, losses in fp32, weighting's backward, Adam step), at the configured precision."""
+    ``train_step(method=None)`` (forward, losses in fp32, the weighting's backward, Adam step), at the configured
+    precision; ``method`` replaces the configured weighting for one step (the model and optimizer are shared)."""
 
     model: torch.nn.Module
     forward: Callable[[bool], object]
-    train_step: Callable[[], None]
+    train_step: Callable[..., None]
     precision: str
 
 
@@ -291,19 +306,116 @@ def build_model_bench(cfg: BenchConfig, device: torch.device) -> ModelBench:
         with torch.inference_mode(), autocast(device, precision):
             return model(x, direct_only=direct_only)
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            pred = model(x)
-        if precision != "off":  # losses in fp32, as training computes them
-            pred = type(pred)(*(None if t is None else t.float() for t in pred))
-        losses = loss_fn(pred, seg_t, depth_t)
-        task_losses = {k: losses[k] for k in weighting.tasks}
-        weighting.backward(weighting.combine(task_losses, model), task_losses, model)
-        opt.step()
-        weighting.after_step()
+    def train_step(method=None):
+        method = weighting if method is None else method
+        handle = method.attach(model)
+        try:
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                pred = model(x)
+            if precision != "off":  # losses in fp32, as training computes them
+                pred = type(pred)(*(None if t is None else t.float() for t in pred))
+            losses = loss_fn(pred, seg_t, depth_t)
+            task_losses = {k: losses[k] for k in method.tasks}
+            method.backward(method.combine(task_losses, model), task_losses, model)
+            opt.step()
+            method.after_step()
+        finally:
+            if handle is not None:
+                handle.remove()
 
     return ModelBench(model, forward, train_step, precision)
+
+
+# Targets of the weighting issue: step time against fixed, by kind of method (ResNet-34, 128×256, batch 8)
+WEIGHTING_TARGETS = {"loss": 1.05, "gradient": 1.3}
+
+
+def bench_weightings(cfg: BenchConfig, res: BenchResult, device: torch.device, names: tuple[str, ...]) -> None:
+    """Each method's training step against ``fixed`` on one shared model: rounds that run every method once
+    (order rotated each round), a round dropped when others' load exceeded the limit during any of its steps;
+    the ratio is the median over kept rounds of the per-round ratio to fixed. Peak memory of a step: CUDA's
+    allocator peak, or on the CPU the peak RSS of a fresh process that runs the method's steps alone."""
+    import crosstask_cli as ct
+
+    names = ("fixed", *[n for n in names if n != "fixed"])
+    mb = build_model_bench(dataclasses.replace(cfg, weighting="fixed"), device)
+    methods = {n: ct.build_weighting(n).to(device) for n in names}
+    mb.model.train()
+    for n in names:
+        for _ in range(max(cfg.warmup, 1)):
+            mb.train_step(methods[n])
+    _sync(device)
+    rounds, every, attempts = [], [], 0
+    while len(rounds) < cfg.runs and attempts < 3 * cfg.runs:
+        order = names[attempts % len(names) :] + names[: attempts % len(names)]
+        times, load = {}, 0.0
+        for n in order:
+            mark = res.probe.mark() if res.probe else None
+            start = time.perf_counter()
+            mb.train_step(methods[n])
+            _sync(device)
+            times[n] = time.perf_counter() - start
+            load = max(load, res.probe.others_since(mark) if res.probe else 0.0)
+        attempts += 1
+        every.append(times)
+        if load <= cfg.max_others:
+            rounds.append(times)
+    noisy = len(rounds) < cfg.runs
+    if noisy:
+        res.noisy.append("weightings")
+    use = rounds if len(rounds) >= min(3, cfg.runs) else every
+    memory = {n: _peak_step_memory(cfg, device, n) for n in names}
+    table = {}
+    for n in names:
+        ratio = statistics.median(t[n] / t["fixed"] for t in use)
+        table[n] = {
+            "kind": methods[n].kind,
+            "median_s": statistics.median(t[n] for t in use),
+            "ratio_vs_fixed": ratio,
+            "peak_memory_gb": memory[n],
+            "memory_vs_fixed": memory[n] / memory["fixed"] if memory["fixed"] else None,
+        }
+        if n != "fixed":
+            res.ratios[f"weighting_{n}_vs_fixed"] = ratio
+    res.figures["weightings"] = {
+        "methods": table,
+        "rounds_kept": len(rounds),
+        "attempts": attempts,
+        "noisy": noisy,
+        "precision": mb.precision,
+        "memory": "cuda allocator peak" if device.type == "cuda" else "peak RSS of a process running the method",
+    }
+
+
+def _peak_step_memory(cfg: BenchConfig, device: torch.device, name: str) -> float:
+    """GB at the peak of a training step with weighting ``name`` (see :func:`bench_weightings`)."""
+    if device.type == "cuda":
+        mb = build_model_bench(dataclasses.replace(cfg, weighting=name), device)
+        mb.model.train()
+        mb.train_step()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        mb.train_step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) / 1024**3
+        del mb
+        torch.cuda.empty_cache()
+        return peak
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_peak_rss_child, (dataclasses.asdict(dataclasses.replace(cfg, weighting=name)),))
+
+
+def _peak_rss_child(cfg: dict) -> float:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    mb = build_model_bench(BenchConfig(**cfg), torch.device("cpu"))
+    mb.model.train()
+    for _ in range(2):
+        mb.train_step()
+    return peak_rss_gb()
 
 
 def bench_model(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
@@ -540,6 +652,11 @@ def run_bench(cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "l
         if progress:
             progress(f"{cfg.compare[0]}: {cfg.compare[1]} against {cfg.compare[2]}")
         bench_compare(cfg, res, device)
+        return res
+    if cfg.weightings:
+        if progress:
+            progress(f"the training step with {', '.join(cfg.weightings)} against fixed")
+        bench_weightings(cfg, res, device, cfg.weightings)
         return res
     steps = {"model": lambda: bench_model(cfg, res, device), "metrics": lambda: bench_metrics(cfg, res, device)}
     with tempfile.TemporaryDirectory(prefix="crosstask-bench-") as tmp:

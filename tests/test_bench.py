@@ -110,3 +110,24 @@ def test_cli_compare_times_two_settings_interleaved(tmp_path):
         assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (bad, r.output)
     r = run_cli("bench", "--compare", "amp=off,bf16", "--part", "model")
     assert r.exit_code == 1 and "--part does not apply" in r.output
+
+
+def test_cli_weighting_times_each_method_against_fixed_with_its_memory(tmp_path):
+    out = tmp_path / "w.json"
+    r = run_cli("bench", "--enc-layers", "18", "--height", "32", "--width", "64", "--batch-size", "2", "--runs", "2",
+                "--warmup", "1", "--quiet-wait", "0", "--weighting", "rlw,mgda", "--json", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    payload = json.loads(out.read_text())
+    methods = payload["figures"]["weightings"]["methods"]
+    assert list(methods) == ["fixed", "rlw", "mgda"]
+    assert methods["fixed"]["ratio_vs_fixed"] == 1.0
+    assert methods["rlw"]["kind"] == "loss" and methods["mgda"]["kind"] == "gradient"
+    assert all(m["median_s"] > 0 and m["peak_memory_gb"] > 0.1 for m in methods.values())
+    targets = payload["targets"]
+    assert targets["weighting_rlw_vs_fixed"]["target"] == 1.05
+    assert targets["weighting_mgda_vs_fixed"]["target"] == 1.3
+    assert "mgda" in r.output and "× fixed" in r.output
+    r = run_cli("bench", "--weighting", "fixed,magic")
+    assert r.exit_code == 1 and "magic is not one of" in r.output
+    r = run_cli("bench", "--weighting", "famo", "--part", "model")
+    assert r.exit_code == 1 and "--part and --compare do not apply" in r.output

@@ -201,3 +201,131 @@ def test_sync_bn_is_refused_on_cpu(synthetic_prepared, tmp_path):
     trainer = Trainer(_config(synthetic_prepared).replace(sync_bn=True), tmp_path / "r", dist=DistInfo(0, 2, 0))
     with pytest.raises(ValueError, match="needs CUDA"):
         trainer.setup(synthetic_prepared)
+
+
+def _method_worker(rank: int, world: int, port: int, prepared: str, out: str, name: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    from crosstask_cli.engine import distributed as ddp
+
+    info = ddp.init_distributed("cpu")
+    trainer = Trainer(_method_config(Path(prepared), name), Path(out) / "run", dist=info)
+    trainer.setup(Path(prepared))
+    trainer.model.train()
+    trainer.sampler.set_epoch(0)
+    weights, before, grads = [], [], []
+    for i, (x, s, d, ids) in enumerate(trainer.loader):
+        if i == STEPS:
+            break
+        before.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), s, d, ids) is not None
+        weights.append(list(trainer.weighting.weights().values()))
+        grads.append({k: p.grad.clone() for k, p in trainer.model.named_parameters()})
+    torch.save({**_trained_state(trainer), "weights": torch.tensor(weights), "before": before, "grads": grads},
+               Path(out) / f"{name}{rank}.pt")  # fmt: skip
+    ddp.cleanup(info)
+
+
+def _method_config(prepared: Path, name: str) -> TrainConfig:
+    # SGD: linear in the gradients, so summation-order rounding stays at rounding level (Adam turns the sign of
+    # a gradient that is 0 up to rounding into a step of ±lr)
+    return _config(prepared).replace(weighting=name, optimizer="sgd", lr=0.05)
+
+
+def _halves(ref: Trainer) -> list[list]:
+    out = []
+    for rank in range(2):
+        sampler = EpochSampler(len(ref.train_ds), seed=ref.cfg.runtime.seed, num_replicas=2, rank=rank)
+        sampler.set_epoch(0)
+        out.append(list(torch.utils.data.DataLoader(ref.train_ds, batch_size=2, sampler=sampler))[:STEPS])
+    return out
+
+
+def _reference_upgrad_grads(ref: Trainer, batches) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The UPGrad update of the global batch, computed directly: G of the global batch from each half's
+    per-task gradients at the decoders' inputs; the encoder's gradient Σ_t w_t ∇L_t, the decoders' ∇L_t."""
+    from torchjd.aggregation import UPGradWeighting
+
+    from crosstask_cli.weighting import task_gramian
+
+    capture = ct_build("upgrad")
+    capture.attach(ref.model)
+    halves = []
+    for x, s, d, _ in batches:
+        losses = ref.loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), s, d)
+        task_losses = [losses[t] for t in ref.weighting.tasks]
+        G, _ = task_gramian(task_losses, capture._features)
+        halves.append((task_losses, G))
+    ref.model.encoder._forward_hooks.clear()
+    G = (halves[0][1] + halves[1][1]) / 4  # the global losses are the halves' mean
+    w = UPGradWeighting()(G).tolist()
+    names = dict(ref.model.named_parameters())
+    enc = [n for n in names if n.startswith("encoder.")]
+    rest = [n for n in names if not n.startswith("encoder.")]
+    grads = {n: torch.zeros_like(p) for n, p in names.items()}
+    for task_losses, _ in halves:
+        for wt, loss in zip(w, task_losses, strict=True):
+            for n, g in zip(enc, torch.autograd.grad(loss, [names[n] for n in enc], retain_graph=True), strict=True):
+                grads[n] += wt * g / 2
+            found = torch.autograd.grad(loss, [names[n] for n in rest], retain_graph=True, allow_unused=True)
+            for n, g in zip(rest, found, strict=True):
+                if g is not None:
+                    grads[n] += g / 2
+    return w, grads
+
+
+def ct_build(name: str):
+    from crosstask_cli.weighting import build_weighting
+
+    return build_weighting(name)
+
+
+def _reference_famo_step(ref: Trainer, batches) -> list[float]:
+    """One FAMO step on the global batch: the method (single process) sees the mean of the halves' losses."""
+    per_half = []
+    for x, s, d, _ in batches:
+        losses = ref.loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), s, d)
+        per_half.append(losses)
+    mean = {t: (per_half[0][t] + per_half[1][t]) / 2 for t in ref.weighting.tasks}
+    total = ref.weighting.combine(mean, ref.model)
+    ref.weighting.backward(total, mean, ref.model)
+    ref.optimizer.step()
+    return list(ref.weighting.weights().values())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["upgrad", "famo"])
+def test_ddp_weighting_methods_match_a_single_process_with_the_global_batch(name, synthetic_prepared, tmp_path,
+                                                                           one_thread):  # fmt: skip
+    mp.spawn(_method_worker, args=(2, _free_port(), str(synthetic_prepared), str(tmp_path), name), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / f"{name}0.pt"), torch.load(tmp_path / f"{name}1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0 if k not in ("before", "grads")), "ranks differ"
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(r0["grads"], r1["grads"], strict=True) for k in a)
+
+    ref = Trainer(_method_config(synthetic_prepared, name), tmp_path / "ref")
+    ref.setup(synthetic_prepared)
+    ref.model.train()
+    halves = _halves(ref)
+    if name == "upgrad":
+        # every step from the processes' own starting point (BatchNorm over 2 images of 1×2 pixels in layer4
+        # amplifies rounding across steps): the same weights and gradients as the whole batch in one process
+        conflicts = 0
+        for i in range(STEPS):
+            ref.model.load_state_dict(r0["before"][i])
+            w, grads = _reference_upgrad_grads(ref, [halves[0][i], halves[1][i]])
+            conflicts += abs(w[0] - w[1]) > 1e-5
+            assert torch.allclose(r0["weights"][i], torch.tensor(w, dtype=torch.float32), rtol=1e-5), i
+            for k, g in grads.items():
+                assert (r0["grads"][i][k] - g).norm() <= 1e-4 * g.norm() + 1e-12, (i, k)
+        assert conflicts > 0  # some step had conflicting gradients, so UPGrad was not just the mean
+        return
+    weights = []
+    for i in range(STEPS):
+        ref.optimizer.zero_grad(set_to_none=True)
+        weights.append(_reference_famo_step(ref, [halves[0][i], halves[1][i]]))
+    assert torch.allclose(r0["weights"], torch.tensor(weights), rtol=1e-4, atol=1e-6)
+    assert len({tuple(w) for w in weights}) > 1  # FAMO's weights moved
+    single = _trained_state(ref)
+    for k in single:
+        assert torch.allclose(r0[k], single[k], atol=2e-5, rtol=1e-4), k

@@ -9,6 +9,8 @@ from rich.table import Table
 
 from crosstask_cli.cli.common import AMP_HELP, CLIError, err, esc, handle_errors, out
 
+WEIGHTING_TARGETS = {"loss": 1.05, "gradient": 1.3}  # as crosstask_cli.bench (kept here: --help imports no torch)
+
 HELP = """Measure speed and memory in one run: forward / training-step time (median and spread of N runs after
 warm-up), images/s, FLOPs per image (torch.utils.flop_counter), achieved GFLOP/s against an fp32 matmul timed in
 the same run, peak memory, direct-only prediction, the prepared data loader against decoding full-size raw PNGs,
@@ -65,15 +67,23 @@ def bench_command(
         30.0, "--quiet-wait", min=0.0, help="Seconds to wait for a quiet machine before measuring (0: no wait)."
     ),
     weighting: str = typer.Option(
-        "fixed", "--weighting", help="Task weighting in the training step (e.g. pcgrad, to measure its cost)."
+        None,
+        "--weighting",
+        help="NAME[,NAME…] or all: instead of the other figures, time the training step with each task-weighting "
+        "method against fixed, interleaved in this process, and measure each one's peak memory; the targets are "
+        f"≤ {WEIGHTING_TARGETS['gradient']:g}× fixed for gradient methods and ≤ {WEIGHTING_TARGETS['loss']:g}× "
+        "for loss-based ones.",
     ),
     json_file: Path = typer.Option(None, "--json", help="Also write every figure as JSON."),
 ) -> None:
-    from crosstask_cli.bench import UPPER_BOUNDS, BenchConfig, run_bench
+    from crosstask_cli.bench import BenchConfig, is_upper_bound, run_bench
     from crosstask_cli.outputs import check_output_file
 
     if compare is not None and parts:
         raise CLIError("--compare times the training step only; --part does not apply to it")
+    methods = _parse_weightings(weighting) if weighting is not None else None
+    if methods is not None and (parts or compare is not None):
+        raise CLIError("--weighting times the training step of each method; --part and --compare do not apply")
     parts = parts or list(PARTS)
     compared = _parse_compare(compare) if compare is not None else None
     unknown = set(parts) - set(PARTS)
@@ -86,8 +96,8 @@ def bench_command(
             )
     check_output_file(json_file, "--json", {"--data": data})
     cfg = BenchConfig(enc_layers, num_classes, height, width, batch_size, device, amp, runs, warmup, matmul_n,
-                      str(data) if data else None, raw_samples, weighting, max_others=max_others,
-                      quiet_wait_s=quiet_wait, compare=compared)  # fmt: skip
+                      str(data) if data else None, raw_samples, max_others=max_others, quiet_wait_s=quiet_wait,
+                      compare=compared, weightings=methods)  # fmt: skip
     res = run_bench(cfg, tuple(p for p in PARTS if p in parts), progress=lambda p: err.print(f"measuring {p}…"))
     machine = res.figures.get("machine", {})
     if machine.get("quiet_at_start") is False:
@@ -95,6 +105,10 @@ def bench_command(
                   f"{machine['waited_s']:.0f} s; measuring anyway, dropping the disturbed runs")  # fmt: skip
     if compared is not None:
         _render_compare(res, enc_layers, height, width, batch_size)
+        _write_json(res, json_file)
+        return
+    if methods is not None:
+        _render_weightings(res, enc_layers, height, width, batch_size)
         _write_json(res, json_file)
         return
     f = res.figures
@@ -140,7 +154,7 @@ def bench_command(
         tt.add_column(col, justify="right" if col in ("measured", "target") else "left")
     styles = {"met": "[green]met[/]", "not met": "[red]not met[/]", "noisy machine": "[yellow]noisy machine[/]"}
     for name, (value, target, status) in res.targets().items():
-        op = "≤" if name in UPPER_BOUNDS else "≥"
+        op = "≤" if is_upper_bound(name) else "≥"
         tt.add_row(name, f"{value:.3g}", f"{op} {target:g}", styles[status])
     out.print(tt)
     if res.noisy:
@@ -211,4 +225,37 @@ def _render_compare(res, enc_layers: int, height: int, width: int, batch_size: i
     out.print(
         f"{verdict}ratio {c['b']} / {c['a']}: [bold]{c['ratio_b_over_a']:.3f}[/] (median of {c['pairs_kept']} "
         f"interleaved pairs kept of {c['attempts']})"
+    )
+
+
+def _parse_weightings(text: str) -> tuple[str, ...]:
+    from crosstask_cli.weighting import weighting_names
+
+    names = weighting_names() if text.strip() == "all" else tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in weighting_names()]
+    if bad or not names:
+        raise CLIError(f"--weighting {text!r}: {', '.join(bad) or 'nothing'} is not one of all, "
+                       f"{', '.join(weighting_names())}")  # fmt: skip
+    return names
+
+
+def _render_weightings(res, enc_layers: int, height: int, width: int, batch_size: int) -> None:
+    w = res.figures["weightings"]
+    precision = w["precision"].replace("off", "fp32")
+    t = Table(title=f"crosstask bench --weighting · training step · ResNet-{enc_layers}, {height}×{width}, batch "
+                    f"{batch_size}, {res.device} {precision}", title_justify="left")  # fmt: skip
+    for col in ("method", "kind", "median step", "× fixed", "target", "peak memory", "× fixed", ""):
+        t.add_column(col, justify="left" if col in ("method", "kind", "") else "right")
+    targets = res.targets()
+    styles = {"met": "[green]met[/]", "not met": "[red]not met[/]", "noisy machine": "[yellow]noisy machine[/]"}
+    for name, row in w["methods"].items():
+        target = targets.get(f"weighting_{name}_vs_fixed")
+        mem = row["memory_vs_fixed"]
+        t.add_row(name, row["kind"], f"{row['median_s'] * 1000:.0f} ms", f"{row['ratio_vs_fixed']:.3f}",
+                  f"≤ {target[1]:g}" if target else "", f"{row['peak_memory_gb']:.2f} GB",
+                  f"{mem:.3f}" if mem is not None else "", styles[target[2]] if target else "")  # fmt: skip
+    out.print(t)
+    verdict = "[yellow]noisy machine:[/] " if w["noisy"] else ""
+    out.print(
+        f"{verdict}median of {w['rounds_kept']} interleaved rounds kept of {w['attempts']}; memory: {w['memory']}"
     )

@@ -124,8 +124,29 @@ class OptimOptions:
     scheduler_gamma: float = option(0.5, "StepLR decay factor (0.5).")
     weighting: str = option(
         "fixed",
-        "Task weighting: fixed (default), uncertainty (Kendall 2018), gradnorm (Chen 2018), dwa (Liu 2019), "
-        "pcgrad (Yu 2020; one backward pass per task).",
+        "Task weighting. From loss values: fixed (default; the plain sum), uncertainty (Kendall 2018), dwa (Liu "
+        "2019), rlw (Lin 2022), famo (Liu 2023). From per-task gradients at the shared encoder: gradnorm (Chen "
+        "2018), mgda (Sener 2018), pcgrad (Yu 2020), cagrad (Liu 2021), imtl (IMTL-G, Liu 2021), nash-mtl (Navon "
+        "2022), aligned-mtl (Senushkin 2023), db-mtl (Lin 2023), upgrad (Quinton 2024), fairgrad (Ban 2024).",
+    )
+    grad_space: str = option(
+        "features",
+        "Where gradient methods (mgda … fairgrad, not gradnorm) take the per-task gradients: features (default; "
+        "the encoder's outputs, backpropagating the encoder once) or encoder (its parameters: exact, every task "
+        "backpropagated through the encoder).",
+    )
+    cagrad_c: float = option(0.4, "CAGrad's c (0.4, the paper's for NYUv2 and CityScapes).")
+    nash_update_every: int = option(1, "Nash-MTL: solve for new weights every N steps (1, the paper's).")
+    nash_iters: int = option(20, "Nash-MTL: iterations of its convex-concave solver per update (20).")
+    fairgrad_alpha: float = option(1.0, "FairGrad's α (1.0, the official scripts' default).")
+    famo_lr: float = option(0.025, "FAMO: learning rate of its task logits (0.025, the paper's).")
+    famo_decay: float = option(0.01, "FAMO: weight decay γ of its task logits (0.01, the official scripts').")
+    dbmtl_beta: float = option(0.9, "DB-MTL: moving-average factor β of the gradient norms (0.9).")
+    dbmtl_beta_sigma: float = option(0.0, "DB-MTL: β decays as β/k^σ over steps k (σ = 0).")
+    max_grad_norm: float = option(
+        1.0,
+        "nash-mtl, cagrad, famo and fairgrad clip the shared encoder's gradient to this norm after each step, as "
+        "their official code does (1.0); 0 disables.",
     )
     gradnorm_alpha: float = option(0.16, "GradNorm asymmetry α (0.16, the original's; the GradNorm paper used 1.5).")
     gradnorm_params: str = option(
@@ -372,7 +393,7 @@ class TrainConfig:
         from crosstask_cli.engine.device import AMP_MODES
         from crosstask_cli.losses import CONSISTENCY, DEPTH_LOSSES, TDEPTH_LOSSES, TSEG_LOSSES
         from crosstask_cli.models.encoder import RESNET_DEPTHS
-        from crosstask_cli.weighting import GRADNORM_PARAMS, weighting_names
+        from crosstask_cli.weighting import GRAD_SPACES, GRADNORM_PARAMS, weighting_class, weighting_names
 
         d, m, lo, o, r = self.data, self.model, self.loss, self.optim, self.runtime
 
@@ -395,6 +416,14 @@ class TrainConfig:
             )
         if o.dwa_temperature <= 0:
             bad(f"--dwa-temperature must be positive, got {o.dwa_temperature}")
+        for kwarg in ("cagrad_c", "fairgrad_alpha", "famo_lr", "famo_decay", "max_grad_norm", "dbmtl_beta_sigma"):
+            if getattr(o, kwarg) < 0:
+                bad(f"{flag_of(kwarg)} must be ≥ 0, got {getattr(o, kwarg)}")
+        if not 0 <= o.dbmtl_beta < 1:
+            bad(f"--dbmtl-beta must be in [0, 1), got {o.dbmtl_beta}")
+        for kwarg in ("nash_update_every", "nash_iters"):
+            if not isinstance(getattr(o, kwarg), int) or getattr(o, kwarg) < 1:
+                bad(f"{flag_of(kwarg)} must be a positive integer, got {getattr(o, kwarg)}")
         if m.enc_layers not in RESNET_DEPTHS:
             bad(f"--enc-layers must be one of {', '.join(map(str, RESNET_DEPTHS))}, got {m.enc_layers}")
         for kwarg in ("epochs", "batch_size", "height", "width", "scheduler_step_size", "eval_batch_size"):
@@ -414,6 +443,9 @@ class TrainConfig:
         one_of("optimizer", o.optimizer, OPTIMIZERS)
         one_of("amp", r.amp, AMP_MODES)
         one_of("gradnorm_params", o.gradnorm_params, GRADNORM_PARAMS)
+        one_of("grad_space", o.grad_space, GRAD_SPACES)
+        if len(m.tasks) < 2 and weighting_class(o.weighting).kind == "gradient":
+            bad(f"--weighting {o.weighting} balances the gradients of two tasks; --tasks is {m.tasks[0]}")
         one_of("select_metric", r.select_metric, tuple(SELECT_DIRECTION))
         needs = {"miou": "seg", "pixel_acc": "seg", "abs_err": "depth", "rel_err": "depth"}.get(r.select_metric)
         if needs is not None and needs not in m.tasks:

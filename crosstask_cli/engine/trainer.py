@@ -138,6 +138,9 @@ class Trainer:
             raise ConfigError(f"--weighting {cfg.optim.weighting} is not supported with several processes (torchrun)")
         task_names = tuple(f"{t}_task" for t in m.tasks)
         self.weighting = method.from_options(task_names, cfg.optim, seed=cfg.runtime.seed).to(self.device)
+        self.weighting.attach(self.model)
+        if self.dist.enabled:
+            self.weighting.use_process_group(lambda t: ddp.all_reduce_mean_(t, self.dist))
         lo = cfg.loss
         self.loss_fn = CrossTaskLoss(
             m.num_classes, lo.alpha, lo.gamma, lo.lp, lo.tdep_loss, lo.tseg_loss, lo.label_smoothing,

@@ -1,0 +1,493 @@
+"""Gradient-based task weighting: methods that look at the per-task gradients at the shared encoder.
+
+GradNorm (Chen 2018) measures per-task gradient norms at one encoder layer. The others (MGDA, PCGrad, CAGrad,
+IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, FairGrad, DB-MTL) derive from the K×K Gramian G = J·Jᵀ of the per-task
+gradients J (one row per task) a weight per task, and the update is wᵀJ: the gradient of Σ_t w_t·L_t with the
+weights held constant at the shared encoder. :class:`GramianWeighting` computes that in three stages:
+
+1. ``autograd.grad`` of each task loss with respect to the *shared representation*: the encoder's five outputs
+   as the decoders read them (``grad_space="features"``, the default; MGDA-UB, Sener & Koltun 2018, takes
+   gradients at the representation too), and also to the encoder's parameters with ``grad_space="encoder"``
+   (exact, but every task is backpropagated through the encoder). Each task loss reaches only its own decoder
+   and TaskTransferNet (the other task's predictions enter it detached), so in feature space this traverses
+   each task's own parts once and never the encoder; nothing is run twice in the forward pass.
+2. G from those gradients, in float64. Under an fp16 GradScaler the task losses are scaled before
+   differentiation (so small gradients do not underflow) and G is divided by the squared scale: the
+   weights see the true gradients. Under DDP: feature-space G is the sum of every process's G over the square
+   of the process count (each process's features affect only its own batch's losses), encoder-space gradients
+   are averaged over processes before G is formed; either way every process computes the G of the global batch
+   and so the same weights.
+3. One backward pass of the task losses in which a hook replaces what enters the encoder by
+   Σ_t w_t·∂L_t/∂features (from stage 1): the encoder's parameters get Σ_t w_t·∇L_t, every task-specific part
+   its own task's gradient (as TorchJD's ``mtl_backward``); DDP all-reduces it as any step, the GradScaler
+   scales it as any step.
+
+Weights come from TorchJD's weightings (``torchjd.aggregation``) where it has them, evaluated under a forked RNG
+so they never consume the training's random stream.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from crosstask_cli.errors import ConfigError
+from crosstask_cli.weighting.base import TASKS, TaskWeighting, clip_shared_grad_norm_, register_weighting
+
+GRAD_SPACES = ("features", "encoder")
+
+
+GRADNORM_PARAMS = ("conv", "block")
+
+
+@register_weighting("gradnorm")
+class GradNormWeighting(TaskWeighting):
+    """Chen et al. 2018, GradNorm (ICML), with the original cross-task method's settings.
+
+    Learnable task weights w_t (renormalised after each step to sum to the task count, kept positive).
+    Their gradient is that of L_grad = Σ_t |w_t·g_t − mean(w·g)·r_t^α|, where g_t is the norm of ∇L_t (the
+    unweighted task loss) at the shared parameters and r_t the task's relative inverse training rate
+    (L_t/L_t(0) over its mean, L(0) from the first batch). The target term is a constant, so
+    ∂L_grad/∂w_t = sign(·)·g_t, set directly on w.grad: the g_t come from ``autograd.grad`` on the shared
+    parameters only, leaving one ``backward()``.
+
+    Defaults as the original: asymmetry ``alpha`` = 0.16; ``params="conv"`` measures g_t at the encoder's last
+    convolution weight (``layer4[-1].conv2.weight``), ``"block"`` at every parameter of the last layer4 block;
+    the weights are trained by their own Adam (betas 0.9/0.999, the model's initial lr, no schedule).
+    """
+
+    kind = "gradient"
+
+    def __init__(
+        self, tasks: tuple[str, ...] = TASKS, alpha: float = 0.16, params: str = "conv", min_weight: float = 1e-3
+    ) -> None:
+        super().__init__(tasks)
+        if params not in GRADNORM_PARAMS:
+            raise ConfigError(f"GradNorm params must be one of {GRADNORM_PARAMS}, got {params!r}")
+        self.alpha = float(alpha)
+        self.params = params
+        self.min_weight = float(min_weight)
+        self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
+        self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> GradNormWeighting:
+        return cls(tasks, alpha=options.gradnorm_alpha, params=options.gradnorm_params)
+
+    def _shared_params(self, model: nn.Module) -> list[nn.Parameter]:
+        src = model.encoder if hasattr(model, "encoder") else model
+        if self.params == "conv":
+            return [src.last_shared_weight]
+        return [p for p in src.last_shared_layer.parameters() if p.requires_grad]
+
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam([self.task_weights], lr=lr, betas=(0.9, 0.999))]
+
+    def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
+        stacked = torch.stack([losses[t] for t in self.tasks])
+        return (self.task_weights.detach() * stacked).sum()
+
+    def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
+        """Set the weights' gradient from the task gradient norms, then one backward pass of ``total``.
+
+        With an fp16 GradScaler the norms are taken of the scaled losses' gradients (so that small fp16 gradients
+        do not underflow) and divided by the scale; the weights' gradient is stored scaled like every other, so
+        that ``scaler.step`` unscales it and skips the step when any gradient overflowed.
+        """
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        w = self.task_weights
+        stacked = torch.stack([losses[t] for t in self.tasks])
+        if self.training and stacked.requires_grad:
+            params = self._shared_params(model)
+            norms = []
+            for loss in stacked:
+                grads = torch.autograd.grad(loss * scale, params, retain_graph=True, allow_unused=True)
+                sq = sum((g.float().square().sum() for g in grads if g is not None), torch.zeros(()))
+                norms.append(sq.sqrt() / scale)
+            g = torch.stack(norms).to(w.device).detach()
+            current = stacked.detach().float()
+            if not bool(self.initialised):
+                self.initial_losses.copy_(current.clamp(min=1e-12))
+                self.initialised.fill_(True)
+            ratio = current / self.initial_losses
+            rel_rate = ratio / ratio.mean().clamp(min=1e-12)
+            wg = w.detach() * g
+            target = wg.mean() * rel_rate.pow(self.alpha)
+            w.grad = (torch.sign(wg - target) * g * scale).to(w.dtype)
+        super().backward(total, losses, model, scaler)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        w = self.task_weights
+        w.clamp_(min=self.min_weight)
+        w.mul_(len(self.tasks) / w.sum())
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.tasks, self.task_weights.detach().tolist(), strict=True))
+
+
+def task_gramian(
+    losses: list[torch.Tensor], inputs: list[torch.Tensor], scale: float = 1.0
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, ...]]]:
+    """Per-task gradients of ``losses`` (K scalars) with respect to ``inputs`` and their Gramian.
+
+    Returns (G: K×K float64, the raw gradients: one tuple per task, None where a task does not reach an input).
+    ``scale`` multiplies each loss before differentiation (a GradScaler's scale); the raw gradients keep it and
+    G is divided by its square. The graph is retained for the final backward pass.
+    """
+    raw = [torch.autograd.grad(loss * scale, inputs, retain_graph=True, allow_unused=True) for loss in losses]
+    return gramian_of(raw, scale), raw
+
+
+def gramian_of(raw: list[tuple[torch.Tensor | None, ...]], scale: float = 1.0) -> torch.Tensor:
+    """G[s, t] = Σ over inputs of ⟨g_s, g_t⟩ / scale², in float64 (a missing gradient counts as 0)."""
+    k = len(raw)
+    G = torch.zeros(k, k, dtype=torch.float64)
+    for s in range(k):
+        for t in range(s, k):
+            dots = [
+                (a.double() * b.double()).sum()
+                for a, b in zip(raw[s], raw[t], strict=True)
+                if a is not None and b is not None
+            ]
+            value = torch.stack(dots).sum().cpu() if dots else torch.zeros((), dtype=torch.float64)
+            G[s, t] = G[t, s] = value / scale**2
+    return G
+
+
+class GramianWeighting(TaskWeighting):
+    """Base of the methods whose weights are a function of the Gramian of the per-task gradients (module doc).
+
+    Subclasses implement :meth:`gramian_weights` (G: K×K float64 on the CPU → K weights), may override
+    :meth:`head_weights` and may set ``max_norm`` (the shared encoder's gradient is clipped to it after the
+    backward pass; 0 = never). The weights act on the shared encoder; every task-specific part (decoder,
+    TaskTransferNet) receives its own task's gradient times the head weight (1), as TorchJD's ``mtl_backward``
+    and LibMTL do.
+    """
+
+    kind = "gradient"
+    max_norm = 0.0
+    needs_features = True
+
+    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
+        super().__init__(tasks)
+        if len(self.tasks) < 2:
+            raise ConfigError(f"--weighting {self.name} balances task gradients and needs two tasks")
+        if grad_space not in GRAD_SPACES:
+            raise ConfigError(f"--grad-space must be one of {', '.join(GRAD_SPACES)}, got {grad_space!r}")
+        self.grad_space = grad_space
+        self.register_buffer("last", torch.ones(len(self.tasks)))
+
+    @staticmethod
+    def _space(options: Any) -> str:
+        return getattr(options, "grad_space", "features")
+
+    def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
+        return sum(losses[t] for t in self.tasks)  # logged; the update is Σ w·∇L with w from the gradients
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """K weights from the K×K Gramian (float64, CPU); ``values``: the global task losses (K, float64, CPU)."""
+        raise NotImplementedError
+
+    def head_weights(self, values: torch.Tensor) -> torch.Tensor:
+        """Multipliers of each task's gradient in its own decoder and TaskTransferNet (K, float64)."""
+        return torch.ones_like(values)
+
+    def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
+        task_losses = [losses[t] for t in self.tasks]
+        features, self._features = self._features, None
+        if not (self.training and total.requires_grad):
+            return super().backward(total, losses, model, scaler)
+        if not features:
+            raise RuntimeError(f"{self.name}: no encoder features of this step (call attach(model) first)")
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        params = [p for p in model.shared_parameters() if p.requires_grad] if self.grad_space == "encoder" else []
+        G, raw = task_gramian(task_losses, features + params, scale)
+        n = len(features)
+        feature_grads = [g[:n] for g in raw]
+        if self.grad_space == "encoder":  # the global gradients: averaged over processes before G is formed
+            flat = torch.stack([torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).float()
+                                           for x, p in zip(g[n:], params, strict=True)]) for g in raw])  # fmt: skip
+            J = self.global_mean_(flat).double() / scale
+            G = (J @ J.T).cpu()
+        elif self._all_reduce_mean_ is not None:  # Σ_r G_r / W²: each process's features reach only its losses
+            G = self.global_mean_(G.to(total.device)).cpu() / torch.distributed.get_world_size()
+        values = self.global_mean_(torch.stack([v.detach().float() for v in task_losses])).cpu().double()
+        if bool(torch.isfinite(G).all()):
+            with torch.random.fork_rng(devices=[]):
+                w = self.gramian_weights(G, values).double()
+        else:  # an fp16 overflow: the GradScaler will skip this step; the method's state is left untouched
+            w = torch.ones(len(self.tasks), dtype=torch.float64)
+        self.last.copy_(w.to(self.last))
+        # What reaches the encoder: Σ_t w_t·∂L_t/∂features (scaled as the backward pass below is)
+        hooks = []
+        for k, feature in enumerate(features):
+            parts = [float(w[t]) * g[k] for t, g in enumerate(feature_grads) if g[k] is not None]
+            if parts:
+                combined = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+                hooks.append(feature.register_hook(lambda _grad, c=combined.to(feature.dtype): c))
+        head = self.head_weights(values)
+        weighted = sum(float(h) * loss for h, loss in zip(head, task_losses, strict=True))
+        try:
+            (scaler.scale(weighted) if scaler is not None else weighted).backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        clip_shared_grad_norm_(model, self.max_norm, scale)
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.tasks, self.last.tolist(), strict=True))
+
+
+@register_weighting("mgda")
+class MGDAWeighting(GramianWeighting):
+    """Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization" (NeurIPS), MGDA-UB: the
+    minimum-norm point of the convex hull of the task gradients (weights ≥ 0 summing to 1), found by the
+    paper's Frank-Wolfe solver (TorchJD ``MGDAWeighting``: tolerance 0.001, at most 100 iterations). The paper
+    takes the gradients at the shared representation, our default ``grad_space``. Gradients are not
+    normalised (the paper's "none" normalisation)."""
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> MGDAWeighting:
+        return cls(tasks, grad_space=cls._space(options))
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        from torchjd.aggregation import MGDAWeighting as TorchJDMGDA
+
+        return TorchJDMGDA(epsilon=0.001, max_iters=100)(gramian)
+
+
+@register_weighting("pcgrad")
+class PCGradWeighting(GramianWeighting):
+    """Yu et al. 2020, "Gradient Surgery for Multi-Task Learning" (NeurIPS), PCGrad: each task gradient loses
+    its component along every other task gradient it conflicts with (negative inner product), in random order;
+    the update is the sum. TorchJD ``PCGradWeighting`` (with two tasks the order does not matter). No
+    hyper-parameters. With ``grad_space="encoder"`` this is PCGrad on the encoder's parameters, as crosstask's
+    earlier implementation (same results on the same gradients)."""
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> PCGradWeighting:
+        return cls(tasks, grad_space=cls._space(options))
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        from torchjd.aggregation import PCGradWeighting as TorchJDPCGrad
+
+        return TorchJDPCGrad()(gramian)
+
+
+@register_weighting("cagrad")
+class CAGradWeighting(GramianWeighting):
+    """Liu et al. 2021, "Conflict-Averse Gradient Descent for Multi-task Learning" (NeurIPS), CAGrad: the update
+    g₀ + c·‖g₀‖·g_w/‖g_w‖, g₀ the mean gradient and g_w the convex combination that minimises g_wᵀg₀ +
+    c‖g₀‖‖g_w‖ (TorchJD ``CAGradWeighting``). As the official implementation (its defaults ``rescale=1`` and
+    "to match the sum loss"), the update is then multiplied by K/(1 + c²). ``c`` = 0.4 (the paper's value for
+    NYUv2 and CityScapes); ``max_norm`` = 1.0 (official code). c = 0 gives the plain sum of the gradients."""
+
+    def __init__(
+        self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features", c: float = 0.4, max_norm: float = 1.0
+    ) -> None:
+        super().__init__(tasks, grad_space)
+        if c < 0:
+            raise ConfigError(f"--cagrad-c must be ≥ 0, got {c}")
+        self.c, self.max_norm = float(c), float(max_norm)
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> CAGradWeighting:
+        return cls(tasks, grad_space=cls._space(options), c=options.cagrad_c, max_norm=options.max_grad_norm)
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        from torchjd.aggregation import CAGradWeighting as TorchJDCAGrad
+
+        k = gramian.shape[0]
+        return TorchJDCAGrad(c=self.c)(gramian) * (k / (1 + self.c**2))
+
+
+@register_weighting("imtl")
+class IMTLWeighting(GramianWeighting):
+    """Liu et al. 2021, "Towards Impartial Multi-task Learning" (ICLR), IMTL-G (the gradient part only, not
+    the hybrid with IMTL-L's learned loss scales): weights summing to 1 such that the update has equal
+    projections on every task's unit gradient (TorchJD ``IMTLGWeighting``, which extends it to linearly
+    dependent gradients). No hyper-parameters."""
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> IMTLWeighting:
+        return cls(tasks, grad_space=cls._space(options))
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        from torchjd.aggregation import IMTLGWeighting
+
+        return IMTLGWeighting()(gramian)
+
+
+@register_weighting("aligned-mtl")
+class AlignedMTLWeighting(GramianWeighting):
+    """Senushkin et al. 2023, "Independent Component Alignment for Multi-Task Learning" (CVPR), Aligned-MTL: the
+    task gradients are made orthogonal with equal norms (the condition number of the gradient matrix becomes
+    1) and rescaled by the smallest singular value (the paper's Algorithm 1), then averaged (TorchJD
+    ``AlignedMTLWeighting``, ``scale_mode="min"``). No hyper-parameters."""
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> AlignedMTLWeighting:
+        return cls(tasks, grad_space=cls._space(options))
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        from torchjd.aggregation import AlignedMTLWeighting as TorchJDAligned
+
+        return TorchJDAligned(scale_mode="min")(gramian)
+
+
+@register_weighting("upgrad")
+class UPGradWeighting(GramianWeighting):
+    """Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization", UPGrad: every task gradient is
+    projected onto the dual cone of all of them (so it conflicts with none) and the projections are averaged
+    (TorchJD ``UPGradWeighting``: uniform preference, quadprog projector with its default regularisation). The
+    update has a non-negative inner product with every task gradient. No hyper-parameters."""
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> UPGradWeighting:
+        return cls(tasks, grad_space=cls._space(options))
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        from torchjd.aggregation import UPGradWeighting as TorchJDUPGrad
+
+        return TorchJDUPGrad()(gramian)
+
+
+@register_weighting("fairgrad")
+class FairGradWeighting(GramianWeighting):
+    """Ban & Ji 2024, "Fair Resource Allocation in Multi-Task Learning" (ICML), FairGrad: weights w ≥ 0 that
+    solve G·w = w^(−1/α) (α-fair utility maximisation; α = 1 is proportional fairness, close to Nash-MTL),
+    by ``scipy.optimize.least_squares`` (TorchJD ``FairGradWeighting``). ``alpha`` = 1.0 and ``max_norm`` = 1.0
+    (the official experiment scripts' defaults)."""
+
+    def __init__(
+        self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features", alpha: float = 1.0, max_norm: float = 1.0
+    ) -> None:
+        super().__init__(tasks, grad_space)
+        if alpha < 0:
+            raise ConfigError(f"--fairgrad-alpha must be ≥ 0, got {alpha}")
+        self.alpha, self.max_norm = float(alpha), float(max_norm)
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> FairGradWeighting:
+        return cls(tasks, grad_space=cls._space(options), alpha=options.fairgrad_alpha, max_norm=options.max_grad_norm)
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        from torchjd.aggregation import FairGradWeighting as TorchJDFairGrad
+
+        return TorchJDFairGrad(alpha=self.alpha)(gramian)
+
+
+@register_weighting("nash-mtl")
+class NashMTLWeighting(GramianWeighting):
+    """Navon et al. 2022, "Multi-Task Learning as a Bargaining Game" (ICML), Nash-MTL: weights α > 0 solving
+    the bargaining condition G·α = 1/α, by the paper's sequence of convex approximations (TorchJD's Nash-MTL weighting, cvxpy with ECOS). Defaults as the paper and its code:
+    ``optim_niter`` = 20, ``update_weights_every`` = 1, ``max_norm`` = 1.0 (the shared encoder's gradient is
+    clipped to this norm after the update, as the official code; TorchJD's own clipping of wᵀJ is not used,
+    since J here may be the features' gradient). State (the previous α, which warm-starts the solver, and the
+    step count) is checkpointed."""
+
+    def __init__(
+        self,
+        tasks: tuple[str, ...] = TASKS,
+        grad_space: str = "features",
+        update_weights_every: int = 1,
+        optim_niter: int = 20,
+        max_norm: float = 1.0,
+    ) -> None:
+        super().__init__(tasks, grad_space)
+        from torchjd.aggregation import NashMTL
+
+        if update_weights_every < 1 or optim_niter < 1:
+            raise ConfigError("--nash-update-every and --nash-iters must be positive integers")
+        self.max_norm = float(max_norm)
+        self.solver = NashMTL(
+            n_tasks=len(self.tasks), max_norm=0.0, update_weights_every=update_weights_every, optim_niter=optim_niter
+        ).weighting
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> NashMTLWeighting:
+        return cls(
+            tasks,
+            grad_space=cls._space(options),
+            update_weights_every=options.nash_update_every,
+            optim_niter=options.nash_iters,
+            max_norm=options.max_grad_norm,
+        )
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        # TorchJD's Nash-MTL takes the matrix J and forms JJᵀ itself: any M with MMᵀ = G gives the same weights.
+        eigenvalues, vectors = torch.linalg.eigh(gramian)
+        root = vectors * eigenvalues.clamp(min=0).sqrt()
+        with warnings.catch_warnings():  # cvxpy: "not DPP", i.e. no speed-up from re-solving; nothing to act on
+            warnings.filterwarnings("ignore", message=".*not DPP.*")
+            return self.solver(root)
+
+    def get_extra_state(self) -> dict:
+        return {
+            "prvs_alpha": torch.as_tensor(self.solver.prvs_alpha, dtype=torch.float64).clone(),
+            "step": float(self.solver.step),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        import numpy as np
+
+        self.solver.reset()
+        self.solver.prvs_alpha = np.asarray(state["prvs_alpha"].numpy(), dtype=np.float32)
+        self.solver.step = float(state["step"])
+        if self.solver.step > 0:  # the solver's problem is built on its first call; a resumed one starts later
+            self.solver._init_optim_problem()
+
+
+@register_weighting("db-mtl")
+class DualBalancingWeighting(GramianWeighting):
+    """Lin et al. 2023, "Dual-Balancing for Multi-Task Learning" (arXiv 2308.12029), DB-MTL: loss-scale balancing
+    by a logarithm (each task contributes ∇log L_t = ∇L_t / L_t) and gradient-magnitude balancing: each task's
+    log-loss gradient is scaled to the largest of their (exponential-moving-average) norms. Defaults as the
+    authors' LibMTL: ``beta`` = 0.9, ``beta_sigma`` = 0 (the EMA factor at step k is β/k^σ).
+
+    Difference from the paper: the paper keeps a moving average of the full per-task gradient vectors and
+    steps along Σ_t α_t·ĝ_t; here the moving average is of their norms, and the balanced weights
+    w_t = α_t / L_t apply to the current gradients at the encoder (each decoder follows its ∇log L_t). That keeps
+    DB-MTL a weighting of the current step (one backward pass, feature-space gradients, DDP) at the price of the
+    paper's gradient momentum.
+    """
+
+    def __init__(
+        self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features", beta: float = 0.9, beta_sigma: float = 0.0
+    ) -> None:
+        super().__init__(tasks, grad_space)
+        if not 0 <= beta < 1 or beta_sigma < 0:
+            raise ConfigError(f"DB-MTL needs 0 ≤ beta < 1 and beta_sigma ≥ 0, got {beta} and {beta_sigma}")
+        self.beta, self.beta_sigma = float(beta), float(beta_sigma)
+        self.register_buffer("norms", torch.zeros(len(self.tasks), dtype=torch.float64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> DualBalancingWeighting:
+        return cls(tasks, grad_space=cls._space(options), beta=options.dbmtl_beta, beta_sigma=options.dbmtl_beta_sigma)
+
+    def distributed_sync_(self, all_reduce_mean_, first_step: bool) -> None:
+        pass  # the moving average is built from the global Gramian and losses, identically on every process
+
+    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        eps = 1e-8
+        log_norms = gramian.diagonal().clamp(min=0).sqrt() / (values + eps)  # ‖∇ log L_t‖
+        step = int(self.steps) + 1
+        beta = self.beta / step**self.beta_sigma
+        # LibMTL's buffer starts at 0: after step 1 it holds (1 − β)·g; the ratios below do not see that factor
+        ema = self.norms.cpu() * beta + (1 - beta) * log_norms
+        self.norms.copy_(ema)
+        self.steps += 1
+        alpha = ema.max() / (ema + eps)
+        return alpha / (values + eps)
+
+    def head_weights(self, values: torch.Tensor) -> torch.Tensor:
+        return 1 / (values + 1e-8)  # each decoder follows ∇log L_t, as in the paper
