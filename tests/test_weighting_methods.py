@@ -259,9 +259,10 @@ def test_gramians_in_both_spaces_equal_explicit_per_task_backward_passes():
         assert torch.allclose(G, J @ J.T, rtol=1e-5), inputs
 
 
-def test_feature_space_step_differentiates_only_towards_the_encoder_output(synthetic_prepared, monkeypatch, tmp_path):
-    """A gradient method's step: one forward, one autograd.grad per task with respect to the encoder's outputs
-    (never its parameters), and one full backward pass."""
+def test_feature_space_step_traverses_each_part_once(synthetic_prepared, monkeypatch, tmp_path):
+    """A gradient method's step: one forward; one autograd.grad per task with respect to the encoder's outputs and
+    the task-specific parameters (never the encoder's); then one backward pass from the encoder's outputs into the
+    encoder alone. No part of the network is differentiated twice."""
     from crosstask_cli.engine.trainer import Trainer
 
     cfg = ct.TrainConfig.for_dataset("synthetic", height=32, width=64, enc_layers=18, batch_size=2, workers=0,
@@ -270,24 +271,29 @@ def test_feature_space_step_differentiates_only_towards_the_encoder_output(synth
     trainer.setup(synthetic_prepared)
     forwards, backwards, grads = [], [], []
     trainer.model.register_forward_hook(lambda *a: forwards.append(1))
-    original_backward, original_grad = torch.Tensor.backward, torch.autograd.grad
+    original_backward, original_grad = torch.autograd.backward, torch.autograd.grad
 
-    def counting_backward(self, *args, **kwargs):
-        backwards.append(1)
-        return original_backward(self, *args, **kwargs)
+    def counting_backward(tensors, *args, **kwargs):
+        backwards.append(list(tensors) if isinstance(tensors, (list, tuple)) else [tensors])
+        return original_backward(tensors, *args, **kwargs)
 
     def counting_grad(outputs, inputs, *args, **kwargs):
         grads.append(list(inputs))
         return original_grad(outputs, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "backward", counting_backward)
+    monkeypatch.setattr(torch.autograd, "backward", counting_backward)
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     images, seg, depth, ids = next(iter(trainer.loader))
     assert trainer._train_step(images, seg, depth, ids) is not None
-    assert len(forwards) == 1 and len(backwards) == 1 and len(grads) == 2
-    params = {id(p) for p in trainer.model.parameters()}
-    assert all(len(inputs) == 5 and not any(id(t) in params for t in inputs) for inputs in grads)
-    assert all(p.grad is not None for p in trainer.model.encoder.parameters())
+    assert len(forwards) == 1 and len(grads) == 2 and len(backwards) == 1
+    encoder = {id(p) for p in trainer.model.encoder.parameters()}
+    own = {id(p) for p in trainer.model.parameters()} - encoder
+    for inputs in grads:
+        features, params = inputs[:5], inputs[5:]
+        assert all(t.shape[0] == 2 and id(t) not in encoder | own for t in features)  # activations
+        assert {id(p) for p in params} == own  # the task-specific parameters, not the encoder's
+    assert len(backwards[0]) == 5 and all(t is g for t, g in zip(backwards[0], grads[0][:5], strict=True))
+    assert all(p.grad is not None for p in trainer.model.parameters())
     assert trainer.weighting._features is None  # the step's activations are not kept
 
 

@@ -9,6 +9,7 @@ from Python and from the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -155,11 +156,12 @@ class Trainer:
         self.amp = cfg.runtime.amp  # resolved: off, bf16 or fp16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype(self.amp) == torch.float16)
         self.forward = self.model
+        self.ddp = None
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+            self.forward = self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.runtime.compile:
             self.forward = torch.compile(self.forward)
         seed_everything(cfg.runtime.seed + self.dist.rank)  # per-rank randomness; the weights came from one seed
@@ -232,6 +234,13 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
 
     def _train_step(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
+        # A weighting that sets the gradients itself (the per-task gradient methods) runs outside DDP's reducer and
+        # averages them over the processes itself; every other step is DDP's usual backward pass.
+        own_sync = self.ddp is not None and self.weighting.sets_gradients
+        with self.ddp.no_sync() if own_sync else contextlib.nullcontext():
+            return self._train_step_local(images, seg_t, depth_t, ids)
+
+    def _train_step_local(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
         self._zero_grad()
         with autocast(self.device, self.amp):
             pred = self.forward(images)

@@ -72,6 +72,9 @@ class TaskWeighting(nn.Module):
     kind = "loss"
     supports_distributed = True
     needs_features = False  # True: attach() keeps the encoder's output of the current training step
+    # True: backward() assigns .grad itself (not through DDP's reducer) and averages it over the processes with
+    # average_gradients_(); under DDP the trainer runs such a step in no_sync()
+    sets_gradients = False
 
     def __init__(self, tasks: tuple[str, ...] = TASKS) -> None:
         super().__init__()
@@ -117,6 +120,21 @@ class TaskWeighting(nn.Module):
         if self._all_reduce_mean_ is not None:
             self._all_reduce_mean_(t)
         return t
+
+    def average_gradients_(self, params: list[nn.Parameter]) -> None:
+        """Average the parameters' .grad over the processes in one flat all-reduce, as DDP's reducer would (for
+        methods that set gradients themselves, ``sets_gradients``); a no-op in a single process. A parameter
+        without a gradient counts as zeros, so every process ends with the same gradients."""
+        if self._all_reduce_mean_ is None:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = self.global_mean_(torch.cat([p.grad.reshape(-1) for p in params]))
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
 
     def global_values(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """The task losses stacked (K), valued at their mean over every process's batch, differentiable as the

@@ -168,6 +168,13 @@ def gramian_of(raw: list[tuple[torch.Tensor | None, ...]], scale: float = 1.0) -
     return G
 
 
+def _accumulate(p: nn.Parameter, parts: list[torch.Tensor]) -> None:
+    if not parts:
+        return
+    g = (torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]).to(p.dtype)
+    p.grad = g if p.grad is None else p.grad + g
+
+
 class GramianWeighting(TaskWeighting):
     """Base of the methods whose weights are a function of the Gramian of the per-task gradients (module doc).
 
@@ -181,6 +188,7 @@ class GramianWeighting(TaskWeighting):
     kind = "gradient"
     max_norm = 0.0
     needs_features = True
+    sets_gradients = True
 
     def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
         super().__init__(tasks)
@@ -207,24 +215,36 @@ class GramianWeighting(TaskWeighting):
         return torch.ones_like(values)
 
     def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
+        """Set every parameter's .grad for this step (module doc). Under DDP the caller runs the forward and this
+        in ``no_sync()``; the gradients are averaged here (``sets_gradients``)."""
         task_losses = [losses[t] for t in self.tasks]
         features, self._features = self._features, None
         if not (self.training and total.requires_grad):
             return super().backward(total, losses, model, scaler)
         if not features:
             raise RuntimeError(f"{self.name}: no encoder features of this step (call attach(model) first)")
-        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-        params = [p for p in model.shared_parameters() if p.requires_grad] if self.grad_space == "encoder" else []
-        G, raw = task_gramian(task_losses, features + params, scale)
-        n = len(features)
-        feature_grads = [g[:n] for g in raw]
+        scale = 1.0
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(total)  # creates the scaler's state on its first step (unscale_ and step need it)
+            scale = scaler.get_scale()
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in shared}
+        own = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
+        encoder = shared if self.grad_space == "encoder" else []
+        # stage 1: one pass per task through its own parts: gradients at the features, its parameters and, in
+        # encoder space, the encoder's parameters (scaled like the losses)
+        inputs = [*features, *encoder, *own]
+        raw = [torch.autograd.grad(loss * scale, inputs, retain_graph=True, allow_unused=True) for loss in task_losses]
+        n, m = len(features), len(encoder)
         if self.grad_space == "encoder":  # the global gradients: averaged over processes before G is formed
             flat = torch.stack([torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).float()
-                                           for x, p in zip(g[n:], params, strict=True)]) for g in raw])  # fmt: skip
+                                           for x, p in zip(g[n : n + m], encoder, strict=True)]) for g in raw])  # fmt: skip
             J = self.global_mean_(flat).double() / scale
             G = (J @ J.T).cpu()
-        elif self._all_reduce_mean_ is not None:  # Σ_r G_r / W²: each process's features reach only its losses
-            G = self.global_mean_(G.to(total.device)).cpu() / torch.distributed.get_world_size()
+        else:
+            G = gramian_of([g[:n] for g in raw], scale)
+            if self._all_reduce_mean_ is not None:  # Σ_r G_r / W²: each process's features reach only its losses
+                G = self.global_mean_(G.to(total.device)).cpu() / torch.distributed.get_world_size()
         values = self.global_mean_(torch.stack([v.detach().float() for v in task_losses])).cpu().double()
         if bool(torch.isfinite(G).all()):
             with torch.random.fork_rng(devices=[]):
@@ -232,20 +252,22 @@ class GramianWeighting(TaskWeighting):
         else:  # an fp16 overflow: the GradScaler will skip this step; the method's state is left untouched
             w = torch.ones(len(self.tasks), dtype=torch.float64)
         self.last.copy_(w.to(self.last))
-        # What reaches the encoder: Σ_t w_t·∂L_t/∂features (scaled as the backward pass below is)
-        hooks = []
-        for k, feature in enumerate(features):
-            parts = [float(w[t]) * g[k] for t, g in enumerate(feature_grads) if g[k] is not None]
-            if parts:
-                combined = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
-                hooks.append(feature.register_hook(lambda _grad, c=combined.to(feature.dtype): c))
-        head = self.head_weights(values)
-        weighted = sum(float(h) * loss for h, loss in zip(head, task_losses, strict=True))
-        try:
-            (scaler.scale(weighted) if scaler is not None else weighted).backward()
-        finally:
-            for h in hooks:
-                h.remove()
+        head = self.head_weights(values).tolist()
+        # stage 3: each task-specific parameter its own task's gradient (times the head weight) ...
+        for k, p in enumerate(own, start=n + m):
+            _accumulate(p, [h * g[k] for h, g in zip(head, raw, strict=True) if g[k] is not None])
+        weights = w.tolist()
+        if self.grad_space == "encoder":  # ... the encoder Σ_t w_t·∇L_t, already at hand
+            for k, p in enumerate(encoder, start=n):
+                _accumulate(p, [wt * g[k] for wt, g in zip(weights, raw, strict=True) if g[k] is not None])
+        else:  # ... or what the features send into it: one backward pass through the encoder
+            sent = []
+            for k, feature in enumerate(features):
+                parts = [wt * g[k] for wt, g in zip(weights, raw, strict=True) if g[k] is not None]
+                if parts:
+                    sent.append((feature, torch.stack(parts).sum(0).to(feature.dtype)))
+            torch.autograd.backward([f for f, _ in sent], grad_tensors=[g for _, g in sent])
+        self.average_gradients_([*shared, *own])  # under DDP: the global batch's gradients, then clipped
         clip_shared_grad_norm_(model, self.max_norm, scale)
 
     def weights(self) -> dict[str, float]:
