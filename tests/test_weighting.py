@@ -37,22 +37,40 @@ def test_uncertainty_weights_move_towards_log_of_each_loss():
     assert weights["seg_task"] < weights["depth_task"]
 
 
-class Toy(nn.Module):
+class ToyEncoder(nn.Module):
     def __init__(self):
         super().__init__()
-        self.shared = nn.Linear(4, 8)
-        self.heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 1)])
+        self.layer = nn.Linear(4, 8)
 
     @property
     def last_shared_layer(self):
-        return self.shared
+        return self.layer
 
     @property
     def last_shared_weight(self):
-        return self.shared.weight
+        return self.layer.weight
 
     def forward(self, x):
-        h = torch.relu(self.shared(x))
+        return torch.relu(self.layer(x))
+
+
+class Toy(nn.Module):
+    """A shared encoder (one layer) and two heads, shaped like CrossTaskNet for the weighting methods."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = ToyEncoder()
+        self.heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 1)])
+
+    @property
+    def shared(self):
+        return self.encoder.layer
+
+    def shared_parameters(self):
+        return list(self.encoder.parameters())
+
+    def forward(self, x):
+        h = self.encoder(x)
         return [head(h) for head in self.heads]
 
 
@@ -60,6 +78,7 @@ def test_gradnorm_weight_gradient_follows_the_rule_and_weights_stay_normalised()
     torch.manual_seed(0)
     model = Toy()
     w = build_weighting("gradnorm", alpha=1.5, params="block")  # the GradNorm paper's α, the whole block
+    w.attach(model)
     opt = torch.optim.Adam(list(model.parameters()) + list(w.parameters()), lr=0.01)
     x, y1, y2 = torch.randn(64, 4), torch.randn(64, 1), 10 * torch.randn(64, 1)
     for step in range(60):
@@ -93,6 +112,7 @@ def test_gradnorm_defaults_are_the_originals_and_two_steps_match_a_hand_computat
     torch.manual_seed(0)
     model = Toy()
     w = build_weighting("gradnorm")
+    w.attach(model)
     assert w.alpha == 0.16 and w.params == "conv" and w.model_optimizer_parameters() == []
     (own,) = w.configure_optimizers(lr=0.05)
     assert isinstance(own, torch.optim.Adam) and own.defaults["betas"] == (0.9, 0.999)
@@ -173,10 +193,10 @@ def test_weighting_state_round_trips(name):
         assert torch.equal(x, y)
 
 
-def test_one_backward_per_training_step_with_gradnorm(synthetic_prepared, monkeypatch, tmp_path):
-    """A GradNorm step runs one full backward pass; its task gradient norms come from ``autograd.grad`` calls that
-    ask only for the encoder's last convolution weight, so they traverse the graph from the loss down to that
-    layer, never into the rest of the encoder's parameters."""
+def test_gradnorm_step_differentiates_each_part_once(synthetic_prepared, monkeypatch, tmp_path):
+    """A GradNorm step: one autograd.grad per task that reaches the encoder's outputs, the task-specific
+    parameters and the encoder's last convolution weight (where the norms are measured) and nothing else of the
+    encoder; then one backward pass from the encoder's outputs into the encoder."""
     from crosstask_cli.engine.config import TrainConfig
     from crosstask_cli.engine.trainer import Trainer
 
@@ -186,25 +206,29 @@ def test_one_backward_per_training_step_with_gradnorm(synthetic_prepared, monkey
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup(synthetic_prepared)
     backward_calls, grad_calls = [], []
-    original_backward, original_grad = torch.Tensor.backward, torch.autograd.grad
+    original_backward, original_grad = torch.autograd.backward, torch.autograd.grad
 
-    def counting_backward(self, *args, **kwargs):
-        backward_calls.append(1)
-        return original_backward(self, *args, **kwargs)
+    def counting_backward(tensors, *args, **kwargs):
+        backward_calls.append(list(tensors) if isinstance(tensors, (list, tuple)) else [tensors])
+        return original_backward(tensors, *args, **kwargs)
 
     def counting_grad(outputs, inputs, *args, **kwargs):
         grad_calls.append(list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
         return original_grad(outputs, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "backward", counting_backward)
+    monkeypatch.setattr(torch.autograd, "backward", counting_backward)
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     images, seg, depth, ids = next(iter(trainer.loader))
     before = trainer.weighting.task_weights.detach().clone()
     assert trainer._train_step(images, seg, depth, ids) is not None
-    assert len(backward_calls) == 1
+    assert len(backward_calls) == 1 and len(backward_calls[0]) == 5  # from the encoder's five outputs
     shared = trainer.model.encoder.layer4[-1].conv2.weight
+    encoder = {id(p) for p in trainer.model.encoder.parameters()}
     assert len(grad_calls) == len(trainer.weighting.tasks)  # one norm per task
-    assert all(len(inputs) == 1 and inputs[0] is shared for inputs in grad_calls)
+    for inputs in grad_calls:
+        reached = [t for t in inputs if id(t) in encoder]
+        assert len(reached) == 1 and reached[0] is shared
+    assert all(p.grad is not None for p in trainer.model.parameters())
     assert not torch.equal(before, trainer.weighting.task_weights.detach())  # weights were updated too
     assert ct.GradNormWeighting is type(trainer.weighting)
 
@@ -217,6 +241,7 @@ def test_gradnorm_under_an_fp16_grad_scaler_gives_the_unscaled_gradients():
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**14)):
         torch.manual_seed(0)
         model, w = Toy(), build_weighting("gradnorm", alpha=1.5)
+        w.attach(model)
         opt = torch.optim.SGD(list(model.parameters()) + list(w.parameters()), lr=0.1)
         for _ in range(2):  # the second step has loss ratios ≠ 1
             opt.zero_grad(set_to_none=True)
@@ -240,6 +265,7 @@ def test_gradnorm_takes_its_initial_losses_from_the_first_step_actually_taken():
     first batch must not become GradNorm's reference L(0)."""
     torch.manual_seed(0)
     model, w = Toy(), build_weighting("gradnorm")
+    w.attach(model)
     x = torch.randn(8, 4)
     out = model(x)
     bad = {"seg_task": out[0].mean() * torch.nan, "depth_task": out[1].square().mean()}
@@ -249,3 +275,22 @@ def test_gradnorm_takes_its_initial_losses_from_the_first_step_actually_taken():
     w.backward(w.combine(good, model), good, model)
     expected = torch.stack([good["seg_task"], good["depth_task"]]).detach()
     assert bool(w.initialised) and torch.allclose(w.initial_losses, expected)
+
+
+def test_gradnorm_model_gradients_are_those_of_the_weighted_sum():
+    """Assembled from per-task gradients, the model's gradients equal one backward pass of Σ_t w_t·L_t."""
+    torch.manual_seed(0)
+    model, w = Toy(), build_weighting("gradnorm")
+    w.attach(model)
+    with torch.no_grad():
+        w.task_weights.copy_(torch.tensor([0.3, 1.7]))
+    x, y1, y2 = torch.randn(16, 4), torch.randn(16, 1), 4 * torch.randn(16, 1)
+    out = model(x)
+    losses = {"seg_task": ((out[0] - y1) ** 2).mean(), "depth_task": ((out[1] - y2) ** 2).mean()}
+    w.backward(w.combine(losses, model), losses, model)
+    ref = Toy()
+    ref.load_state_dict(model.state_dict())
+    out = ref(x)
+    (0.3 * ((out[0] - y1) ** 2).mean() + 1.7 * ((out[1] - y2) ** 2).mean()).backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name

@@ -5,22 +5,23 @@ IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, FairGrad, DB-MTL) derive from the K×K Gr
 gradients J (one row per task) a weight per task, and the update is wᵀJ: the gradient of Σ_t w_t·L_t with the
 weights held constant at the shared encoder. :class:`GramianWeighting` computes that in three stages:
 
-1. ``autograd.grad`` of each task loss with respect to the *shared representation*: the encoder's five outputs
-   as the decoders read them (``grad_space="features"``, the default; MGDA-UB, Sener & Koltun 2018, takes
-   gradients at the representation too), and also to the encoder's parameters with ``grad_space="encoder"``
-   (exact, but every task is backpropagated through the encoder). Each task loss reaches only its own decoder
-   and TaskTransferNet (the other task's predictions enter it detached), so in feature space this traverses
-   each task's own parts once and never the encoder; nothing is run twice in the forward pass.
-2. G from those gradients, in float64. Under an fp16 GradScaler the task losses are scaled before
-   differentiation (so small gradients do not underflow) and G is divided by the squared scale: the
-   weights see the true gradients. Under DDP: feature-space G is the sum of every process's G over the square
-   of the process count (each process's features affect only its own batch's losses), encoder-space gradients
-   are averaged over processes before G is formed; either way every process computes the G of the global batch
-   and so the same weights.
-3. One backward pass of the task losses in which a hook replaces what enters the encoder by
-   Σ_t w_t·∂L_t/∂features (from stage 1): the encoder's parameters get Σ_t w_t·∇L_t, every task-specific part
-   its own task's gradient (as TorchJD's ``mtl_backward``); DDP all-reduces it as any step, the GradScaler
-   scales it as any step.
+1. One ``autograd.grad`` per task loss, with respect to the *shared representation* (the encoder's five outputs
+   as the decoders read them; ``grad_space="features"``, the default; MGDA-UB, Sener & Koltun 2018, takes
+   gradients at the representation too) and to the task-specific parameters at once; with
+   ``grad_space="encoder"`` also to the encoder's parameters (exact, but every task is backpropagated through the
+   encoder). Each task loss reaches only its own decoder and TaskTransferNet (the other task's predictions enter
+   it detached), so this traverses every task-specific part once, as a plain backward pass would.
+2. G from the shared gradients, in float64. Under an fp16 GradScaler the task losses are scaled before
+   differentiation (so small gradients do not underflow) and G is divided by the squared scale: the weights see
+   the true gradients. Under DDP: feature-space G is the sum of every process's G over the square of the process
+   count (each process's features affect only its own batch's losses), encoder-space gradients are averaged over
+   processes before G is formed; either way every process computes the G of the global batch and so the same
+   weights.
+3. The gradients: every task-specific parameter gets its own task's gradient (as TorchJD's ``mtl_backward``;
+   DB-MTL scales it by 1/L_t); the encoder gets Σ_t w_t·∇L_t, by one backward pass from the features with
+   Σ_t w_t·∂L_t/∂features (feature space) or directly from stage 1 (encoder space). The forward pass runs once
+   and no part is differentiated twice. Under DDP the trainer runs the step in ``no_sync()`` and the gradients
+   are averaged here in one flat all-reduce (then clipped, for the methods with ``max_norm``).
 
 Weights come from TorchJD's weightings (``torchjd.aggregation``) where it has them, evaluated under a forked RNG
 so they never consume the training's random stream.
@@ -51,8 +52,8 @@ class GradNormWeighting(TaskWeighting):
     Their gradient is that of L_grad = Σ_t |w_t·g_t − mean(w·g)·r_t^α|, where g_t is the norm of ∇L_t (the
     unweighted task loss) at the shared parameters and r_t the task's relative inverse training rate
     (L_t/L_t(0) over its mean, L(0) from the first batch). The target term is a constant, so
-    ∂L_grad/∂w_t = sign(·)·g_t, set directly on w.grad: the g_t come from ``autograd.grad`` on the shared
-    parameters only, leaving one ``backward()``.
+    ∂L_grad/∂w_t = sign(·)·g_t, set directly on w.grad. The g_t come from the same per-task ``autograd.grad``
+    calls that give the model its gradients (see :meth:`backward`), so no part is differentiated twice.
 
     Defaults as the original: asymmetry ``alpha`` = 0.16; ``params="conv"`` measures g_t at the encoder's last
     convolution weight (``layer4[-1].conv2.weight``), ``"block"`` at every parameter of the last layer4 block;
@@ -60,6 +61,8 @@ class GradNormWeighting(TaskWeighting):
     """
 
     kind = "gradient"
+    needs_features = True
+    sets_gradients = True
 
     def __init__(
         self, tasks: tuple[str, ...] = TASKS, alpha: float = 0.16, params: str = "conv", min_weight: float = 1e-3
@@ -95,33 +98,50 @@ class GradNormWeighting(TaskWeighting):
         return (self.task_weights.detach() * stacked).sum()
 
     def backward(self, total: torch.Tensor, losses: dict[str, torch.Tensor], model: nn.Module, scaler=None) -> None:
-        """Set the weights' gradient from the task gradient norms, then one backward pass of ``total``.
+        """Set the weights' gradient from the task gradient norms and the model's gradients of ``total``.
 
-        With an fp16 GradScaler the norms are taken of the scaled losses' gradients (so that small fp16 gradients
-        do not underflow) and divided by the scale; the weights' gradient is stored scaled like every other, so
-        that ``scaler.step`` unscales it and skips the step when any gradient overflowed.
+        One ``autograd.grad`` per task reaches the encoder's outputs, the task's own parameters and the layer
+        where the norms are measured; the model's gradients of Σ_t w_t·L_t are then assembled from those as the
+        gradient methods do (:func:`set_task_gradients`), so no part is differentiated twice. With an fp16
+        GradScaler the norms are taken of the scaled losses' gradients (so that small fp16 gradients do not
+        underflow) and divided by the scale; every gradient is stored scaled, so that ``scaler.step`` unscales
+        it and skips the step when any gradient overflowed.
         """
-        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-        w = self.task_weights
+        features, self._features = self._features, None
         stacked = torch.stack([losses[t] for t in self.tasks])
-        if self.training and stacked.requires_grad:
-            params = self._shared_params(model)
-            norms = []
-            for loss in stacked:
-                grads = torch.autograd.grad(loss * scale, params, retain_graph=True, allow_unused=True)
-                sq = sum((g.float().square().sum() for g in grads if g is not None), torch.zeros(()))
-                norms.append(sq.sqrt() / scale)
-            g = torch.stack(norms).to(w.device).detach()
-            current = stacked.detach().float()
-            if not bool(self.initialised):
-                self.initial_losses.copy_(current.clamp(min=1e-12))
-                self.initialised.fill_(True)
-            ratio = current / self.initial_losses
-            rel_rate = ratio / ratio.mean().clamp(min=1e-12)
-            wg = w.detach() * g
-            target = wg.mean() * rel_rate.pow(self.alpha)
-            w.grad = (torch.sign(wg - target) * g * scale).to(w.dtype)
-        super().backward(total, losses, model, scaler)
+        if not (self.training and stacked.requires_grad):
+            return super().backward(total, losses, model, scaler)
+        if not features:
+            raise RuntimeError("gradnorm: no encoder features of this step (call attach(model) first)")
+        scale = 1.0
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(total)  # creates the scaler's state on its first step (unscale_ and step need it)
+            scale = scaler.get_scale()
+        w = self.task_weights
+        params = self._shared_params(model)
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in shared}
+        own = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
+        inputs = [*features, *own, *params]
+        raw = [torch.autograd.grad(loss * scale, inputs, retain_graph=True, allow_unused=True) for loss in stacked]
+        first = len(features) + len(own)
+        norms = []
+        for grads in raw:
+            sq = sum((g.float().square().sum() for g in grads[first:] if g is not None), torch.zeros(()))
+            norms.append(sq.sqrt() / scale)
+        g = torch.stack(norms).to(w.device).detach()
+        current = stacked.detach().float()
+        if not bool(self.initialised):
+            self.initial_losses.copy_(current.clamp(min=1e-12))
+            self.initialised.fill_(True)
+        ratio = current / self.initial_losses
+        rel_rate = ratio / ratio.mean().clamp(min=1e-12)
+        wg = w.detach() * g
+        target = wg.mean() * rel_rate.pow(self.alpha)
+        w.grad = (torch.sign(wg - target) * g * scale).to(w.dtype)
+        weights = w.detach().tolist()  # this step's total is Σ w_t·L_t with the weights before their update
+        set_task_gradients(raw, features, [], own, weights, weights)
+        self.average_gradients_([*shared, *own])
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -168,6 +188,33 @@ def gramian_of(raw: list[tuple[torch.Tensor | None, ...]], scale: float = 1.0) -
     return G
 
 
+def set_task_gradients(
+    raw: list[tuple[torch.Tensor | None, ...]],
+    features: list[torch.Tensor],
+    encoder: list[nn.Parameter],
+    own: list[nn.Parameter],
+    encoder_weights: list[float],
+    head_weights: list[float],
+) -> None:
+    """Stage 3 of the module doc. ``raw[t]``: task t's gradients with respect to ``[*features, *encoder, *own,
+    …]`` (anything after is ignored). Every parameter in ``own`` gets Σ_t head_weights[t]·∂L_t/∂p; the encoder gets
+    Σ_t encoder_weights[t]·∇L_t: from ``raw`` when ``encoder`` lists its parameters, else by one backward pass
+    from the features."""
+    n, m = len(features), len(encoder)
+    for k, p in enumerate(own, start=n + m):
+        _accumulate(p, [h * g[k] for h, g in zip(head_weights, raw, strict=True) if g[k] is not None])
+    if encoder:
+        for k, p in enumerate(encoder, start=n):
+            _accumulate(p, [wt * g[k] for wt, g in zip(encoder_weights, raw, strict=True) if g[k] is not None])
+        return
+    sent = []
+    for k, feature in enumerate(features):
+        parts = [wt * g[k] for wt, g in zip(encoder_weights, raw, strict=True) if g[k] is not None]
+        if parts:
+            sent.append((feature, torch.stack(parts).sum(0).to(feature.dtype)))
+    torch.autograd.backward([f for f, _ in sent], grad_tensors=[g for _, g in sent])
+
+
 def _accumulate(p: nn.Parameter, parts: list[torch.Tensor]) -> None:
     if not parts:
         return
@@ -180,7 +227,7 @@ class GramianWeighting(TaskWeighting):
 
     Subclasses implement :meth:`gramian_weights` (G: K×K float64 on the CPU → K weights), may override
     :meth:`head_weights` and may set ``max_norm`` (the shared encoder's gradient is clipped to it after the
-    backward pass; 0 = never). The weights act on the shared encoder; every task-specific part (decoder,
+    gradients are set; 0 = never). The weights act on the shared encoder; every task-specific part (decoder,
     TaskTransferNet) receives its own task's gradient times the head weight (1), as TorchJD's ``mtl_backward``
     and LibMTL do.
     """
@@ -252,21 +299,7 @@ class GramianWeighting(TaskWeighting):
         else:  # an fp16 overflow: the GradScaler will skip this step; the method's state is left untouched
             w = torch.ones(len(self.tasks), dtype=torch.float64)
         self.last.copy_(w.to(self.last))
-        head = self.head_weights(values).tolist()
-        # stage 3: each task-specific parameter its own task's gradient (times the head weight) ...
-        for k, p in enumerate(own, start=n + m):
-            _accumulate(p, [h * g[k] for h, g in zip(head, raw, strict=True) if g[k] is not None])
-        weights = w.tolist()
-        if self.grad_space == "encoder":  # ... the encoder Σ_t w_t·∇L_t, already at hand
-            for k, p in enumerate(encoder, start=n):
-                _accumulate(p, [wt * g[k] for wt, g in zip(weights, raw, strict=True) if g[k] is not None])
-        else:  # ... or what the features send into it: one backward pass through the encoder
-            sent = []
-            for k, feature in enumerate(features):
-                parts = [wt * g[k] for wt, g in zip(weights, raw, strict=True) if g[k] is not None]
-                if parts:
-                    sent.append((feature, torch.stack(parts).sum(0).to(feature.dtype)))
-            torch.autograd.backward([f for f, _ in sent], grad_tensors=[g for _, g in sent])
+        set_task_gradients(raw, features, encoder, own, w.tolist(), self.head_weights(values).tolist())
         self.average_gradients_([*shared, *own])  # under DDP: the global batch's gradients, then clipped
         clip_shared_grad_norm_(model, self.max_norm, scale)
 
