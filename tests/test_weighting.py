@@ -193,6 +193,7 @@ def test_weighting_state_round_trips(name):
         assert torch.equal(x, y)
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_gradnorm_step_differentiates_each_part_once(synthetic_prepared, monkeypatch, tmp_path):
     """A GradNorm step: one autograd.grad per task that reaches the encoder's outputs, the task-specific
     parameters and the encoder's last convolution weight (where the norms are measured) and nothing else of the
@@ -218,10 +219,14 @@ def test_gradnorm_step_differentiates_each_part_once(synthetic_prepared, monkeyp
 
     monkeypatch.setattr(torch.autograd, "backward", counting_backward)
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    traversed = []
+    for name in ("seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"):
+        getattr(trainer.model, name).register_full_backward_hook(lambda *a, n=name: traversed.append(n))
     images, seg, depth, ids = next(iter(trainer.loader))
     before = trainer.weighting.task_weights.detach().clone()
     assert trainer._train_step(images, seg, depth, ids) is not None
     assert len(backward_calls) == 1 and len(backward_calls[0]) == 5  # from the encoder's five outputs
+    assert sorted(traversed) == sorted(["seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"])  # once each
     shared = trainer.model.encoder.layer4[-1].conv2.weight
     encoder = {id(p) for p in trainer.model.encoder.parameters()}
     assert len(grad_calls) == len(trainer.weighting.tasks)  # one norm per task

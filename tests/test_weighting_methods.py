@@ -259,6 +259,7 @@ def test_gramians_in_both_spaces_equal_explicit_per_task_backward_passes():
         assert torch.allclose(G, J @ J.T, rtol=1e-5), inputs
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_feature_space_step_traverses_each_part_once(synthetic_prepared, monkeypatch, tmp_path):
     """A gradient method's step: one forward; one autograd.grad per task with respect to the encoder's outputs and
     the task-specific parameters (never the encoder's); then one backward pass from the encoder's outputs into the
@@ -283,9 +284,13 @@ def test_feature_space_step_traverses_each_part_once(synthetic_prepared, monkeyp
 
     monkeypatch.setattr(torch.autograd, "backward", counting_backward)
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    traversed = []
+    for name in ("seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"):
+        getattr(trainer.model, name).register_full_backward_hook(lambda *a, n=name: traversed.append(n))
     images, seg, depth, ids = next(iter(trainer.loader))
     assert trainer._train_step(images, seg, depth, ids) is not None
     assert len(forwards) == 1 and len(grads) == 2 and len(backwards) == 1
+    assert sorted(traversed) == sorted(["seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"])  # once each
     encoder = {id(p) for p in trainer.model.encoder.parameters()}
     own = {id(p) for p in trainer.model.parameters()} - encoder
     for inputs in grads:

@@ -123,7 +123,9 @@ class GradNormWeighting(TaskWeighting):
         shared_ids = {id(p) for p in shared}
         own = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
         inputs = [*features, *own, *params]
-        raw = [torch.autograd.grad(loss * scale, inputs, retain_graph=True, allow_unused=True) for loss in stacked]
+        # each task loss itself, not an element of ``stacked``: differentiating through the stack would send (zero)
+        # gradients into every task's graph
+        raw = [torch.autograd.grad(losses[t] * scale, inputs, retain_graph=True, allow_unused=True) for t in self.tasks]
         first = len(features) + len(own)
         norms = []
         for grads in raw:
