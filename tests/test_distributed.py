@@ -102,7 +102,8 @@ def test_ddp_ranks_agree_and_match_a_single_process(synthetic_prepared, tmp_path
         assert torch.allclose(r0[k], single[k], atol=2e-5, rtol=1e-4), k
 
 
-def _resume_worker(rank: int, world: int, port: int, prepared: str, run_dir: str, stop_after: int, resume: bool):
+def _resume_worker(rank: int, world: int, port: int, prepared: str, run_dir: str, stop_after: int, resume: bool,
+                   weighting: str):  # fmt: skip
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
@@ -119,33 +120,40 @@ def _resume_worker(rank: int, world: int, port: int, prepared: str, run_dir: str
             return real(self, *args)
 
         Trainer._train_step = step
-    cfg = _config(Path(prepared)).replace(save_every_steps=1, max_steps_per_epoch=4, weighting="fixed")
+    cfg = _config(Path(prepared)).replace(save_every_steps=1, max_steps_per_epoch=4, weighting=weighting)
     try:
         ct.train(cfg, run_dir=run_dir, resume=resume)
     except KeyboardInterrupt:
         pass
 
 
-def _spawn_resume(prepared: Path, run_dir: Path, stop_after: int = 0, resume: bool = False) -> None:
-    mp.spawn(_resume_worker, args=(2, _free_port(), str(prepared), str(run_dir), stop_after, resume), nprocs=2,
-             join=True)  # fmt: skip
+def _spawn_resume(prepared: Path, run_dir: Path, weighting: str, stop_after: int = 0, resume: bool = False) -> None:
+    mp.spawn(_resume_worker, args=(2, _free_port(), str(prepared), str(run_dir), stop_after, resume, weighting),
+             nprocs=2, join=True)  # fmt: skip
 
 
 @pytest.mark.integration
-def test_ddp_mid_epoch_resume_keeps_every_process_loss_sums(synthetic_prepared, tmp_path, one_thread):
+@pytest.mark.parametrize("weighting", ["fixed", "famo"])
+def test_ddp_mid_epoch_resume_keeps_every_process_loss_sums(weighting, synthetic_prepared, tmp_path, one_thread):
     """A mid-epoch checkpoint under DDP must carry the partial loss sums of all processes, or the resumed
-    epoch's logged means would count rank 0's first steps twice and the other ranks' not at all."""
-    _spawn_resume(synthetic_prepared, tmp_path / "straight")
-    _spawn_resume(synthetic_prepared, tmp_path / "cut", stop_after=2)
+    epoch's logged means would count rank 0's first steps twice and the other ranks' not at all; FAMO's state
+    (logits, previous global losses, Adam state) must continue as if never cut."""
+    _spawn_resume(synthetic_prepared, tmp_path / "straight", weighting)
+    _spawn_resume(synthetic_prepared, tmp_path / "cut", weighting, stop_after=2)
     partial = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["partial_epoch"]
     assert partial["batches"] == 2 and partial["done"] == 4  # two steps on each of two processes
-    _spawn_resume(synthetic_prepared, tmp_path / "cut", resume=True)
+    _spawn_resume(synthetic_prepared, tmp_path / "cut", weighting, resume=True)
     rows = [list(csv.DictReader((tmp_path / run / "metrics.csv").open())) for run in ("straight", "cut")]
     for key in ("train_seg", "train_depth", "train_total"):
         assert float(rows[1][0][key]) == pytest.approx(float(rows[0][0][key]), rel=1e-5), key
     a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    wa, wb = (
+        torch.load(tmp_path / run / "checkpoints/last.pt", weights_only=True)["weighting"]
+        for run in ("straight", "cut")
+    )
+    assert wa["weights"] == pytest.approx(wb["weights"], rel=1e-6)
 
 
 def _gradnorm_worker(rank: int, world: int, port: int, prepared: str, out: str) -> None:
