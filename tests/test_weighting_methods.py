@@ -385,3 +385,22 @@ def test_the_encoder_gets_the_weighted_gradient_and_each_head_its_own():
     for i, t in enumerate(("seg_task", "depth_task")):
         own = torch.autograd.grad(fresh[t], list(model2.heads[i].parameters()), retain_graph=True)
         assert all(torch.allclose(p.grad, g) for p, g in zip(model.heads[i].parameters(), own, strict=True))
+
+
+def test_a_missing_solver_is_one_clear_error_at_construction(monkeypatch):
+    import importlib.abc
+    import sys
+
+    from crosstask_cli.errors import MissingDependencyError
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("quadprog", "qpsolvers"):
+                raise ImportError(f"No module named {name!r}")
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Block(), *sys.meta_path])
+    for name in [m for m in sys.modules if m.split(".")[0] in ("quadprog", "qpsolvers")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(MissingDependencyError, match=r"UPGradWeighting needs TorchJD.s solver extras.*torchjd\[full\]"):
+        build_weighting("upgrad")

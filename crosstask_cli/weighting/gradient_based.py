@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosstask_cli.errors import ConfigError
+from crosstask_cli.errors import ConfigError, MissingDependencyError
 from crosstask_cli.weighting.base import TASKS, TaskWeighting, clip_shared_grad_norm_, register_weighting
 
 GRAD_SPACES = ("features", "encoder")
@@ -190,6 +190,20 @@ def gramian_of(raw: list[tuple[torch.Tensor | None, ...]], scale: float = 1.0) -
     return G
 
 
+def torchjd_weighting(name: str, **kwargs: Any) -> Any:
+    """TorchJD's ``torchjd.aggregation.<name>`` built once, at the method's construction, so that a missing solver
+    (TorchJD's extras: quadprog, cvxpy with ECOS and Clarabel, scipy) is reported before training starts."""
+    import torchjd.aggregation as aggregation
+
+    try:
+        return getattr(aggregation, name)(**kwargs)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{name} needs TorchJD's solver extras, which are not installed ({exc}); "
+            'install them with: pip install "torchjd[full]"'
+        ) from exc
+
+
 def set_task_gradients(
     raw: list[tuple[torch.Tensor | None, ...]],
     features: list[torch.Tensor],
@@ -317,14 +331,16 @@ class MGDAWeighting(GramianWeighting):
     takes the gradients at the shared representation, our default ``grad_space``. Gradients are not
     normalised (the paper's "none" normalisation)."""
 
+    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
+        super().__init__(tasks, grad_space)
+        self.solver = torchjd_weighting("MGDAWeighting", epsilon=0.001, max_iters=100)
+
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> MGDAWeighting:
         return cls(tasks, grad_space=cls._space(options))
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        from torchjd.aggregation import MGDAWeighting as TorchJDMGDA
-
-        return TorchJDMGDA(epsilon=0.001, max_iters=100)(gramian)
+        return self.solver(gramian)
 
 
 @register_weighting("pcgrad")
@@ -335,14 +351,16 @@ class PCGradWeighting(GramianWeighting):
     hyper-parameters. With ``grad_space="encoder"`` this is PCGrad on the encoder's parameters, as crosstask's
     earlier implementation (same results on the same gradients)."""
 
+    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
+        super().__init__(tasks, grad_space)
+        self.solver = torchjd_weighting("PCGradWeighting")
+
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> PCGradWeighting:
         return cls(tasks, grad_space=cls._space(options))
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        from torchjd.aggregation import PCGradWeighting as TorchJDPCGrad
-
-        return TorchJDPCGrad()(gramian)
+        return self.solver(gramian)
 
 
 @register_weighting("cagrad")
@@ -360,16 +378,15 @@ class CAGradWeighting(GramianWeighting):
         if c < 0:
             raise ConfigError(f"--cagrad-c must be ≥ 0, got {c}")
         self.c, self.max_norm = float(c), float(max_norm)
+        self.solver = torchjd_weighting("CAGradWeighting", c=self.c)
 
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> CAGradWeighting:
         return cls(tasks, grad_space=cls._space(options), c=options.cagrad_c, max_norm=options.max_grad_norm)
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        from torchjd.aggregation import CAGradWeighting as TorchJDCAGrad
-
         k = gramian.shape[0]
-        return TorchJDCAGrad(c=self.c)(gramian) * (k / (1 + self.c**2))
+        return self.solver(gramian) * (k / (1 + self.c**2))
 
 
 @register_weighting("imtl")
@@ -379,14 +396,16 @@ class IMTLWeighting(GramianWeighting):
     projections on every task's unit gradient (TorchJD ``IMTLGWeighting``, which extends it to linearly
     dependent gradients). No hyper-parameters."""
 
+    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
+        super().__init__(tasks, grad_space)
+        self.solver = torchjd_weighting("IMTLGWeighting")
+
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> IMTLWeighting:
         return cls(tasks, grad_space=cls._space(options))
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        from torchjd.aggregation import IMTLGWeighting
-
-        return IMTLGWeighting()(gramian)
+        return self.solver(gramian)
 
 
 @register_weighting("aligned-mtl")
@@ -396,14 +415,16 @@ class AlignedMTLWeighting(GramianWeighting):
     1) and rescaled by the smallest singular value (the paper's Algorithm 1), then averaged (TorchJD
     ``AlignedMTLWeighting``, ``scale_mode="min"``). No hyper-parameters."""
 
+    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
+        super().__init__(tasks, grad_space)
+        self.solver = torchjd_weighting("AlignedMTLWeighting", scale_mode="min")
+
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> AlignedMTLWeighting:
         return cls(tasks, grad_space=cls._space(options))
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        from torchjd.aggregation import AlignedMTLWeighting as TorchJDAligned
-
-        return TorchJDAligned(scale_mode="min")(gramian)
+        return self.solver(gramian)
 
 
 @register_weighting("upgrad")
@@ -413,14 +434,16 @@ class UPGradWeighting(GramianWeighting):
     (TorchJD ``UPGradWeighting``: uniform preference, quadprog projector with its default regularisation). The
     update has a non-negative inner product with every task gradient. No hyper-parameters."""
 
+    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
+        super().__init__(tasks, grad_space)
+        self.solver = torchjd_weighting("UPGradWeighting")
+
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> UPGradWeighting:
         return cls(tasks, grad_space=cls._space(options))
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        from torchjd.aggregation import UPGradWeighting as TorchJDUPGrad
-
-        return TorchJDUPGrad()(gramian)
+        return self.solver(gramian)
 
 
 @register_weighting("fairgrad")
@@ -437,15 +460,14 @@ class FairGradWeighting(GramianWeighting):
         if alpha < 0:
             raise ConfigError(f"--fairgrad-alpha must be ≥ 0, got {alpha}")
         self.alpha, self.max_norm = float(alpha), float(max_norm)
+        self.solver = torchjd_weighting("FairGradWeighting", alpha=self.alpha)
 
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> FairGradWeighting:
         return cls(tasks, grad_space=cls._space(options), alpha=options.fairgrad_alpha, max_norm=options.max_grad_norm)
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        from torchjd.aggregation import FairGradWeighting as TorchJDFairGrad
-
-        return TorchJDFairGrad(alpha=self.alpha)(gramian)
+        return self.solver(gramian)
 
 
 @register_weighting("nash-mtl")
@@ -472,13 +494,15 @@ class NashMTLWeighting(GramianWeighting):
         max_norm: float = 1.0,
     ) -> None:
         super().__init__(tasks, grad_space)
-        from torchjd.aggregation import NashMTL
-
         if update_weights_every < 1 or optim_niter < 1:
             raise ConfigError("--nash-update-every and --nash-iters must be positive integers")
         self.max_norm = float(max_norm)
-        self.solver = NashMTL(
-            n_tasks=len(self.tasks), max_norm=0.0, update_weights_every=update_weights_every, optim_niter=optim_niter
+        self.solver = torchjd_weighting(
+            "NashMTL",
+            n_tasks=len(self.tasks),
+            max_norm=0.0,
+            update_weights_every=update_weights_every,
+            optim_niter=optim_niter,
         ).weighting
 
     @classmethod
