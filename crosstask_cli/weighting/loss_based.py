@@ -86,7 +86,9 @@ class RandomLossWeighting(TaskWeighting):
     distribution; the weights sum to 1). No hyper-parameters.
 
     The draw of step k comes from a generator seeded with (seed, k), so every process of a ``torchrun`` job uses
-    the same weights, resumed runs continue the sequence and the global random state is left alone.
+    the same weights, resumed runs continue the sequence and the global random state is left alone. (TorchJD's
+    ``Random`` is the same formula drawn from the global generator, which differs between processes under DDP
+    and would shift the training's own random stream; hence this one.)
     """
 
     def __init__(self, tasks: tuple[str, ...] = TASKS, seed: int = 0) -> None:
