@@ -34,7 +34,8 @@ def _report(path: Path) -> None:
     splits = ", ".join(f"{k}: {v}" for k, v in meta.splits.items())
     out.print(
         f"[green]prepared[/] {meta.dataset} → [bold]{esc(path)}[/] ({meta.height}×{meta.width}, "
-        f"{meta.num_classes} classes, depth {meta.depth_kind}; {splits})"
+        f"{meta.num_classes} classes{f' ({meta.categories} categories)' if meta.categories else ''}, depth "
+        f"{meta.depth_kind}; {splits})"
     )
 
 
@@ -63,6 +64,13 @@ def cityscapes(
         "--depth",
         help="inverse: (p−1)/65536 clipped at 0.4922, as the original and MTAN; metric: metres from the camera json.",
     ),
+    categories: str = typer.Option(
+        "original",
+        "--categories",
+        help="7 classes only: original (default; every label to its category, as the original method and MTAN) or "
+        "official (the labels the official evaluation ignores, e.g. parking, guard rail, caravan, become 255). "
+        "Needs the official raw layout.",
+    ),
     val_from_train: int = VAL_FROM_TRAIN,
     seed: int = SEED,
     workers: int = WORKERS,
@@ -73,7 +81,7 @@ def cityscapes(
 
     if depth not in ("inverse", "metric"):
         raise CLIError(f"--depth must be inverse or metric, got {depth!r}")
-    opts = PrepareOptions(height, width, num_classes, depth, val_from_train, seed, workers, force)
+    opts = PrepareOptions(height, width, num_classes, depth, val_from_train, seed, workers, force, categories)
     with progress_factory() as progress:
         path = prepare_cityscapes(_require_src(src), out_dir, opts, progress)
     _report(path)

@@ -106,9 +106,10 @@ def read_camera(path: Path | None) -> tuple[float, float]:
 
 
 def convert_raw_sample(
-    sample: RawSample, height: int, width: int, num_classes: int, depth_kind: str
+    sample: RawSample, height: int, width: int, num_classes: int, depth_kind: str, categories: str = "original"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read one raw sample and return (image H×W×3 uint8 RGB, labels H×W uint8, depth H×W float32)."""
+    """Read one raw sample and return (image H×W×3 uint8 RGB, labels H×W uint8, depth H×W float32); ``categories``:
+    the 7-class mapping (:func:`~crosstask_cli.data.labels.cityscapes_lookup`)."""
     import cv2
 
     bgr = read_png(sample.image, cv2.IMREAD_COLOR, "image")
@@ -134,7 +135,7 @@ def convert_raw_sample(
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     baseline, focal = read_camera(sample.camera) if depth_kind == "metric" else (BASELINE_M, FOCAL_PX)
     depth = disparity_to_depth(disp, depth_kind, baseline, focal)
-    labels = cityscapes_lookup(num_classes)[ids]
+    labels = cityscapes_lookup(num_classes, categories)[ids]
     return (
         resize_image(rgb, height, width),
         resize_nearest(labels, height, width),

@@ -88,17 +88,30 @@ NYU_13_PALETTE = [
 ]  # fmt: skip
 
 
-def cityscapes_lookup(num_classes: int) -> np.ndarray:
+CATEGORY_MAPPINGS = ("original", "official")  # how the 7-class setting treats labels the official evaluation ignores
+
+
+def cityscapes_lookup(num_classes: int, categories: str = "original") -> np.ndarray:
     """uint8 lookup table of length 256: labelId → class index (0..C−1) or 255.
 
-    19 classes: the official trainIds; 7 classes: category id − 1 (void → 255). Ids above 33 map to 255,
+    19 classes: the official trainIds; 7 classes: category id − 1 (void → 255). ``categories`` (7 classes only):
+    ``original`` maps every labelId to its category, as the original method and MTAN do, including the labels
+    the official evaluation ignores (parking, rail track, guard rail, bridge, tunnel, polegroup, caravan,
+    trailer); ``official`` maps those to 255, as the official category evaluation does. Ids above 33 map to 255,
     but converters reject them first as outside the table.
     """
     if num_classes not in (7, 19):
         raise ConfigError(f"Cityscapes supports 7 or 19 classes, got {num_classes}")
+    if categories not in CATEGORY_MAPPINGS:
+        raise ConfigError(f"--categories must be one of {', '.join(CATEGORY_MAPPINGS)}, got {categories!r}")
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for label in CITYSCAPES_LABELS:
-        value = label.train_id if num_classes == 19 else (label.cat_id - 1 if label.cat_id > 0 else IGNORE_INDEX)
+        if num_classes == 19:
+            value = label.train_id
+        elif label.cat_id == 0 or (categories == "official" and label.train_id == IGNORE_INDEX):
+            value = IGNORE_INDEX
+        else:
+            value = label.cat_id - 1
         lut[label.id] = value
     return lut
 

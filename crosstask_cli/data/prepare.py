@@ -19,7 +19,7 @@ import numpy as np
 from crosstask_cli import __version__
 from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
-from crosstask_cli.data.labels import class_info
+from crosstask_cli.data.labels import CATEGORY_MAPPINGS, class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
 from crosstask_cli.data.prepared import (
     DatasetError,
@@ -29,6 +29,7 @@ from crosstask_cli.data.prepared import (
     is_prepared,
     read_meta,
 )
+from crosstask_cli.errors import ConfigError
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -49,6 +50,7 @@ class PrepareOptions:
     seed: int = 0
     workers: int = 2
     force: bool = False
+    categories: str = "original"  # the 7-class mapping: original (every label to its category) or official
 
 
 def detect_layout(src: Path) -> str:
@@ -170,9 +172,20 @@ def prepare_cityscapes(
     layout = detect_layout(src)
     if opts.num_classes not in (7, 19):
         raise DatasetError(f"Cityscapes has 7 or 19 classes, got --num-classes {opts.num_classes}")
+    if opts.categories not in CATEGORY_MAPPINGS:
+        raise ConfigError(f"--categories must be one of {', '.join(CATEGORY_MAPPINGS)}, got {opts.categories!r}")
+    if opts.categories != "original" and opts.num_classes != 7:
+        raise ConfigError("--categories chooses the 7-class mapping; with --num-classes 19 the official trainIds apply")
+    if opts.categories != "original" and layout == "cityscapes-mtan":
+        raise DatasetError(
+            f"{src}: MTAN's label_7 holds the original category mapping; --categories {opts.categories} needs the "
+            "official raw layout (gtFine labelIds)"
+        )
     if layout == "cityscapes-raw":
         plan = _split_plan({s: cs.find_raw_samples(src, s) for s in cs.RAW_SPLITS}, opts, src)
-        convert = lambda s: cs.convert_raw_sample(s, opts.height, opts.width, opts.num_classes, opts.depth)  # noqa: E731
+        convert = lambda s: cs.convert_raw_sample(  # noqa: E731
+            s, opts.height, opts.width, opts.num_classes, opts.depth, opts.categories
+        )
         ident = lambda s: s.stem  # noqa: E731
         depth = cs.depth_meta(opts.depth)
     elif layout == "cityscapes-mtan":
@@ -187,7 +200,10 @@ def prepare_cityscapes(
         raise DatasetError(f"{src}: layout {layout!r} is not Cityscapes (expected the raw or the MTAN layout)")
     with PreparedWriter(out, force=opts.force, inputs={"--src": src}) as writer:
         _write_splits(writer, plan, convert, ident, opts, progress)
-        writer.write_meta({**_base_meta(dataset, opts.num_classes, opts, src, layout), "depth": depth})
+        meta = {**_base_meta(dataset, opts.num_classes, opts, src, layout), "depth": depth}
+        if opts.num_classes == 7:
+            meta["categories"] = opts.categories
+        writer.write_meta(meta)
     return out
 
 

@@ -53,6 +53,7 @@ class DatasetMeta:
     ignore_index: int = IGNORE_INDEX
     source: str | None = None
     created_by: str | None = None
+    categories: str | None = None  # Cityscapes 7 classes: "original" or "official" (labels.cityscapes_lookup)
 
     @property
     def depth_kind(self) -> str:
@@ -82,6 +83,7 @@ class DatasetMeta:
                 ignore_index=int(meta.get("ignore_index", IGNORE_INDEX)),
                 source=meta.get("source"),
                 created_by=meta.get("created_by"),
+                categories=meta.get("categories"),
             )
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{where}: a value has the wrong type ({exc})") from exc
