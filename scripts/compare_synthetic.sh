@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The method's comparison on synthetic street scenes, sized for a 2-core CPU (about 1 h 30 on two cores):
+# The method's comparison on synthetic street scenes, sized for a 2-core CPU (31 runs, about 50 minutes on two cores):
 # single-task baselines; plain multi-task learning with every task weighting (fixed, uncertainty, dwa, pcgrad
 # and the 2021-2024 methods famo, rlw, db-mtl, nash-mtl, cagrad, mgda, imtl, aligned-mtl, upgrad, fairgrad);
 # cross-task consistency (xtc against ground truth, xtsc the method) with fixed weighting, and xtsc with every

@@ -133,7 +133,7 @@ def _spawn_resume(prepared: Path, run_dir: Path, weighting: str, stop_after: int
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("weighting", ["fixed", "famo"])
+@pytest.mark.parametrize("weighting", ["fixed", pytest.param("famo", marks=pytest.mark.slow)])
 def test_ddp_mid_epoch_resume_keeps_every_process_loss_sums(weighting, synthetic_prepared, tmp_path, one_thread):
     """A mid-epoch checkpoint under DDP must carry the partial loss sums of all processes, or the resumed
     epoch's logged means would count rank 0's first steps twice and the other ranks' not at all; FAMO's state

@@ -325,7 +325,10 @@ def test_each_method_trains_the_network(name, synthetic_prepared, tmp_path):
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("seg_decoder.") for k in changed)
 
 
-@pytest.mark.parametrize("name", ["famo", "nash-mtl", "db-mtl", "rlw"])
+@pytest.mark.parametrize(
+    "name",
+    ["famo", "nash-mtl", pytest.param("db-mtl", marks=pytest.mark.slow), pytest.param("rlw", marks=pytest.mark.slow)],
+)
 def test_mid_epoch_resume_continues_the_method_identically(name, synthetic_raw, tmp_path):
     """The method's state (FAMO's logits, previous losses and Adam state; Nash-MTL's previous weights and step;
     DB-MTL's moving average; RLW's step) is checkpointed: a run cut after a step and resumed ends equal."""
