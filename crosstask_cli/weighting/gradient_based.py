@@ -252,9 +252,13 @@ class GramianWeighting(TaskWeighting):
     max_norm = 0.0
     needs_features = True
     sets_gradients = True
+    solver_name: str | None = None  # a TorchJD weighting that gives the weights from G alone (built once)
+    solver_options: dict[str, Any] = {}
 
     def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
         super().__init__(tasks)
+        if self.solver_name is not None:
+            self.solver = torchjd_weighting(self.solver_name, **self.solver_options)
         if len(self.tasks) < 2:
             raise ConfigError(f"--weighting {self.name} balances task gradients and needs two tasks")
         if grad_space not in GRAD_SPACES:
@@ -266,12 +270,17 @@ class GramianWeighting(TaskWeighting):
     def _space(options: Any) -> str:
         return getattr(options, "grad_space", "features")
 
+    @classmethod
+    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> GramianWeighting:
+        return cls(tasks, grad_space=cls._space(options))
+
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         return sum(losses[t] for t in self.tasks)  # logged; the update is Σ w·∇L with w from the gradients
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """K weights from the K×K Gramian (float64, CPU); ``values``: the global task losses (K, float64, CPU)."""
-        raise NotImplementedError
+        """K weights from the K×K Gramian (float64, CPU); ``values``: the global task losses (K, float64, CPU).
+        By default the TorchJD weighting named by ``solver_name``."""
+        return self.solver(gramian)
 
     def head_weights(self, values: torch.Tensor) -> torch.Tensor:
         """Multipliers of each task's gradient in its own decoder and TaskTransferNet (K, float64)."""
@@ -331,16 +340,8 @@ class MGDAWeighting(GramianWeighting):
     takes the gradients at the shared representation, our default ``grad_space``. Gradients are not
     normalised (the paper's "none" normalisation)."""
 
-    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
-        super().__init__(tasks, grad_space)
-        self.solver = torchjd_weighting("MGDAWeighting", epsilon=0.001, max_iters=100)
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> MGDAWeighting:
-        return cls(tasks, grad_space=cls._space(options))
-
-    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return self.solver(gramian)
+    solver_name = "MGDAWeighting"
+    solver_options = {"epsilon": 0.001, "max_iters": 100}
 
 
 @register_weighting("pcgrad")
@@ -351,16 +352,7 @@ class PCGradWeighting(GramianWeighting):
     hyper-parameters. With ``grad_space="encoder"`` this is PCGrad on the encoder's parameters, as crosstask's
     earlier implementation (same results on the same gradients)."""
 
-    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
-        super().__init__(tasks, grad_space)
-        self.solver = torchjd_weighting("PCGradWeighting")
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> PCGradWeighting:
-        return cls(tasks, grad_space=cls._space(options))
-
-    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return self.solver(gramian)
+    solver_name = "PCGradWeighting"
 
 
 @register_weighting("cagrad")
@@ -396,16 +388,7 @@ class IMTLWeighting(GramianWeighting):
     projections on every task's unit gradient (TorchJD ``IMTLGWeighting``, which extends it to linearly
     dependent gradients). No hyper-parameters."""
 
-    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
-        super().__init__(tasks, grad_space)
-        self.solver = torchjd_weighting("IMTLGWeighting")
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> IMTLWeighting:
-        return cls(tasks, grad_space=cls._space(options))
-
-    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return self.solver(gramian)
+    solver_name = "IMTLGWeighting"
 
 
 @register_weighting("aligned-mtl")
@@ -415,16 +398,8 @@ class AlignedMTLWeighting(GramianWeighting):
     1) and rescaled by the smallest singular value (the paper's Algorithm 1), then averaged (TorchJD
     ``AlignedMTLWeighting``, ``scale_mode="min"``). No hyper-parameters."""
 
-    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
-        super().__init__(tasks, grad_space)
-        self.solver = torchjd_weighting("AlignedMTLWeighting", scale_mode="min")
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> AlignedMTLWeighting:
-        return cls(tasks, grad_space=cls._space(options))
-
-    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return self.solver(gramian)
+    solver_name = "AlignedMTLWeighting"
+    solver_options = {"scale_mode": "min"}
 
 
 @register_weighting("upgrad")
@@ -434,16 +409,7 @@ class UPGradWeighting(GramianWeighting):
     (TorchJD ``UPGradWeighting``: uniform preference, quadprog projector with its default regularisation). The
     update has a non-negative inner product with every task gradient. No hyper-parameters."""
 
-    def __init__(self, tasks: tuple[str, ...] = TASKS, grad_space: str = "features") -> None:
-        super().__init__(tasks, grad_space)
-        self.solver = torchjd_weighting("UPGradWeighting")
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> UPGradWeighting:
-        return cls(tasks, grad_space=cls._space(options))
-
-    def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return self.solver(gramian)
+    solver_name = "UPGradWeighting"
 
 
 @register_weighting("fairgrad")
@@ -479,9 +445,8 @@ class NashMTLWeighting(GramianWeighting):
     since J here may be the features' gradient). State (the previous α, which warm-starts the solver, and the
     step count) is checkpointed.
 
-    Cost: TorchJD solves with cvxpy on the host at every update, about 0.3 s per step on the H100 machine of the GPU
-    check, which dominates a GPU step (about 7× fixed there); ``--nash-update-every N`` reuses the weights for N
-    steps. Accuracy: with task gradients 1000× apart in norm the solve misses the smaller task's condition by
+    Cost: TorchJD solves with cvxpy on the host at every update, which can dominate a GPU step (README, task
+    weighting bench); ``--nash-update-every N`` reuses the weights for N steps. Accuracy: with task gradients 1000× apart in norm the solve misses the smaller task's condition by
     about 8× (100× apart: within 2 %).
     """
 
