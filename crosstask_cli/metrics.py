@@ -19,9 +19,12 @@ PROTOCOLS = ("standard", "original")
 
 
 class ConfusionMatrix:
-    """Streaming C×C confusion matrix (rows = target, columns = prediction), int64.
+    """Streaming C×C confusion matrix (rows = target, columns = prediction), int64, plus ``misses``: per target
+    class, the pixels predicted as an id outside 0..C−1 (e.g. 255 "unlabeled").
 
     ``update(pred, target)``: pred B×H×W class ids (or B×C×H×W logits), target B×H×W with ``ignore_index``.
+    A miss is a false negative of its target class and a false positive of none, as the official Cityscapes
+    evaluator counts a predicted label that is not evaluated; it counts as a wrong pixel in the pixel accuracy.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None):
@@ -31,10 +34,12 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.misses = torch.zeros(num_classes, dtype=torch.int64)
         self._bad_targets: torch.Tensor | None = None  # out-of-range target pixels, counted on the device
 
     def reset(self) -> None:
         self.matrix.zero_()
+        self.misses.zero_()
         self._bad_targets = None
 
     @torch.no_grad()
@@ -43,16 +48,19 @@ class ConfusionMatrix:
         if pred.ndim == target.ndim + 1:
             pred = class_labels(pred)  # already in 0..C−1
         else:
-            pred = pred.clamp(0, c - 1)
+            # every id outside the classes (negative, C, 255, …) becomes column C: a miss
+            pred = torch.where((pred >= 0) & (pred < c), pred, c)
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        # One bincount over a 256×C table indexed by (target, pred): rows 0..C−1 are the confusion matrix, the
-        # ignore row is dropped, and any other non-empty row is an out-of-range target. No masked copies.
-        idx = torch.add(pred.long(), target.long(), alpha=c)
-        counts = torch.bincount(idx.flatten(), minlength=256 * c)
-        if counts.numel() > 256 * c:
+        # One bincount over a 256×(C+1) table indexed by (target, pred): rows 0..C−1 are the confusion matrix
+        # (column C: the misses), the ignore row is dropped, and any other non-empty row is an out-of-range
+        # target. No masked copies.
+        k = c + 1
+        idx = torch.add(pred.long(), target.long(), alpha=k)
+        counts = torch.bincount(idx.flatten(), minlength=256 * k)
+        if counts.numel() > 256 * k:
             raise DatasetError(f"target class id out of range 0..{c - 1}")
-        table = counts.view(256, c)
+        table = counts.view(256, k)
         bad = table[c:].sum() - table[self.ignore_index].sum() if self.ignore_index >= c else table[c:].sum()
         # checked when the scores are computed: reading it here would wait for the device after every batch
         self._bad_targets = bad if self._bad_targets is None else self._bad_targets + bad
@@ -62,17 +70,21 @@ class ConfusionMatrix:
             block[self.ignore_index] = 0
         if self.matrix.device != block.device:  # accumulate where the batches are (no copy back per batch)
             self.matrix = self.matrix.to(block.device)
-        self.matrix += block
+            self.misses = self.misses.to(block.device)
+        self.matrix += block[:, :c]
+        self.misses += block[:, c]
 
-    def merge(self, other: torch.Tensor) -> None:
-        """Add a matrix from elsewhere (another process or shard)."""
+    def merge(self, other: torch.Tensor, misses: torch.Tensor | None = None) -> None:
+        """Add a matrix (and its misses) from elsewhere (another process or shard)."""
         self.matrix += other.to(self.matrix)
+        if misses is not None:
+            self.misses += misses.to(self.misses)
 
     def iou(self) -> torch.Tensor:
         """Per-class IoU (float64); NaN for classes absent from both target and prediction."""
         m = self.matrix.double()
         tp = m.diag()
-        union = m.sum(0) + m.sum(1) - tp
+        union = m.sum(0) + m.sum(1) + self.misses.to(m) - tp
         return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
     def check_targets(self) -> None:
@@ -84,11 +96,12 @@ class ConfusionMatrix:
         self.check_targets()
         iou = self.iou()
         present = ~torch.isnan(iou)
-        total = int(self.matrix.sum())
+        total = int(self.matrix.sum()) + int(self.misses.sum())
         return {
             "miou": float(iou[present].mean()) if present.any() else float("nan"),
             "pixel_acc": float(self.matrix.diag().sum()) / total if total else float("nan"),
             "per_class_iou": {n: float(v) for n, v in zip(self.class_names, iou.tolist(), strict=True)},
+            "missed_pixels": int(self.misses.sum()),
         }
 
 

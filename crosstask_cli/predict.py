@@ -1,6 +1,7 @@
 """Run a trained model on image files; the files it writes are those of :mod:`crosstask_cli.predictions`
-(at the input's original size; with ``transfer`` also the transferred predictions). Unreadable files are skipped
-and listed. Inputs are never overwritten.
+(at the input's original size; with ``transfer`` also the transferred predictions; with ``fmt="cityscapes"``
+one labelIds PNG per input, for the official Cityscapes tools). Unreadable files are skipped and listed. Inputs
+are never overwritten.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import numpy as np
 from crosstask_cli.errors import InputError
 from crosstask_cli.images import IMAGE_EXTENSIONS, read_image
 from crosstask_cli.predictions import (
+    FORMATS,
+    MANIFEST,
     TRANSFER_TAG,
     Manifest,
     encode_depth,
+    encode_label_ids,
     encode_seg,
     output_suffixes,
+    read_manifest,
     write_files,
     write_manifest,
 )
@@ -66,7 +71,9 @@ def collect_inputs(
     return pairs
 
 
-def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path], force: bool, ckpt: Path) -> None:
+def _check_out(
+    out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path], force: bool, ckpt: Path, fmt: str = "crosstask"
+) -> None:
     from crosstask_cli.outputs import check_output_dir, contains
 
     out_r = out.resolve()
@@ -75,13 +82,31 @@ def _check_out(out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path]
             raise InputError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
     inputs_r = {f.resolve() for f, _ in pairs}
     for _f, rel in pairs:
-        for suffix in output_suffixes():
+        for suffix in output_suffixes(fmt=fmt):
             if (out_r / f"{rel}{suffix}").resolve() in inputs_r:
                 raise InputError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")
     inputs_by_flag = {f"input {i}": p for i, p in enumerate(inputs, 1)} | {"--ckpt": ckpt}
     check_output_dir(out, "predictions folder", "--out", force, inputs_by_flag)
+    if (out / MANIFEST).is_file():
+        earlier = read_manifest(out).format
+        if earlier != fmt:  # the official matcher must find exactly one file per image
+            raise InputError(
+                f"--out {out} holds predictions in the {earlier} format; write the {fmt} format into another folder"
+            )
+
+
+def _check_cityscapes_format(ds: dict, tasks: tuple[str, ...], transfer: bool, ckpt: Path) -> None:
+    """``--format cityscapes`` needs a segmentation model with Cityscapes labels (7 or 19 classes)."""
+    if ds["name"] not in ("cityscapes", "synthetic") or ds["num_classes"] not in (7, 19):
+        raise InputError(
+            f"--format cityscapes writes Cityscapes labelIds; {ckpt} predicts {ds['num_classes']} {ds['name']} classes"
+        )
+    if "seg" not in tasks:
+        raise InputError(f"--format cityscapes writes segmentation; {ckpt} is a depth-only model")
+    if transfer:
+        raise InputError("--format cityscapes writes one labelIds PNG per image; --transfer needs the crosstask format")
 
 
 def upsampled_class_ids(logits, size: tuple[int, int]) -> np.ndarray:
@@ -110,10 +135,12 @@ def predict(
     amp: str | bool = "off",
     on_total: Callable[[int], None] | None = None,
     workers: int = 2,
+    fmt: str = "crosstask",
 ) -> PredictResult:
     """Predict segmentation and depth for image files with a checkpoint; see the module docstring. ``workers``
     threads decode the next images and encode/write the previous ones while the model runs; outputs, the
-    manifest and ``written`` keep the inputs' order."""
+    manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask`` (class ids, colours, depth) or
+    ``cityscapes`` (one labelIds PNG per input and the manifest, nothing else)."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -127,15 +154,19 @@ def predict(
 
     inputs = [Path(p) for p in inputs]
     out = Path(out)
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if recursive and not any(p.is_dir() for p in inputs):
         raise InputError("--recursive descends into folders, but every input is a file")
     unsupported: list[tuple[str, str]] = []
     pairs = collect_inputs(inputs, recursive, unsupported)
-    _check_out(out, pairs, inputs, force, Path(ckpt))
     c = load_checkpoint(ckpt)
     ds = c["dataset"]
     h, w, palette, depth_kind = ds["height"], ds["width"], [tuple(p) for p in ds["palette"]], ds["depth"]["kind"]
     model = model_from_checkpoint(c, ckpt)
+    if fmt == "cityscapes":
+        _check_cityscapes_format(ds, tuple(model.config.tasks), transfer, Path(ckpt))
+    _check_out(out, pairs, inputs, force, Path(ckpt), fmt)
     if transfer and not model.config.has_transfer:
         raise InputError(
             f"--transfer: {ckpt} has no TaskTransferNets (trained with --tasks {','.join(model.config.tasks)}"
@@ -143,8 +174,8 @@ def predict(
         )
     dev = resolve_device(device)
     precision = resolve_amp(amp, dev)
-    fmt = memory_format(dev)
-    model = model.to(dev, memory_format=fmt)
+    mem_fmt = memory_format(dev)
+    model = model.to(dev, memory_format=mem_fmt)
     if on_total:
         on_total(len(pairs) + len(unsupported))
     result = PredictResult(out, skipped=list(unsupported))
@@ -161,6 +192,9 @@ def predict(
     def finish(rel: Path, size: tuple[int, int], maps: dict) -> None:
         """Upsample to the input's size, encode and write one image's outputs (a worker thread)."""
         files: dict[str, bytes] = {}
+        if fmt == "cityscapes":
+            write_files(out, rel, encode_label_ids(upsampled_class_ids(maps[""][0][0], size), ds["num_classes"]))
+            return
         for tag, (seg_t, dep_t) in maps.items():
             if seg_t is not None:  # a single-task model predicts one of the two
                 files.update(encode_seg(upsampled_class_ids(seg_t[0], size), palette, tag))
@@ -195,7 +229,7 @@ def predict(
 
         def run(batch: list) -> None:
             x = normalise(torch.from_numpy(np.stack([small for _, _, _, small in batch])))
-            x = x.to(dev).contiguous(memory_format=fmt)
+            x = x.to(dev).contiguous(memory_format=mem_fmt)
             with torch.inference_mode(), autocast(dev, precision):
                 pred = model(x, direct_only=not transfer)
             tags = {"": (pred.seg, pred.depth)}
@@ -230,6 +264,6 @@ def predict(
     if result.written:
         write_manifest(
             out,
-            Manifest(str(Path(ckpt).resolve()), transfer, depth_kind, ds["class_names"], ds["palette"], manifest),
+            Manifest(str(Path(ckpt).resolve()), transfer, depth_kind, ds["class_names"], ds["palette"], manifest, fmt),
         )
     return result

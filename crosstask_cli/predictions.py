@@ -1,16 +1,19 @@
-"""The prediction file format, written by ``crosstask predict`` and read by ``eval --predictions`` and
+"""The prediction file formats, written by ``crosstask predict`` and read by ``eval --predictions`` and
 ``visualize predictions``: the one place that knows the file names, the encodings and the manifest.
 
-For each input ``REL/STEM.EXT``: ``OUT/REL/STEM_seg.png`` (uint8 class ids), ``STEM_seg_color.png`` (palette
-colours), ``STEM_depth.npy`` (float32 H×W, dataset depth units), ``STEM_depth_color.png``, at the input's size;
-transferred predictions add ``_transfer`` after ``seg``/``depth``. ``OUT/predictions.json`` (the manifest) maps
-each ``REL/STEM`` to its input file and records the checkpoint, class names, palette and depth kind.
+``crosstask`` format (the default), for each input ``REL/STEM.EXT``: ``OUT/REL/STEM_seg.png`` (uint8 class ids),
+``STEM_seg_color.png`` (palette colours), ``STEM_depth.npy`` (float32 H×W, dataset depth units),
+``STEM_depth_color.png``, at the input's size; transferred predictions add ``_transfer`` after ``seg``/``depth``.
+``cityscapes`` format: only ``OUT/REL/STEM_labelIds.png`` (uint8 Cityscapes labelIds, input's size), what the
+official evaluator and benchmark server read. ``OUT/predictions.json`` (the manifest) maps each ``REL/STEM`` to
+its input file and records the format, checkpoint, class names, palette and depth kind.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,11 @@ from crosstask_cli.errors import DatasetError, InputError
 
 MANIFEST = "predictions.json"
 TRANSFER_TAG = "_transfer"
+FORMATS = ("crosstask", "cityscapes")
+LABEL_IDS_SUFFIX = "_labelIds.png"
+# The official matcher's key: a prediction file belongs to ground truth <city>_<seq>_<frame>_gtFine_labelIds.png
+# when its name starts with <city>_<seq>_<frame> (seq and frame six digits).
+CITYSCAPES_KEY = re.compile(r"[A-Za-z][A-Za-z-]*_\d{6}_\d{6}")
 
 
 def seg_name(rel: str | Path, tag: str = "") -> str:
@@ -30,9 +38,19 @@ def depth_name(rel: str | Path, tag: str = "") -> str:
     return f"{rel}_depth{tag}.npy"
 
 
-def output_suffixes(tag: str = "") -> tuple[str, ...]:
+def output_suffixes(tag: str = "", fmt: str = "crosstask") -> tuple[str, ...]:
     """Every file suffix one prediction writes for ``tag`` ('' for direct, ``TRANSFER_TAG`` for transferred)."""
+    if fmt == "cityscapes":
+        return (LABEL_IDS_SUFFIX,)
     return (f"_seg{tag}.png", f"_seg{tag}_color.png", f"_depth{tag}.npy", f"_depth{tag}_color.png")
+
+
+def encode_label_ids(labels: np.ndarray, num_classes: int) -> dict[str, bytes]:
+    """H×W uint8 class ids of a Cityscapes model (7 or 19 classes) → {suffix: PNG bytes} of the labelIds map."""
+    from crosstask_cli.data.labels import class_to_label_id
+    from crosstask_cli.images import encode_png
+
+    return {LABEL_IDS_SUFFIX: encode_png(class_to_label_id(num_classes)[labels])}
 
 
 def encode_seg(labels: np.ndarray, palette: list[tuple[int, int, int]], tag: str = "") -> dict[str, bytes]:
@@ -64,7 +82,8 @@ def write_files(out: Path, rel: str | Path, files: dict[str, bytes]) -> None:
 
 @dataclass
 class Manifest:
-    """``predictions.json``: inputs maps ``REL/STEM`` → the input image's absolute path."""
+    """``predictions.json``: inputs maps ``REL/STEM`` → the input image's absolute path; ``format``: one of
+    :data:`FORMATS` (manifests without it are ``crosstask``)."""
 
     checkpoint: str
     transfer: bool
@@ -72,9 +91,11 @@ class Manifest:
     class_names: list[str]
     palette: list[list[int]]
     inputs: dict[str, str] = field(default_factory=dict)
+    format: str = "crosstask"
 
     def to_dict(self) -> dict:
         return {
+            "format": self.format,
             "checkpoint": self.checkpoint,
             "transfer": self.transfer,
             "inputs": self.inputs,
@@ -91,9 +112,11 @@ def write_manifest(out: Path, manifest: Manifest) -> None:
     path = out / MANIFEST
     if path.is_file():
         try:
-            manifest.inputs = {**read_manifest(out).inputs, **manifest.inputs}
+            old = read_manifest(out)
         except InputError:
-            pass  # an unreadable old manifest is replaced
+            old = None  # an unreadable old manifest is replaced
+        if old is not None and old.format == manifest.format:  # one folder holds one format
+            manifest.inputs = {**old.inputs, **manifest.inputs}
     atomic_write(path, lambda fh: fh.write(json.dumps(manifest.to_dict(), indent=2).encode()))
 
 
@@ -112,8 +135,11 @@ def read_manifest(pred_dir: Path) -> Manifest:
         raise InputError(f"{path}: not a crosstask predictions manifest (missing {', '.join(missing)})")
     if not isinstance(d["inputs"], dict):
         raise InputError(f"{path}: 'inputs' must map prediction names to input files")
+    fmt = d.get("format", "crosstask")
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: unknown prediction format {fmt!r} (expected one of {', '.join(FORMATS)})")
     return Manifest(
-        d["checkpoint"], bool(d["transfer"]), d["depth_kind"], list(d["class_names"]), d["palette"], d["inputs"]
+        d["checkpoint"], bool(d["transfer"]), d["depth_kind"], list(d["class_names"]), d["palette"], d["inputs"], fmt
     )
 
 
@@ -142,28 +168,132 @@ def read_depth(path: Path) -> np.ndarray:
     return depth.astype(np.float32, copy=False)
 
 
-def read_prediction(
-    pred_dir: Path, sample_id: str, height: int, width: int, num_classes: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``<id>_seg.png`` and ``<id>_depth.npy``, resized (nearest at pixel centres) to height×width.
+@dataclass
+class PredictionFiles:
+    """The prediction files found for a list of sample ids: ``seg`` / ``depth`` map each id to its file, or are
+    None for a task with no files at all; ``format``: how the segmentation files are encoded."""
 
-    With ``num_classes``, a class id outside 0..C−1 is an error naming the file (every pixel must be predicted
-    as a class); a depth that is not finite (NaN, inf) always is.
-    """
+    format: str
+    seg: dict[str, Path] | None
+    depth: dict[str, Path] | None
+
+    @property
+    def tasks(self) -> list[str]:
+        return [t for t, files in (("seg", self.seg), ("depth", self.depth)) if files is not None]
+
+
+def _seg_suffix(fmt: str, manifest: Manifest | None) -> str:
+    if fmt == "crosstask":
+        return "_seg.png"
+    # predict's labelIds files; without its manifest, any tool's PNGs, as the official matcher takes them
+    return LABEL_IDS_SUFFIX if manifest is not None else ".png"
+
+
+def _candidate_stems(pred_dir: Path, fmt: str, manifest: Manifest | None) -> list[str]:
+    """Relative stems ``REL/STEM`` of the predictions in ``pred_dir``: the manifest's, else the files'."""
+    if manifest is not None:
+        return sorted(manifest.inputs)
+    suffixes = ["_seg.png", "_depth.npy"] if fmt == "crosstask" else [".png"]
+    found = set()
+    for suffix in suffixes:
+        for f in pred_dir.rglob(f"*{suffix}"):
+            rel = f.relative_to(pred_dir).as_posix()
+            if not any(part.startswith(".") for part in Path(rel).parts):
+                found.add(rel[: -len(suffix)])
+    return sorted(found)
+
+
+def _detect_format(pred_dir: Path) -> str:
+    """Without a manifest: ``crosstask`` if any ``*_seg.png`` or ``*_depth.npy`` is there, else ``cityscapes``."""
+    for pattern in ("*_seg.png", "*_depth.npy"):
+        if next(pred_dir.rglob(pattern), None) is not None:
+            return "crosstask"
+    return "cityscapes"
+
+
+def match_predictions(pred_dir: Path, ids: list[str]) -> PredictionFiles:
+    """Find each sample id's prediction files in ``pred_dir`` (a ``predict`` output, either format, or any folder
+    of files named as the formats name them). A sample matches the prediction whose relative stem is its id, or
+    whose file name is the id; else the one whose file name starts with the same official ``city_seq_frame`` key.
+    A task is scored when any sample has its file; then every sample needs one. Errors name the missing file, or
+    both files when two predictions match one sample."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DatasetError(f"{pred_dir}: not a directory of predictions")
+    manifest = read_manifest(pred_dir) if (pred_dir / MANIFEST).is_file() else None
+    fmt = manifest.format if manifest is not None else _detect_format(pred_dir)
+    stems = _candidate_stems(pred_dir, fmt, manifest)
+    by_stem = {s: s for s in stems}
+    by_name: dict[str, list[str]] = {}
+    by_key: dict[str, list[str]] = {}
+    for s in stems:
+        name = s.rsplit("/", 1)[-1]
+        by_name.setdefault(name, []).append(s)
+        key = CITYSCAPES_KEY.match(name)
+        if key:
+            by_key.setdefault(key.group(0), []).append(s)
+
+    def find(sample_id: str) -> str | None:
+        if sample_id in by_stem:
+            return sample_id
+        for table, key in ((by_name, sample_id), (by_key, (CITYSCAPES_KEY.fullmatch(sample_id) or [None])[0])):
+            hits = table.get(key, []) if key else []
+            if len(hits) > 1:
+                raise InputError(f"{pred_dir}: several predictions match sample {sample_id!r}: {', '.join(hits[:3])}")
+            if hits:
+                return hits[0]
+        return None
+
+    matched = {i: find(i) for i in ids}
+    suffixes = {"seg": _seg_suffix(fmt, manifest)}
+    if fmt == "crosstask":
+        suffixes["depth"] = "_depth.npy"
+    found: dict[str, dict[str, Path] | None] = {"seg": None, "depth": None}
+    for task, suffix in suffixes.items():
+        files = {i: pred_dir / f"{m}{suffix}" for i, m in matched.items() if m is not None}
+        present = {i: f for i, f in files.items() if f.is_file()}
+        if not present:
+            continue
+        missing = [i for i in ids if i not in present]
+        if missing:
+            where = files.get(missing[0]) or pred_dir / f"{missing[0]}{suffix}"
+            raise DatasetError(
+                f"{where}: missing {task} prediction for sample {missing[0]!r} ({len(missing)} of {len(ids)} samples "
+                f"have none; the others have one)"
+            )
+        found[task] = present
+    if found["seg"] is None and found["depth"] is None:
+        expected = f"<id>{LABEL_IDS_SUFFIX}" if fmt == "cityscapes" else "<id>_seg.png / <id>_depth.npy"
+        example = f" (first sample: {ids[0]!r})" if ids else ""
+        raise DatasetError(f"{pred_dir}: no prediction files for the evaluated samples{example}; expected {expected}")
+    return PredictionFiles(fmt, found["seg"], found["depth"])
+
+
+def read_seg_prediction(path: Path, fmt: str, lookup: np.ndarray | None, height: int, width: int) -> np.ndarray:
+    """One segmentation prediction → height×width uint8 class ids (nearest at pixel centres). ``cityscapes``
+    files hold labelIds, turned into class ids by ``lookup`` (labelId → class, 255 for labels not evaluated).
+    Ids outside the classes are kept: the metrics count them as misses."""
     from crosstask_cli.data.resize import resize_nearest
 
-    seg_path, depth_path = pred_dir / seg_name(sample_id), pred_dir / depth_name(sample_id)
-    for p in (seg_path, depth_path):
-        if not p.is_file():
-            raise DatasetError(f"{p}: missing prediction for sample {sample_id!r}")
-    seg, depth = read_seg(seg_path), read_depth(depth_path)
-    if num_classes is not None and int(seg.max(initial=0)) >= num_classes:
-        bad = sorted(int(v) for v in np.unique(seg[seg >= num_classes]))[:5]
-        raise InputError(
-            f"{seg_path}: class id(s) {bad} outside 0..{num_classes - 1}; the dataset has {num_classes} classes "
-            "and every pixel must be predicted as one of them"
-        )
+    seg = read_seg(path)
+    if seg.dtype != np.uint8:
+        if np.issubdtype(seg.dtype, np.integer) and int(seg.max(initial=0)) <= 255:
+            seg = seg.astype(np.uint8)
+        else:
+            raise InputError(f"{path}: {seg.dtype} values above 255; expected 8-bit class ids or labelIds")
+    if fmt == "cityscapes":
+        if lookup is None:
+            raise InputError(f"{path}: Cityscapes labelIds can only be evaluated on a Cityscapes-label dataset")
+        seg = lookup[seg]
+    return resize_nearest(seg, height, width)
+
+
+def read_depth_prediction(path: Path, height: int, width: int) -> np.ndarray:
+    """One depth prediction → height×width float32 (nearest at pixel centres); non-finite values are an error."""
+    from crosstask_cli.data.resize import resize_nearest
+
+    depth = read_depth(path)
     finite = np.isfinite(depth)
     if not finite.all():
-        raise InputError(f"{depth_path}: {int((~finite).sum())} depth value(s) are NaN or infinite")
-    return resize_nearest(seg, height, width), resize_nearest(depth, height, width)
+        raise InputError(f"{path}: {int((~finite).sum())} depth value(s) are NaN or infinite")
+    return resize_nearest(depth, height, width)

@@ -55,6 +55,11 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
     plt = pyplot()
     pred_dir, out = Path(pred_dir), Path(out)
     manifest = read_manifest(pred_dir)
+    if manifest.format != "crosstask":
+        raise InputError(
+            f"{pred_dir}: holds {manifest.format}-format predictions (labelIds only); panels need the crosstask "
+            "format (`crosstask predict` without --format)"
+        )
     names, palette, kind = manifest.class_names, manifest.palette, manifest.depth_kind
     written = []
     for rel, src in list(manifest.inputs.items())[:limit]:

@@ -458,22 +458,29 @@ def _predictions(folder: Path, data: Path, seg_value: int = 0, depth_value: floa
     return folder
 
 
-@pytest.mark.parametrize(
-    ("seg", "depth", "match"),
-    [
-        (7, 0.1, r"val_000_seg\.png: class id\(s\) \[7\] outside 0\.\.6"),
-        (255, 0.1, r"val_000_seg\.png: class id\(s\) \[255\] outside 0\.\.6"),
-        (1, np.nan, r"val_000_depth\.npy: 2048 depth value\(s\) are NaN or infinite"),
-        (1, np.inf, r"val_000_depth\.npy: 2048 depth value\(s\) are NaN or infinite"),
-    ],
-)
-def test_eval_predictions_refuses_impossible_predictions(tmp_path, seg, depth, match):
+@pytest.mark.parametrize("depth", [np.nan, np.inf])
+def test_eval_predictions_refuses_non_finite_depth(tmp_path, depth):
     data = tiny_prepared(tmp_path / "prep")
-    preds = _predictions(tmp_path / "preds", data, seg, depth)
-    with pytest.raises(InputError, match=match):
+    preds = _predictions(tmp_path / "preds", data, 1, depth)
+    with pytest.raises(InputError, match=r"val_000_depth\.npy: 2048 depth value\(s\) are NaN or infinite"):
         evaluate_predictions(preds, data)
     r = run_cli("eval", "--predictions", preds, "--data", data)
-    one_line_error(r, "outside 0..6" if depth == 0.1 else "NaN or infinite")
+    one_line_error(r, "NaN or infinite")
+
+
+@pytest.mark.parametrize("seg", [7, 255])
+def test_eval_predictions_counts_ids_outside_the_classes_as_misses(tmp_path, seg):
+    """As the official Cityscapes evaluator: a pixel predicted as no class is wrong for its target and a false
+    positive of no class, so every IoU is 0 and the pixel accuracy is 0 (not clamped to the last class)."""
+    data = tiny_prepared(tmp_path / "prep")
+    preds = _predictions(tmp_path / "preds", data, seg)
+    res = evaluate_predictions(preds, data)
+    labels = np.asarray(open_split(data, "val").labels)
+    assert res.segmentation["missed_pixels"] == int((labels != 255).sum())
+    assert res.segmentation["pixel_acc"] == 0.0
+    present = {int(c) for c in np.unique(labels) if c != 255}
+    for c, (name, iou) in enumerate(res.segmentation["per_class_iou"].items()):
+        assert (iou == 0.0) if c in present else np.isnan(iou), name
 
 
 def test_eval_json_is_strict_json(tmp_path):

@@ -109,7 +109,7 @@ def test_eval_predictions_against_hand_made_files(synthetic_prepared, tmp_path):
 
     (perfect / f"{split.files[1]}_depth.npy").unlink()
     r = run_cli("eval", "--predictions", perfect, "--data", synthetic_prepared)
-    assert r.exit_code == 1 and "missing prediction" in r.output
+    assert r.exit_code == 1 and "missing depth prediction" in r.output
 
 
 def _weights(run):

@@ -47,8 +47,11 @@ def render_results(res) -> None:
     )
     t.add_column("metric")
     t.add_column("value", justify="right")
-    t.add_row("mIoU", fmt(seg["miou"]))
-    t.add_row("pixel accuracy", fmt(seg["pixel_acc"]))
+    if seg:
+        t.add_row("mIoU", fmt(seg["miou"]))
+        t.add_row("pixel accuracy", fmt(seg["pixel_acc"]))
+        if seg.get("missed_pixels"):
+            t.add_row("pixels predicted as no class (misses)", str(seg["missed_pixels"]))
     for k, name in (
         ("abs_err", "abs err"),
         ("rel_err", "abs rel err"),
@@ -66,6 +69,10 @@ def render_results(res) -> None:
         t.add_row("seg agreement (direct vs transferred)", fmt(res.consistency["seg_agreement"]))
         t.add_row("depth gap |direct − transferred|", fmt(res.consistency["depth_gap"]))
     out.print(t)
+    if res.tasks is not None and len(res.tasks) < 2:
+        out.print(f"scored: {', '.join(res.tasks)} only (no prediction files for the other task)")
+    if not seg:
+        return
     pc = Table(title="per-class IoU", title_justify="left")
     pc.add_column("class")
     pc.add_column("IoU", justify="right")

@@ -12,8 +12,10 @@ HELP = """Predict segmentation and depth for images (files and folders) with a c
 
 Writes, at each input's original size: STEM_seg.png (class ids), STEM_seg_color.png, STEM_depth.npy (float32, the
 dataset's depth units) and STEM_depth_color.png; with --transfer also the TaskTransferNets' STEM_seg_transfer* and
-STEM_depth_transfer*. Folder structure is kept. Unreadable files are skipped and listed; the exit code is 1 only
-when nothing could be processed. An existing non-empty --out needs --force (inputs are never overwritten).
+STEM_depth_transfer*. With --format cityscapes: only STEM_labelIds.png (Cityscapes labelIds, what the official
+evaluator and the benchmark server read). Folder structure is kept. Unreadable files are skipped and listed; the
+exit code is 1 only when nothing could be processed. An existing non-empty --out needs --force (inputs are never
+overwritten).
 """
 
 
@@ -26,6 +28,14 @@ def predict_command(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     transfer: bool = typer.Option(
         False, "--transfer", help="Also write the transferred predictions (runs the TaskTransferNets)."
+    ),
+    fmt: str = typer.Option(
+        "crosstask",
+        "--format",
+        help="crosstask: class ids, colour renderings and depth per image. cityscapes: one PNG of Cityscapes "
+        "labelIds per image, at its size, plus predictions.json (19 classes: trainId → labelId by the official table; "
+        "7 classes: each category → road, building, pole, vegetation, sky, person, car, which the official "
+        "category scores count exactly), for the official evaluator and benchmark submissions.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
     workers: int = typer.Option(
@@ -63,6 +73,7 @@ def predict_command(
             on_total=lambda n: prog.update(task, total=n),
             amp=amp,
             workers=workers,
+            fmt=fmt,
         )
     for path, reason in result.skipped:
         err.print(f"[yellow]skipped[/] {esc(path)}: {esc(reason)}", highlight=False)

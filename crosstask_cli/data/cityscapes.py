@@ -77,16 +77,36 @@ def read_png(path: Path, flags: int, what: str, dtype: type | None = None) -> np
     return data
 
 
-def disparity_to_depth(p: np.ndarray, kind: str, baseline: float = BASELINE_M, focal: float = FOCAL_PX) -> np.ndarray:
+def disparity_scale(src: Path) -> float:
+    """Factor from a raw dataset's disparity pixels to full-resolution (2048-wide) Cityscapes pixels: 1 for real
+    Cityscapes; for crosstask's synthetic scenes, whose disparity is in pixels of the written (smaller) images,
+    the ``disparity_scale`` their ``synthetic.json`` records (absent in older versions, which wrote
+    full-resolution disparity)."""
+    marker = Path(src) / "synthetic.json"
+    if not marker.is_file():
+        return 1.0
+    try:
+        scale = float(json.loads(marker.read_text()).get("disparity_scale", 1.0))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{marker}: not a crosstask synthetic-scene record ({exc})") from exc
+    if not scale > 0:
+        raise DatasetError(f"{marker}: disparity_scale must be positive, got {scale}")
+    return scale
+
+
+def disparity_to_depth(
+    p: np.ndarray, kind: str, baseline: float = BASELINE_M, focal: float = FOCAL_PX, scale: float = 1.0
+) -> np.ndarray:
     """Raw 16-bit Cityscapes disparity PNG values → depth (float32, 0 = invalid).
 
-    inverse: (p − 1)/65536 clipped at 0.4922; metric: metres = baseline·focal / ((p − 1)/256).
-    p = 0 (no measurement) and p = 1 (zero disparity) are invalid.
+    inverse: (p − 1)/65536 · scale clipped at 0.4922 (full-resolution disparity pixels / 256, as MTAN; ``scale``
+    see :func:`disparity_scale`); metric: metres = baseline·focal / ((p − 1)/256), with the focal length in the
+    disparity's pixels. p = 0 (no measurement) and p = 1 (zero disparity) are invalid.
     """
     p = p.astype(np.float64)
     valid = p > 1
     if kind == "inverse":
-        depth = np.where(valid, np.minimum((p - 1) / 65536.0, INVERSE_DEPTH_MAX), 0.0)
+        depth = np.where(valid, np.minimum((p - 1) / 65536.0 * scale, INVERSE_DEPTH_MAX), 0.0)
     elif kind == "metric":
         disp = np.where(valid, (p - 1) / 256.0, 1.0)
         depth = np.where(valid, np.minimum(baseline * focal / disp, METRIC_DEPTH_MAX), 0.0)
@@ -95,9 +115,10 @@ def disparity_to_depth(p: np.ndarray, kind: str, baseline: float = BASELINE_M, f
     return depth.astype(np.float32)
 
 
-def read_camera(path: Path | None) -> tuple[float, float]:
+def read_camera(path: Path | None, scale: float = 1.0) -> tuple[float, float]:
+    """(baseline m, fx px) from a camera JSON; without one, Cityscapes' values (fx in the disparity's pixels)."""
     if path is None:
-        return BASELINE_M, FOCAL_PX
+        return BASELINE_M, FOCAL_PX / scale
     try:
         cam = json.loads(path.read_text())
         return float(cam["extrinsic"]["baseline"]), float(cam["intrinsic"]["fx"])
@@ -105,11 +126,11 @@ def read_camera(path: Path | None) -> tuple[float, float]:
         raise DatasetError(f"{path}: not a Cityscapes camera json (need extrinsic.baseline, intrinsic.fx)") from exc
 
 
-def convert_raw_sample(
-    sample: RawSample, height: int, width: int, num_classes: int, depth_kind: str, categories: str = "original"
+def read_raw_sample(
+    sample: RawSample, depth_kind: str, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read one raw sample and return (image H×W×3 uint8 RGB, labels H×W uint8, depth H×W float32); ``categories``:
-    the 7-class mapping (:func:`~crosstask_cli.data.labels.cityscapes_lookup`)."""
+    """Read one raw sample at its own size: (image H×W×3 uint8 RGB, labelIds H×W uint8, depth H×W float32 in the
+    ``depth_kind`` encoding, 0 = invalid), checked (one-line errors name the file)."""
     import cv2
 
     bgr = read_png(sample.image, cv2.IMREAD_COLOR, "image")
@@ -133,8 +154,35 @@ def convert_raw_sample(
             f"{sample.stem}: image {bgr.shape[:2]}, label {ids.shape} and disparity {disp.shape} differ in size"
         )
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    baseline, focal = read_camera(sample.camera) if depth_kind == "metric" else (BASELINE_M, FOCAL_PX)
-    depth = disparity_to_depth(disp, depth_kind, baseline, focal)
+    baseline, focal = read_camera(sample.camera, scale) if depth_kind == "metric" else (BASELINE_M, FOCAL_PX)
+    return rgb, ids, disparity_to_depth(disp, depth_kind, baseline, focal, scale)
+
+
+def read_instances(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A ``*_gtFine_instanceIds.png`` → H×W int32 (labelId·1000 + k for instances, else the labelId)."""
+    import cv2
+
+    inst = read_png(path, cv2.IMREAD_UNCHANGED, "instance")
+    if inst.ndim != 2 or inst.dtype not in (np.uint8, np.uint16, np.int32):
+        raise DatasetError(f"{path}: expected a single-channel 16-bit instanceIds image")
+    if inst.shape != shape:
+        raise DatasetError(f"{path}: instanceIds {inst.shape} and labelIds {shape} differ in size")
+    return inst.astype(np.int32)
+
+
+def convert_raw_sample(
+    sample: RawSample,
+    height: int,
+    width: int,
+    num_classes: int,
+    depth_kind: str,
+    categories: str = "original",
+    scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one raw sample and return (image H×W×3 uint8 RGB, labels H×W uint8, depth H×W float32) at height×width;
+    ``categories``: the 7-class mapping (:func:`~crosstask_cli.data.labels.cityscapes_lookup`); ``scale``: see
+    :func:`disparity_scale`."""
+    rgb, ids, depth = read_raw_sample(sample, depth_kind, scale)
     labels = cityscapes_lookup(num_classes, categories)[ids]
     return (
         resize_image(rgb, height, width),

@@ -116,6 +116,40 @@ def cityscapes_lookup(num_classes: int, categories: str = "original") -> np.ndar
     return lut
 
 
+# The labelId written for each category by `predict --format cityscapes` (7-class models): the category's most
+# common evaluated class. The official category scores depend only on the category of each predicted labelId
+# (among evaluated ones), so any evaluated label of the category gives the same scores; these are documented.
+CATEGORY_REPRESENTATIVE = {
+    "flat": "road",
+    "construction": "building",
+    "object": "pole",
+    "nature": "vegetation",
+    "sky": "sky",
+    "human": "person",
+    "vehicle": "car",
+}
+
+
+def class_to_label_id(num_classes: int) -> np.ndarray:
+    """uint8 lookup table of length 256: class index → Cityscapes labelId, for ``predict --format cityscapes``.
+
+    19 classes: trainId → labelId by the official table; 7 classes: category → the labelId of
+    :data:`CATEGORY_REPRESENTATIVE`. Every other index (255 = no class) → 0 ("unlabeled"), which the official
+    evaluator counts as a miss.
+    """
+    if num_classes not in (7, 19):
+        raise ConfigError(f"Cityscapes labelIds exist for 7 or 19 classes, got {num_classes}")
+    lut = np.zeros(256, dtype=np.uint8)
+    if num_classes == 19:
+        for label in CITYSCAPES_LABELS:
+            if label.train_id < 19:
+                lut[label.train_id] = label.id
+    else:
+        for i, category in enumerate(CITYSCAPES_7_NAMES):
+            lut[i] = CITYSCAPES_ID[CATEGORY_REPRESENTATIVE[category]]
+    return lut
+
+
 def class_info(dataset: str, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Class names and palette (RGB) for a dataset's label set."""
     if dataset in ("cityscapes", "synthetic"):

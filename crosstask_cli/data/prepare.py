@@ -183,8 +183,9 @@ def prepare_cityscapes(
         )
     if layout == "cityscapes-raw":
         plan = _split_plan({s: cs.find_raw_samples(src, s) for s in cs.RAW_SPLITS}, opts, src)
+        scale = cs.disparity_scale(src)
         convert = lambda s: cs.convert_raw_sample(  # noqa: E731
-            s, opts.height, opts.width, opts.num_classes, opts.depth, opts.categories
+            s, opts.height, opts.width, opts.num_classes, opts.depth, opts.categories, scale
         )
         ident = lambda s: s.stem  # noqa: E731
         depth = cs.depth_meta(opts.depth)
@@ -237,7 +238,7 @@ def prepare_synthetic(
     progress: ProgressFactory = _no_progress,
 ) -> Path:
     """Render synthetic street scenes into ``out`` in the official Cityscapes raw layout (atomically)."""
-    from crosstask_cli.data.synthetic import render_split_to_raw
+    from crosstask_cli.data.synthetic import FULL_WIDTH, render_split_to_raw
     from crosstask_cli.outputs import check_output_dir
 
     if train < 1 or val < 1:
@@ -256,6 +257,8 @@ def prepare_synthetic(
                     "width": width,
                     "train": train,
                     "val": val,
+                    # disparity is in pixels of the written images; × this gives full-resolution pixels
+                    "disparity_scale": FULL_WIDTH / width,
                 },
                 indent=2,
             )

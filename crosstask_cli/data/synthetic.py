@@ -59,18 +59,21 @@ class Camera:
 
 @dataclass
 class Frame:
-    """Render target: z-buffer, Cityscapes label ids, unlit albedo and surface normals."""
+    """Render target: z-buffer, Cityscapes label ids, instance ids (Cityscapes convention: labelId·1000 + k for
+    objects of classes with instances, the labelId elsewhere), unlit albedo and surface normals."""
 
     height: int
     width: int
     depth: np.ndarray = field(init=False)
     ids: np.ndarray = field(init=False)
+    instances: np.ndarray = field(init=False)
     albedo: np.ndarray = field(init=False)
     normal: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.depth = np.full((self.height, self.width), np.inf, dtype=np.float32)
         self.ids = np.full((self.height, self.width), ID["sky"], dtype=np.uint8)
+        self.instances = np.full((self.height, self.width), ID["sky"], dtype=np.int32)
         self.albedo = np.zeros((self.height, self.width, 3), dtype=np.float32)
         self.normal = np.zeros((self.height, self.width, 3), dtype=np.float32)
 
@@ -82,6 +85,13 @@ class Renderer:
         self.rays = camera.rays()
         self.frame = Frame(camera.height, camera.width)
         self.noise = _noise_texture(rng)
+        self._instances: dict[int, int] = {}
+
+    def new_instance(self, label: int) -> int:
+        """A fresh instance id of class ``label`` (labelId·1000 + k, k = 0, 1, …), for the parts of one object."""
+        k = self._instances.get(label, 0)
+        self._instances[label] = k + 1
+        return label * 1000 + k
 
     def _window(self, corners: np.ndarray) -> tuple[slice, slice] | None:
         u, v, z = self.cam.project(corners)
@@ -97,7 +107,9 @@ class Renderer:
             return None
         return slice(v0, v1), slice(u0, u1)
 
-    def _commit(self, win, hit, t, label: int | np.ndarray, albedo: np.ndarray, normal: np.ndarray) -> None:
+    def _commit(
+        self, win, hit, t, label: int | np.ndarray, albedo: np.ndarray, normal: np.ndarray, instance: int | None = None
+    ) -> None:
         f = self.frame
         zb = f.depth[win]
         closer = hit & (t < zb)
@@ -105,10 +117,11 @@ class Renderer:
             return
         zb[closer] = t[closer]
         f.ids[win][closer] = label[closer] if np.ndim(label) == 2 else label
+        f.instances[win][closer] = instance if instance is not None else f.ids[win][closer]
         f.albedo[win][closer] = albedo[closer] if albedo.ndim == 3 else albedo
         f.normal[win][closer] = normal[closer] if normal.ndim == 3 else normal
 
-    def box(self, lo, hi, label: int, color, texture: str = "plain") -> None:
+    def box(self, lo, hi, label: int, color, texture: str = "plain", instance: int | None = None) -> None:
         lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         win = self._window(corners)
@@ -132,9 +145,9 @@ class Renderer:
             p = o + d * t_near[..., None]
             along = np.where(axis == 0, p[..., 2], p[..., 0])  # horizontal coordinate on the hit face
             albedo = self._texture(texture, albedo, along, p[..., 1] - lo[1], axis)
-        self._commit(win, hit, t_near, label, albedo, normal)
+        self._commit(win, hit, t_near, label, albedo, normal, instance)
 
-    def sphere(self, centre, radius: float, label: int, color) -> None:
+    def sphere(self, centre, radius: float, label: int, color, instance: int | None = None) -> None:
         c = np.asarray(centre, np.float32)
         corners = np.array([c + radius * np.array([sx, sy, sz]) for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
         win = self._window(corners)
@@ -153,7 +166,7 @@ class Renderer:
             np.asarray(color, np.float32)
             * (0.85 + 0.3 * self._sample_noise(d[..., 0] * t * 3, d[..., 1] * t * 3))[..., None]
         )
-        self._commit(win, hit, t, label, albedo, normal)
+        self._commit(win, hit, t, label, albedo, normal, instance)
 
     def _sample_noise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         n = self.noise.shape[0]
@@ -277,8 +290,9 @@ def _populate(r: Renderer, rng: np.random.Generator) -> dict:
         )
         tall = rng.uniform(1.5, 1.9)
         clothes = _rgb(rng, rng.random(3) * 0.7, 0.0)
-        r.box((x - 0.22, 0, z - 0.15), (x + 0.22, tall - 0.25, z + 0.15), ID["person"], clothes, "grain")
-        r.sphere((x, tall - 0.13, z), 0.13, ID["person"], _rgb(rng, [0.8, 0.62, 0.5], 0.1))
+        who = r.new_instance(ID["person"])
+        r.box((x - 0.22, 0, z - 0.15), (x + 0.22, tall - 0.25, z + 0.15), ID["person"], clothes, "grain", who)
+        r.sphere((x, tall - 0.13, z), 0.13, ID["person"], _rgb(rng, [0.8, 0.62, 0.5], 0.1), who)
     # Cars: parked at the kerb and driving in lanes; a few trucks and buses.
     for _ in range(rng.integers(3, 12)):
         parked = rng.random() < 0.6
@@ -290,31 +304,55 @@ def _populate(r: Renderer, rng: np.random.Generator) -> dict:
         if big:
             w, h, ln = rng.uniform(2.4, 2.6), rng.uniform(2.8, 3.4), rng.uniform(8, 12)
             lab = ID["bus"] if rng.random() < 0.5 else ID["truck"]
-            r.box((x - w / 2, 0.3, z), (x + w / 2, h, z + ln), lab, paint, "vehicle")
-            r.box((x - w / 2 + 0.1, 0, z + 1), (x + w / 2 - 0.1, 0.3, z + ln - 1), lab, np.float32([0.05] * 3))
+            which = r.new_instance(lab)
+            r.box((x - w / 2, 0.3, z), (x + w / 2, h, z + ln), lab, paint, "vehicle", which)
+            r.box((x - w / 2 + 0.1, 0, z + 1), (x + w / 2 - 0.1, 0.3, z + ln - 1), lab, np.float32([0.05] * 3),
+                  instance=which)  # fmt: skip
         else:
             w, ln = rng.uniform(1.7, 1.9), rng.uniform(3.8, 4.8)
-            r.box((x - w / 2, 0.25, z), (x + w / 2, 1.0, z + ln), ID["car"], paint, "grain")
+            which = r.new_instance(ID["car"])
+            r.box((x - w / 2, 0.25, z), (x + w / 2, 1.0, z + ln), ID["car"], paint, "grain", which)
             r.box(
                 (x - w / 2 + 0.1, 1.0, z + 0.9),
                 (x + w / 2 - 0.1, rng.uniform(1.4, 1.6), z + ln - 1.0),
                 ID["car"],
                 np.float32([0.1, 0.12, 0.15]),
+                instance=which,
             )
             r.box(
                 (x - w / 2 + 0.05, 0, z + 0.4),
                 (x + w / 2 - 0.05, 0.25, z + ln - 0.4),
                 ID["car"],
                 np.float32([0.04] * 3),
+                instance=which,
             )
     return {"road_x": 0.0, "road_half": road_half, "sidewalk": sidewalk}
+
+
+@dataclass
+class Scene:
+    """One rendered scene: RGB uint8 H×W×3, Cityscapes labelIds uint8 H×W, instanceIds int32 H×W (labelId·1000 + k
+    for objects of classes with instances, else the labelId), z-depth float32 H×W in metres (inf for sky), and
+    the camera it was seen with."""
+
+    rgb: np.ndarray
+    ids: np.ndarray
+    instances: np.ndarray
+    depth: np.ndarray
+    camera: Camera
 
 
 def render_scene(
     seed_seq: list[int] | int, height: int = 256, width: int = 512
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render one scene. Returns (RGB uint8 H×W×3, Cityscapes labelIds uint8 H×W, z-depth float32 H×W in
-    metres with inf for sky). Deterministic for a given seed sequence."""
+    """Render one scene: (RGB uint8 H×W×3, Cityscapes labelIds uint8 H×W, z-depth float32 H×W in metres with inf
+    for sky); :func:`render_scene_full` also gives the instances and camera. Deterministic for a seed sequence."""
+    scene = render_scene_full(seed_seq, height, width)
+    return scene.rgb, scene.ids, scene.depth
+
+
+def render_scene_full(seed_seq: list[int] | int, height: int = 256, width: int = 512) -> Scene:
+    """Render one scene (see :class:`Scene`). Deterministic for a given seed sequence."""
     rng = np.random.default_rng(seed_seq)
     cam = Camera(
         height,
@@ -349,22 +387,35 @@ def render_scene(
     color = np.where(sky[..., None], sky_color, color * haze + horizon * (1 - haze))
     color = color + rng.normal(0, rng.uniform(0.005, 0.02), color.shape)
     rgb = (np.clip(color, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return rgb, f.ids, np.where(sky, np.inf, f.depth).astype(np.float32)
+    return Scene(rgb, f.ids, f.instances, np.where(sky, np.inf, f.depth).astype(np.float32), cam)
 
 
-def depth_to_disparity_png(depth: np.ndarray) -> np.ndarray:
-    """z-depth in metres (inf = no measurement) → Cityscapes 16-bit disparity values p = disparity·256 + 1,
-    with disparity in pixels at full resolution; p = 0 where invalid."""
+def depth_to_disparity_png(depth: np.ndarray, focal: float = FOCAL_PX) -> np.ndarray:
+    """z-depth in metres (inf = no measurement) → Cityscapes 16-bit disparity values p = disparity·256 + 1, with
+    disparity = baseline·focal/depth in pixels of a camera with focal length ``focal`` (pixels); p = 0 where
+    invalid. The generator passes the written images' focal length, so depth = baseline·fx/disparity holds with
+    the camera JSON's fx, as for real Cityscapes."""
     finite = np.isfinite(depth) & (depth > 0)
-    disp = BASELINE_M * FOCAL_PX / np.where(finite, depth, 1.0)
+    disp = BASELINE_M * focal / np.where(finite, depth, 1.0)
     p = np.clip(np.rint(disp * 256 + 1), 2, 65535)
     return np.where(finite, p, 0).astype(np.uint16)
 
 
-def camera_json() -> dict:
+def camera_json(cam: Camera) -> dict:
+    """The Cityscapes camera JSON of one scene. Intrinsics in pixels of the written images (principal point in
+    pixel-centre coordinates); extrinsics in the Cityscapes vehicle frame (x forward, y left, z up, metres):
+    the camera at the scene's height and lateral offset, ``pitch`` in radians (positive = looking down)."""
     return {
-        "extrinsic": {"baseline": BASELINE_M, "pitch": 0.0, "roll": 0.0, "yaw": 0.0, "x": 1.7, "y": 0.0, "z": 1.3},
-        "intrinsic": {"fx": FOCAL_PX, "fy": FOCAL_PX, "u0": FULL_WIDTH / 2, "v0": FULL_WIDTH / 4},
+        "extrinsic": {
+            "baseline": BASELINE_M,
+            "pitch": float(cam.pitch),
+            "roll": 0.0,
+            "yaw": 0.0,
+            "x": 0.0,
+            "y": float(-cam.lateral),
+            "z": float(cam.cam_height),
+        },
+        "intrinsic": {"fx": cam.f, "fy": cam.f, "u0": cam.width / 2 - 0.5, "v0": cam.height / 2 - 0.5},
     }
 
 
@@ -385,17 +436,17 @@ def render_split_to_raw(
     dirs = {k: out / k / split / city for k in ("leftImg8bit", "gtFine", "disparity", "camera")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    cam = json.dumps(camera_json(), indent=2)
     for i in range(count):
-        rgb, ids, depth = render_scene([seed, split_code, i], height, width)
+        scene = render_scene_full([seed, split_code, i], height, width)
         stem = f"{city}_{i // 1000:06d}_{i % 1000:06d}"
         for path, data in (
-            (dirs["leftImg8bit"] / f"{stem}_leftImg8bit.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)),
-            (dirs["gtFine"] / f"{stem}_gtFine_labelIds.png", ids),
-            (dirs["disparity"] / f"{stem}_disparity.png", depth_to_disparity_png(depth)),
+            (dirs["leftImg8bit"] / f"{stem}_leftImg8bit.png", cv2.cvtColor(scene.rgb, cv2.COLOR_RGB2BGR)),
+            (dirs["gtFine"] / f"{stem}_gtFine_labelIds.png", scene.ids),
+            (dirs["gtFine"] / f"{stem}_gtFine_instanceIds.png", scene.instances.astype(np.uint16)),
+            (dirs["disparity"] / f"{stem}_disparity.png", depth_to_disparity_png(scene.depth, scene.camera.f)),
         ):
             if not cv2.imwrite(str(path), data):
                 raise OSError(f"could not write {path}")
-        (dirs["camera"] / f"{stem}_camera.json").write_text(cam)
+        (dirs["camera"] / f"{stem}_camera.json").write_text(json.dumps(camera_json(scene.camera), indent=2))
         if progress:
             progress(1)

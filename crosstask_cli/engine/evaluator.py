@@ -24,7 +24,6 @@ from crosstask_cli.metrics import (
     OriginalProtocolMetrics,
 )
 from crosstask_cli.ops import class_labels
-from crosstask_cli.predictions import read_prediction
 
 
 class MetricSet:
@@ -82,11 +81,13 @@ class MetricSet:
         self.cm.check_targets()
         o = self.original
         scalars = torch.tensor([o.images, self.images, float(self.has_consistency)], dtype=torch.float64)
-        parts = [self.cm.matrix.double(), self.depth.sums, self.consistency.sums, o.sums, scalars]
+        parts = [self.cm.matrix.double(), self.cm.misses.double(), self.depth.sums, self.consistency.sums, o.sums]
+        parts.append(scalars)
         flat = all_reduce_sum_(torch.cat([t.to(device).flatten() for t in parts]), dist).cpu()
         sizes = [t.numel() for t in parts]
-        cm, depth, cons, orig, sc = torch.split(flat, sizes)
+        cm, misses, depth, cons, orig, sc = torch.split(flat, sizes)
         self.cm.matrix = cm.round().long().view_as(self.cm.matrix)
+        self.cm.misses = misses.round().long()
         self.depth.sums, self.consistency.sums, o.sums = depth.clone(), cons.clone(), orig.clone()
         images_o, images, has_c = sc.tolist()
         o.images, self.images, self.has_consistency = int(images_o), int(images), has_c > 0
@@ -204,23 +205,48 @@ def evaluate_predictions(
     batch_size: int = 8,
     verify: bool = False,
 ) -> EvalResult:
-    """Evaluate prediction files (as written by ``crosstask predict``) against a prepared split. Class ids outside
-    the dataset's classes and non-finite depth are errors naming the file; ``verify`` checks every value of the
-    split first (else a sample)."""
+    """Evaluate prediction files against a prepared split: a ``crosstask predict`` output in either format (see
+    :func:`~crosstask_cli.predictions.match_predictions` for how files are found), or a flat folder of
+    ``<id>_seg.png`` / ``<id>_depth.npy``. Only the tasks whose files are present are scored (``result.tasks``);
+    a predicted class id outside the dataset's classes (e.g. 255, or a labelId the dataset does not evaluate) is
+    a miss (``segmentation.missed_pixels``); non-finite depth is an error naming the file. ``verify`` checks
+    every value of the split first (else a sample)."""
+    from crosstask_cli.data.labels import cityscapes_lookup
+    from crosstask_cli.predictions import match_predictions, read_depth_prediction, read_seg_prediction
+
     pred_dir, data = Path(pred_dir), Path(data)
     if not pred_dir.is_dir():
         raise DatasetError(f"{pred_dir}: not a directory of predictions")
     meta = read_meta(data)
     s = open_split(data, split)
     verify_split(s, meta, full=verify)
+    files = match_predictions(pred_dir, list(s.files))
+    lookup = None
+    if files.format == "cityscapes":
+        if meta.dataset not in ("cityscapes", "synthetic") or meta.num_classes not in (7, 19):
+            raise DatasetError(
+                f"{pred_dir}: holds Cityscapes labelIds, but {data} is {meta.dataset} with {meta.num_classes} classes"
+            )
+        lookup = cityscapes_lookup(meta.num_classes, meta.categories or "original")
     metrics = MetricSet.for_dataset(meta, (protocol,))
     h, w = meta.height, meta.width
     for start in range(0, len(s), batch_size):
         ids = s.files[start : start + batch_size]
-        preds = [read_prediction(pred_dir, i, h, w, meta.num_classes) for i in ids]
-        seg_p = torch.from_numpy(np.stack([p[0] for p in preds]).astype(np.int64))
-        dep_p = torch.from_numpy(np.stack([p[1] for p in preds]))
-        seg_t = torch.from_numpy(np.array(s.labels[start : start + len(ids)], dtype=np.int64))
-        dep_t = torch.from_numpy(np.array(s.depth[start : start + len(ids)], dtype=np.float32))
+        stop = start + len(ids)
+        seg_t = torch.from_numpy(np.array(s.labels[start:stop], dtype=np.int64))
+        dep_t = torch.from_numpy(np.array(s.depth[start:stop], dtype=np.float32))
+        seg_p = dep_p = None
+        if files.seg is not None:
+            segs = [read_seg_prediction(files.seg[i], files.format, lookup, h, w) for i in ids]
+            seg_p = torch.from_numpy(np.stack(segs).astype(np.int64))
+        if files.depth is not None:
+            dep_p = torch.from_numpy(np.stack([read_depth_prediction(files.depth[i], h, w) for i in ids]))
         metrics.update(seg_p, seg_t, dep_p, dep_t)
-    return metrics.result(protocol, split)
+    result = metrics.result(protocol, split)
+    if len(files.tasks) < 2:  # scored one task: the other's metrics are not reported, rather than NaN
+        result.tasks = files.tasks
+        if files.seg is None:
+            result.segmentation = {}
+        if files.depth is None:
+            result.depth = {}
+    return result

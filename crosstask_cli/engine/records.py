@@ -127,7 +127,8 @@ class EvalResult:
     ``segmentation``: miou, pixel_acc, per_class_iou {name: iou}; ``depth``: abs_err, rel_err, … (see
     ``metrics.DepthMetrics``); ``consistency`` (models with TaskTransferNets): seg_agreement, depth_gap; ``loss``:
     mean loss components when a loss function was given; ``checkpoint``/``data``: where it came from;
-    ``precision``: of the model's forward pass (off = fp32, bf16, fp16).
+    ``precision``: of the model's forward pass (off = fp32, bf16, fp16); ``tasks``: the tasks scored when prediction
+    files hold one (the other's dict is empty); ``cityscapes``: ``eval --full-resolution``'s official scores.
     """
 
     protocol: str
@@ -142,9 +143,11 @@ class EvalResult:
     checkpoint: str | None = None
     data: str | None = None
     precision: str | None = None  # the model's forward pass: off (fp32), bf16 or fp16; metrics are always fp32
+    tasks: list[str] | None = None  # the tasks scored, when not both (prediction files of one task)
+    cityscapes: dict[str, Any] | None = None  # eval --full-resolution: the official evaluator's scores
 
     KEYS = ("protocol", "split", "num_images", "dataset", "depth_kind", "segmentation", "depth")
-    OPTIONAL = ("consistency", "loss", "checkpoint", "data", "precision")
+    OPTIONAL = ("consistency", "loss", "checkpoint", "data", "precision", "tasks", "cityscapes")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.KEYS}
@@ -172,4 +175,6 @@ class EvalResult:
             checkpoint=d.get("checkpoint"),
             data=d.get("data"),
             precision=d.get("precision"),
+            tasks=d.get("tasks"),
+            cityscapes=d.get("cityscapes"),
         )
