@@ -15,6 +15,7 @@ import numpy as np
 
 from crosstask_cli.errors import InputError
 from crosstask_cli.images import IMAGE_EXTENSIONS, read_image
+from crosstask_cli.ops import upsampled_class_ids
 from crosstask_cli.predictions import (
     FORMATS,
     MANIFEST,
@@ -107,19 +108,6 @@ def _check_cityscapes_format(ds: dict, tasks: tuple[str, ...], transfer: bool, c
         raise InputError(f"--format cityscapes writes segmentation; {ckpt} is a depth-only model")
     if transfer:
         raise InputError("--format cityscapes writes one labelIds PNG per image; --transfer needs the crosstask format")
-
-
-def upsampled_class_ids(logits, size: tuple[int, int]) -> np.ndarray:
-    """C×h×w logits (CPU tensor) → H×W uint8 class ids of the bilinearly upsampled logits (half-pixel centres, as
-    ``F.interpolate(..., align_corners=False)``), first maximum on ties. OpenCV resizes the channels-last logits
-    about 3× faster than torch on a CPU at full Cityscapes size."""
-    import cv2
-
-    hwc = np.ascontiguousarray(logits.permute(1, 2, 0).numpy(), dtype=np.float32)
-    up = cv2.resize(hwc, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    if up.ndim == 2:  # one class: OpenCV drops the channel axis
-        return np.zeros(size, np.uint8)
-    return up.argmax(2).astype(np.uint8)
 
 
 def predict(

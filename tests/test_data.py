@@ -261,6 +261,54 @@ def test_prepare_synthetic_writes_the_official_raw_layout(synthetic_raw):
     assert cam["extrinsic"]["baseline"] == pytest.approx(cs.BASELINE_M)
 
 
+def test_synthetic_instances_and_cameras_are_the_scenes(synthetic_raw):
+    """instanceIds follow the official convention and agree with labelIds; each scene's camera JSON has the
+    intrinsics of the written images and its own extrinsics, so depth = baseline·fx/disparity holds."""
+    from crosstask_cli.data.synthetic import render_scene_full
+
+    labels = sorted((synthetic_raw / "gtFine/train").rglob("*_gtFine_labelIds.png"))
+    instance_classes = {CITYSCAPES_ID[n] for n in ("person", "car", "truck", "bus")}
+    cams, seen_instances = [], 0
+    for i, label_file in enumerate(labels):
+        ids = cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED)
+        inst = cv2.imread(str(label_file).replace("_labelIds", "_instanceIds"), cv2.IMREAD_UNCHANGED)
+        assert inst.dtype == np.uint16 and inst.shape == ids.shape
+        objects = inst >= 1000
+        assert np.array_equal(inst[objects] // 1000, ids[objects])  # labelId·1000 + k
+        assert np.array_equal(inst[~objects], ids[~objects])  # stuff: the labelId itself
+        assert set(np.unique(ids[objects]).tolist()) <= instance_classes
+        assert not np.isin(ids[~objects], list(instance_classes)).any()  # every object pixel has its instance
+        seen_instances += len(np.unique(inst[objects]))
+        stem = label_file.name.replace("_gtFine_labelIds.png", "")
+        cam = json.loads((synthetic_raw / "camera/train" / label_file.parent.name / f"{stem}_camera.json").read_text())
+        scene = render_scene_full([0, 0, i], 64, 128)
+        assert cam["intrinsic"]["fx"] == pytest.approx(cs.FOCAL_PX * 128 / 2048)
+        assert (cam["intrinsic"]["u0"], cam["intrinsic"]["v0"]) == (63.5, 31.5)
+        assert cam["extrinsic"]["z"] == pytest.approx(scene.camera.cam_height)
+        assert cam["extrinsic"]["pitch"] == pytest.approx(scene.camera.pitch)
+        cams.append((cam["extrinsic"]["z"], cam["extrinsic"]["y"]))
+        disp = cv2.imread(str(synthetic_raw / "disparity/train" / label_file.parent.name / f"{stem}_disparity.png"),
+                          cv2.IMREAD_UNCHANGED)  # fmt: skip
+        d = (disp.astype(np.float64) - 1) / 256
+        valid = disp > 1
+        metric = cam["extrinsic"]["baseline"] * cam["intrinsic"]["fx"] / d[valid]
+        near = scene.depth[valid] < 30  # where the 1/256 px quantisation of disparity is small
+        assert metric[near] == pytest.approx(scene.depth[valid][near], rel=0.02)
+    assert seen_instances > len(labels) and len(set(cams)) == len(cams)  # cameras differ between scenes
+
+
+def test_synthetic_inverse_depth_keeps_full_resolution_disparity_units(synthetic_raw, tmp_path):
+    """The synthetic disparity is in pixels of the written images; prepare scales the inverse depth to
+    full-resolution pixels (as real Cityscapes and MTAN), so it does not depend on the rendered size."""
+    assert cs.disparity_scale(synthetic_raw) == 2048 / 128
+    out = prepare_cityscapes(synthetic_raw, tmp_path / "p", PrepareOptions(64, 128, 7), dataset="synthetic")
+    depth = open_split(out, "train").depth[0]
+    z = render_scene([0, 0, 0], 64, 128)[2]
+    valid = (depth > 0) & np.isfinite(z)
+    expected = np.minimum(cs.BASELINE_M * cs.FOCAL_PX / z[valid] / 256, cs.INVERSE_DEPTH_MAX)
+    assert depth[valid] == pytest.approx(expected, abs=2048 / 128 / 65536)  # one quantisation step
+
+
 def test_prepare_synthetic_refuses_existing_output(tmp_path):
     from crosstask_cli.errors import ConfigError
 

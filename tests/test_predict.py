@@ -12,6 +12,7 @@ import torch
 from helpers import run_cli
 from PIL import Image
 
+from crosstask_cli.errors import InputError
 from crosstask_cli.images import read_image
 from crosstask_cli.predict import predict
 
@@ -246,3 +247,43 @@ def test_fast_full_size_post_processing_equals_the_plain_computation():
         if mark:
             expected[d <= 0] = (40, 40, 40)
         assert np.array_equal(colorize_depth(depth, kind, mark_invalid=mark), expected), kind
+
+
+def test_eval_predictions_reads_predicts_own_output_and_scores_the_tasks_present(
+    tiny_run, synthetic_raw, synthetic_prepared, tmp_path
+):
+    """predict writes <city>/<stem>_leftImg8bit_seg.png; eval --predictions finds each sample by the official
+    city_seq_frame key, and scores only the tasks whose files exist."""
+    from crosstask_cli.engine.evaluator import evaluate_predictions
+
+    ckpt = tiny_run / "checkpoints/best.pt"
+    out = tmp_path / "preds"
+    predict([synthetic_raw / "leftImg8bit" / "val"], ckpt, out, recursive=True, amp="off")
+    assert next(out.rglob("*_leftImg8bit_seg.png")).parent.name == "synthburg"
+    both = evaluate_predictions(out, synthetic_prepared)
+    assert both.tasks is None and both.num_images == 4
+    assert 0 <= both.segmentation["miou"] <= 1 and both.depth["abs_err"] > 0
+    for f in out.rglob("*_depth*.npy"):
+        f.unlink()
+    seg_only = evaluate_predictions(out, synthetic_prepared)
+    assert seg_only.tasks == ["seg"] and seg_only.depth == {}
+    assert seg_only.segmentation == both.segmentation
+    r = run_cli("eval", "--predictions", out, "--data", synthetic_prepared)
+    assert r.exit_code == 0 and "seg only" in r.output, r.output
+
+
+def test_predict_cityscapes_format_refusals(tiny_run, synthetic_raw, tmp_path):
+    ckpt = tiny_run / "checkpoints/best.pt"
+    image = next((synthetic_raw / "leftImg8bit" / "val").rglob("*.png"))
+    with pytest.raises(InputError, match="--transfer needs the crosstask format"):
+        predict([image], ckpt, tmp_path / "a", transfer=True, fmt="cityscapes")
+    predict([image], ckpt, tmp_path / "b")
+    # a crosstask-format folder would give the official matcher several files per image
+    with pytest.raises(InputError, match="holds predictions in the crosstask format"):
+        predict([image], ckpt, tmp_path / "b", force=True, fmt="cityscapes")
+    assert not list((tmp_path / "b").rglob("*_labelIds.png"))
+    r = run_cli("visualize", "predictions", tmp_path / "b", "--out", tmp_path / "v")
+    assert r.exit_code == 0, r.output
+    predict([image], ckpt, tmp_path / "c", fmt="cityscapes", amp="off")
+    r = run_cli("visualize", "predictions", tmp_path / "c", "--out", tmp_path / "w")
+    assert r.exit_code == 1 and "panels need the crosstask format" in r.output

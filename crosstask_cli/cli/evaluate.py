@@ -16,7 +16,21 @@ Metrics (standard protocol): mIoU over classes present in target or prediction a
 confusion matrix; abs err, abs rel err, RMSE and δ1–3 pooled over every valid depth pixel. `--protocol original`
 reproduces the reference implementation's averaging (per image / per batch) for comparison with its table.
 With --ckpt it also reports the consistency of direct and transferred predictions.
+
+--predictions reads a `crosstask predict` output in either format (class ids with depth, or --format cityscapes
+labelIds) and scores the tasks whose files are present; a predicted id outside the classes is a miss.
+--full-resolution (with --ckpt and the raw Cityscapes layout) scores the val split at ground-truth size without
+a prepared copy and adds the official evaluator's scores: class IoU, category IoU, iIoU and category iIoU.
 """
+
+
+def default_data(ckpt: dict) -> Path:
+    from crosstask_cli.engine.config import flat_config
+
+    data_str = flat_config(ckpt.get("train_config", {})).get("data")
+    if not data_str:
+        raise CLIError("the checkpoint records no dataset path; pass --data DIR")
+    return Path(data_str)
 
 
 def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
@@ -25,12 +39,7 @@ def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
 
     ds = ckpt["dataset"]
     if data is None:
-        from crosstask_cli.engine.config import flat_config
-
-        data_str = flat_config(ckpt.get("train_config", {})).get("data")
-        if not data_str:
-            raise CLIError("the checkpoint records no dataset path; pass --data DIR")
-        data = Path(data_str)
+        data = default_data(ckpt)
     name = ds["name"] if ds["name"] in ("cityscapes", "nyu", "synthetic") else "cityscapes"
     prepared = resolve_data(name, data, ds["height"], ds["width"], ds["num_classes"], ds["depth"]["kind"])
     check_compatible(read_meta(prepared), ds["num_classes"], ds["depth"]["kind"], prepared, ds.get("class_names"))
@@ -69,6 +78,8 @@ def render_results(res) -> None:
         t.add_row("seg agreement (direct vs transferred)", fmt(res.consistency["seg_agreement"]))
         t.add_row("depth gap |direct − transferred|", fmt(res.consistency["depth_gap"]))
     out.print(t)
+    if res.cityscapes:
+        render_official(res.cityscapes)
     if res.tasks is not None and len(res.tasks) < 2:
         out.print(f"scored: {', '.join(res.tasks)} only (no prediction files for the other task)")
     if not seg:
@@ -79,6 +90,30 @@ def render_results(res) -> None:
     for name, v in seg["per_class_iou"].items():
         pc.add_row(name, "absent" if isinstance(v, float) and math.isnan(v) else fmt(v))
     out.print(pc)
+
+
+def render_official(scores: dict) -> None:
+    """The official Cityscapes scores of ``eval --full-resolution``, as its evaluator prints them."""
+    t = Table(title="official Cityscapes scores (ground-truth resolution)", title_justify="left")
+    for col in ("", "IoU", "iIoU"):
+        t.add_column(col, justify="right" if col else "left")
+    inst = scores.get("instances", False)
+
+    def iiou(value) -> str:
+        return fmt(value) if inst else "no instanceIds"
+
+    if "classScores" in scores:
+        t.add_row("[bold]classes (average)[/]", fmt(scores["averageScoreClasses"]),
+                  iiou(scores["averageScoreInstClasses"]))  # fmt: skip
+    t.add_row("[bold]categories (average)[/]", fmt(scores["averageScoreCategories"]),
+              iiou(scores["averageScoreInstCategories"]))  # fmt: skip
+    for name, v in scores["categoryScores"].items():
+        t.add_row(
+            f"  {name}",
+            fmt(v),
+            iiou(scores["categoryInstScores"][name]) if name in scores["categoryInstScores"] else "",
+        )
+    out.print(t)
 
 
 @handle_errors
@@ -108,6 +143,14 @@ def eval_command(
         "(fp32), bf16, fp16. Metrics are accumulated in fp32.",
     ),
     workers: int = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (0; with --ckpt)."),
+    full_resolution: bool = typer.Option(
+        False,
+        "--full-resolution",
+        help="With --ckpt and a raw Cityscapes-layout --data (leftImg8bit/gtFine/disparity; default: the data it was "
+        "trained on): predict each image at the trained size, upsample the logits to the ground truth's size and "
+        "score there, streaming (no prepared copy). Adds the official scores: class and category IoU, and iIoU where "
+        "*_gtFine_instanceIds.png exist (7-class models: category scores, against the official categories).",
+    ),
     verify: bool = typer.Option(
         False,
         "--verify",
@@ -125,8 +168,30 @@ def eval_command(
     check_output_file(json_file, "--json", {"--ckpt": ckpt, "--data": data, "--predictions": predictions})
     if predictions is not None and (device is not None or workers is not None or amp is not None):
         raise CLIError("--device, --workers and --amp apply to evaluating a model (--ckpt), not prediction files")
+    if full_resolution and (ckpt is None or protocol != "standard" or verify):
+        raise CLIError("--full-resolution evaluates a checkpoint (--ckpt) with the standard protocol, without --verify")
     device, workers, amp = device or "auto", workers or 0, amp or "auto"
-    if predictions is not None:
+    if full_resolution:
+        from rich.progress import Progress
+
+        from crosstask_cli.cli.common import progress_columns
+        from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from crosstask_cli.engine.device import resolve_device
+        from crosstask_cli.engine.full_resolution import check_full_resolution, evaluate_full_resolution
+
+        c = load_checkpoint(ckpt)
+        raw = data if data is not None else default_data(c)
+        check_full_resolution(c["dataset"], raw)
+        dev = resolve_device(device)
+        model = model_from_checkpoint(c, ckpt)
+        with Progress(*progress_columns(), console=err, transient=True) as prog:
+            task = prog.add_task(f"eval {split} (full resolution)", total=None, info="")
+            res = evaluate_full_resolution(
+                model, c["dataset"], raw, split, batch_size, dev, amp, max(workers, 2),
+                progress=lambda n: prog.advance(task, n), on_total=lambda n: prog.update(task, total=n),
+            )  # fmt: skip
+        res.checkpoint = str(ckpt)
+    elif predictions is not None:
         from crosstask_cli.data.prepare import detect_layout
         from crosstask_cli.engine.evaluator import evaluate_predictions
 
@@ -161,7 +226,7 @@ def eval_command(
         from crosstask_cli.atomic import atomic_write_json
 
         replaced = atomic_write_json(json_file, res.to_dict())
-        unexpected = [k for k in replaced if ".per_class_iou." not in k]  # absent classes are null by definition
+        unexpected = [k for k in replaced if ".per_class_iou." not in k and not k.startswith("cityscapes.")]  # absent classes: null by definition
         if unexpected:
             err.print(f"[yellow]warning:[/] not finite, written as null: {esc(', '.join(unexpected))}", highlight=False)
         out.print(f"results written to [bold]{esc(json_file)}[/]")
