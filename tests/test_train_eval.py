@@ -164,6 +164,7 @@ def test_sgd_and_gradnorm_options_reach_the_run(synthetic_raw, tmp_path):
     r = run_cli(
         "train", "synthetic", "--data", synthetic_raw, "--run-dir", run, *TINY, "--optimizer", "sgd",
         "--weighting", "gradnorm", "--gradnorm-params", "block", "--gradnorm-alpha", "0.5",
+        "--epochs", "1", "--max-steps-per-epoch", "2",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     cfg = json.loads((run / "config.json").read_text())

@@ -226,7 +226,9 @@ def eval_command(
         from crosstask_cli.atomic import atomic_write_json
 
         replaced = atomic_write_json(json_file, res.to_dict())
-        unexpected = [k for k in replaced if ".per_class_iou." not in k and not k.startswith("cityscapes.")]  # absent classes: null by definition
+        unexpected = [
+            k for k in replaced if ".per_class_iou." not in k and not k.startswith("cityscapes.")
+        ]  # absent classes: null by definition
         if unexpected:
             err.print(f"[yellow]warning:[/] not finite, written as null: {esc(', '.join(unexpected))}", highlight=False)
         out.print(f"results written to [bold]{esc(json_file)}[/]")
