@@ -12,6 +12,7 @@ number of DataLoader workers or their order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,8 @@ class PreparedDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.depth_kind = self.meta.depth_kind
+        # (image H×W×3 uint8, index) → corrupted copy, applied before normalisation (eval --corrupt)
+        self.corrupt: Callable[[np.ndarray, int], np.ndarray] | None = None
 
     @property
     def split(self) -> PreparedSplit:
@@ -113,6 +116,8 @@ class PreparedDataset(Dataset):
                 image, labels, depth = scale_crop(image, labels, depth, scale, top, left, self.depth_kind)
             if flip:
                 image, labels, depth = image[:, ::-1], labels[:, ::-1], depth[:, ::-1]
+        if self.corrupt is not None:
+            image = self.corrupt(np.ascontiguousarray(image), index)
         img = normalise(torch.from_numpy(np.ascontiguousarray(image)))
         seg = torch.from_numpy(np.ascontiguousarray(labels)).long()
         dep = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).unsqueeze(0)

@@ -128,16 +128,32 @@ def evaluate(
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
     dist=None,
+    energy: bool = False,
+    corrupt: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on a prepared split; returns an :class:`EvalResult` (``.to_dict()`` is the ``eval --json`` content).
 
     With ``loss_fn`` the mean of each loss component over batches is added under ``"loss"``; with
     ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``. With a
-    distributed ``dist`` each process evaluates every world_size-th image and the metrics are summed.
+    distributed ``dist`` each process evaluates every world_size-th image and the metrics are summed. With
+    ``energy`` (a model with TaskTransferNets, not distributed) the consistency-energy report under ``"energy"``
+    (:class:`~crosstask_cli.energy.ConsistencyReport`); ``corrupt`` corrupts each uint8 image before it is
+    normalised (:class:`~crosstask_cli.data.corruptions.Corruption`).
     """
     device = torch.device(device)
     precision = resolve_amp(amp, device)
     ds = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split, augment=False)
+    if corrupt is not None:
+        ds.corrupt = corrupt
+    report = None
+    if energy:
+        from crosstask_cli.energy import NEEDS_BOTH, ConsistencyReport
+
+        if not getattr(model, "config", None) or not model.config.has_transfer:
+            raise ConfigError(NEEDS_BOTH)
+        if dist is not None and dist.enabled:
+            raise ConfigError("the consistency-energy report is computed in one process, not under torchrun")
+        report = ConsistencyReport(ds.meta.num_classes, ds.meta.ignore_index, ds.meta.class_names)
     indices = range(len(ds) if max_batches is None else min(len(ds), max_batches * batch_size))
     if dist is not None and dist.enabled:
         indices = indices[dist.rank :: dist.world_size]
@@ -146,7 +162,7 @@ def evaluate(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
     )
     metrics = MetricSet.for_dataset(ds.meta, (protocol,))
-    need_transfer = consistency or loss_fn is not None
+    need_transfer = consistency or loss_fn is not None or energy
     loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
     loss_keys = list(LOSS_NAMES)  # fixed, so every process reduces the same vector
     batches = 0
@@ -168,6 +184,8 @@ def evaluate(
                     pred.seg, pred.seg_from_depth, pred.depth, pred.depth_from_seg, seg_t, depth_t
                 )
                 metrics.has_consistency = True
+            if report is not None:
+                report.update(pred, seg_t, depth_t)
             if loss_fn is not None:
                 losses = loss_fn(pred, seg_t, depth_t)
                 row = torch.stack([losses[k].detach().double() for k in loss_keys])
@@ -191,6 +209,8 @@ def evaluate(
             loss_sums, batches = packed[:-1], int(packed[-1].item())
     out = metrics.result(protocol, ds.split_name)
     out.precision = precision
+    if report is not None:
+        out.energy = report.compute()
     if loss_fn is not None:
         sums = loss_sums.tolist() if loss_sums is not None else [0.0] * len(loss_keys)
         out.loss = {k: v / max(batches, 1) for k, v in zip(loss_keys, sums, strict=True)}

@@ -145,9 +145,11 @@ class EvalResult:
     precision: str | None = None  # the model's forward pass: off (fp32), bf16 or fp16; metrics are always fp32
     tasks: list[str] | None = None  # the tasks scored, when not both (prediction files of one task)
     cityscapes: dict[str, Any] | None = None  # eval --full-resolution: the official evaluator's scores
+    energy: dict[str, Any] | None = None  # the consistency energy report (energy.ConsistencyReport)
+    corruption: dict[str, Any] | None = None  # eval --corrupt: the corruption, clean scores, AUROC
 
     KEYS = ("protocol", "split", "num_images", "dataset", "depth_kind", "segmentation", "depth")
-    OPTIONAL = ("consistency", "loss", "checkpoint", "data", "precision", "tasks", "cityscapes")
+    OPTIONAL = ("consistency", "loss", "checkpoint", "data", "precision", "tasks", "cityscapes", "energy", "corruption")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.KEYS}
@@ -177,4 +179,6 @@ class EvalResult:
             precision=d.get("precision"),
             tasks=d.get("tasks"),
             cityscapes=d.get("cityscapes"),
+            energy=d.get("energy"),
+            corruption=d.get("corruption"),
         )
