@@ -227,7 +227,7 @@ class ConsistencyReport:
                 "images_abs_err_by_combined": sparsification(comb_e, abs_err),
             },
             "pixel_stride": self.pixel_stride,
-            "per_image_combined": comb_e.tolist(),
+            "per_image": {"seg": seg_e.tolist(), "depth": depth_e.tolist(), "combined": comb_e.tolist()},
         }
 
 

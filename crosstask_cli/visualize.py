@@ -217,3 +217,34 @@ def curves_from_run(run_dir: str | Path, out: str | Path | None = None) -> list[
     if not records:
         raise InputError(f"{csv_path}: no epochs logged yet")
     return plot_training_curves(records, Path(out) if out else csv_path.parent / "plots")
+
+
+SPARSIFICATION_PANELS = (
+    ("pixels_seg_error_by_seg_energy", "pixels: seg error rate\nremoved by seg energy"),
+    ("pixels_abs_err_by_depth_energy", "pixels: depth abs err\nremoved by depth energy"),
+    ("images_1_minus_miou_by_combined", "images: 1 − mIoU\nremoved by combined energy"),
+    ("images_abs_err_by_combined", "images: abs err\nremoved by combined energy"),
+)
+
+
+def plot_sparsification(energy: dict, out: str | Path, title: str = "") -> Path:
+    """Sparsification plots of an ``eval`` energy report: error of what remains after removing the
+    highest-energy pixels/images first, against the oracle (removing the highest errors first) and a random
+    order (flat at the mean error). The closer the energy curve is to the oracle, the better energy ranks error."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(SPARSIFICATION_PANELS), figsize=(4.2 * len(SPARSIFICATION_PANELS), 3.6))
+    for ax, (key, label) in zip(axes, SPARSIFICATION_PANELS, strict=True):
+        s = energy["sparsification"][key]
+        f = np.asarray(s["fractions"]) * 100
+        ax.plot(f, s["curve"], label=f"energy (AUSE {s['ause']:.3g})", color="tab:red")
+        ax.plot(f, s["oracle"], label="oracle", color="black", linestyle="--")
+        ax.axhline(s["random"], label="random", color="gray", linestyle=":")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("removed (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("error of the rest")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_png(fig, Path(out))

@@ -147,3 +147,42 @@ def test_corruptions_are_deterministic_and_change_the_image():
     for bad in ("snow", "noise:0", "noise:6", "noise:x"):
         with pytest.raises(ConfigError):
             Corruption.parse(bad)
+
+
+def test_cli_eval_reports_energy_and_the_corruption_check(tiny_run, synthetic_prepared, tmp_path):
+    import json
+
+    from helpers import run_cli
+
+    ckpt = tiny_run / "checkpoints/best.pt"
+    report, png = tmp_path / "e.json", tmp_path / "sparsification.png"
+    r = run_cli("eval", "--ckpt", ckpt, "--data", synthetic_prepared, "--corrupt", "noise:5", "--json", report,
+                "--sparsification-png", png, "--amp", "off")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "consistency energy" in r.output and "AUROC" in r.output
+    res = json.loads(report.read_text())
+    e, c = res["energy"], res["corruption"]
+    assert len(e["per_image"]["combined"]) == res["num_images"] == 4
+    assert e["mean"]["combined"] == pytest.approx(sum(e["per_image"]["combined"]) / 4)
+    assert 0 <= e["transferred"]["seg_from_depth"]["miou"] <= 1 and e["transferred"]["depth_from_seg"]["abs_err"] > 0
+    assert set(e["sparsification"]) == {"pixels_seg_error_by_seg_energy", "pixels_abs_err_by_depth_energy",
+                                        "images_1_minus_miou_by_combined", "images_abs_err_by_combined"}  # fmt: skip
+    assert (c["kind"], c["severity"]) == ("noise", 5) and 0 <= c["auroc"]["combined"] <= 1
+    assert c["corrupted"]["miou"] == res["segmentation"]["miou"] and c["clean"]["miou"] != c["corrupted"]["miou"]
+    assert png.stat().st_size > 10_000
+    # a model without TaskTransferNets has no energy: not reported by default, a clear error when asked for
+    r = run_cli("eval", "--ckpt", ckpt, "--data", synthetic_prepared, "--no-energy", "--json", report)
+    assert r.exit_code == 0 and "energy" not in json.loads(report.read_text())
+    r = run_cli("eval", "--ckpt", ckpt, "--data", synthetic_prepared, "--corrupt", "snow")
+    assert r.exit_code == 1 and "noise, blur, fog, brightness, jpeg" in r.output
+
+
+def test_energy_needs_both_tasks_and_transfer_nets(synthetic_prepared):
+    from crosstask_cli.engine.evaluator import evaluate
+    from crosstask_cli.errors import ConfigError
+    from crosstask_cli.models.network import build_model
+
+    for kw in ({"transfer": False}, {"tasks": ("seg",)}):
+        model = build_model(enc_layers=18, num_classes=7, **kw)
+        with pytest.raises(ConfigError, match="needs a model with both tasks and TaskTransferNets"):
+            evaluate(model, synthetic_prepared, energy=True)

@@ -80,6 +80,8 @@ def render_results(res) -> None:
     out.print(t)
     if res.cityscapes:
         render_official(res.cityscapes)
+    if res.energy:
+        render_energy(res.energy, res.corruption)
     if res.tasks is not None and len(res.tasks) < 2:
         out.print(f"scored: {', '.join(res.tasks)} only (no prediction files for the other task)")
     if not seg:
@@ -90,6 +92,48 @@ def render_results(res) -> None:
     for name, v in seg["per_class_iou"].items():
         pc.add_row(name, "absent" if isinstance(v, float) and math.isnan(v) else fmt(v))
     out.print(pc)
+
+
+def render_energy(energy: dict, corruption: dict | None = None) -> None:
+    """The consistency-energy report (and the out-of-distribution check)."""
+    t = Table(title="consistency energy (no labels needed) and how well it predicts error", title_justify="left")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    m = energy["mean"]
+    t.add_row(
+        "mean energy: seg (nats) / depth / combined", f"{fmt(m['seg'])} / {fmt(m['depth'])} / {fmt(m['combined'])}"
+    )
+    tr = energy["transferred"]
+    t.add_row("transferred seg-from-depth: mIoU / pixel acc",
+              f"{fmt(tr['seg_from_depth']['miou'])} / {fmt(tr['seg_from_depth']['pixel_acc'])}")  # fmt: skip
+    t.add_row("transferred depth-from-seg: abs / rel err",
+              f"{fmt(tr['depth_from_seg']['abs_err'])} / {fmt(tr['depth_from_seg']['rel_err'])}")  # fmt: skip
+    sp = energy["spearman"]
+    t.add_row("Spearman: seg energy vs 1 − image mIoU", fmt(sp["seg_energy_vs_1_minus_miou"]))
+    t.add_row("Spearman: depth energy vs image abs err", fmt(sp["depth_energy_vs_abs_err"]))
+    t.add_row("Spearman: combined vs 1 − mIoU / abs err",
+              f"{fmt(sp['combined_vs_1_minus_miou'])} / {fmt(sp['combined_vs_abs_err'])}")  # fmt: skip
+    for key, label in (
+        ("pixels_seg_error_by_seg_energy", "sparsification, pixels, seg error"),
+        ("pixels_abs_err_by_depth_energy", "sparsification, pixels, abs err"),
+        ("images_1_minus_miou_by_combined", "sparsification, images, 1 − mIoU"),
+        ("images_abs_err_by_combined", "sparsification, images, abs err"),
+    ):
+        s = energy["sparsification"][key]
+        t.add_row(
+            f"{label}: AUSC / oracle / random", f"{fmt(s['ausc'])} / {fmt(s['oracle_ausc'])} / {fmt(s['random'])}"
+        )
+    if corruption:
+        c, k = corruption, corruption["clean"]
+        t.add_row(f"[bold]{c['kind']}:{c['severity']}[/] clean → corrupted: mIoU",
+                  f"{fmt(k['miou'])} → {fmt(c['corrupted']['miou'])}")  # fmt: skip
+        t.add_row("clean → corrupted: abs err", f"{fmt(k['abs_err'])} → {fmt(c['corrupted']['abs_err'])}")
+        t.add_row("clean → corrupted: mean combined energy",
+                  f"{fmt(k['energy']['combined'])} → {fmt(c['corrupted']['energy']['combined'])}")  # fmt: skip
+        a = c["auroc"]
+        t.add_row("AUROC corrupted vs clean by energy: combined / seg / depth",
+                  f"{fmt(a['combined'])} / {fmt(a['seg'])} / {fmt(a['depth'])}")  # fmt: skip
+    out.print(t)
 
 
 def render_official(scores: dict) -> None:
@@ -151,6 +195,25 @@ def eval_command(
         "score there, streaming (no prepared copy). Adds the official scores: class and category IoU, and iIoU where "
         "*_gtFine_instanceIds.png exist (7-class models: category scores, against the official categories).",
     ),
+    energy: bool = typer.Option(
+        None,
+        "--energy/--no-energy",
+        help="The consistency-energy report (with --ckpt; default: on for models with TaskTransferNets): mean energy "
+        "(seg: KL(direct ‖ transferred) per pixel, depth: |direct − transferred|, combined ½/½), the transferred "
+        "predictions' own metrics, Spearman correlation of per-image energy with per-image error, and "
+        "sparsification (error left after removing the highest-energy pixels/images, against the oracle).",
+    ),
+    corrupt: str = typer.Option(
+        None,
+        "--corrupt",
+        metavar="KIND[:SEVERITY]",
+        help="Out-of-distribution check (with --ckpt): evaluate clean and with the images corrupted on the fly "
+        "(noise, blur, fog, brightness, jpeg; severity 1–5, default 3) and report the AUROC of telling corrupted "
+        "from clean images by their energy. The metrics shown are the corrupted ones.",
+    ),
+    sparsification_png: Path = typer.Option(
+        None, "--sparsification-png", help="Write the sparsification plots of the energy report to this PNG."
+    ),
     verify: bool = typer.Option(
         False,
         "--verify",
@@ -170,6 +233,13 @@ def eval_command(
         raise CLIError("--device, --workers and --amp apply to evaluating a model (--ckpt), not prediction files")
     if full_resolution and (ckpt is None or protocol != "standard" or verify):
         raise CLIError("--full-resolution evaluates a checkpoint (--ckpt) with the standard protocol, without --verify")
+    if (energy or corrupt or sparsification_png) and (ckpt is None or full_resolution):
+        raise CLIError(
+            "--energy, --corrupt and --sparsification-png evaluate a checkpoint (--ckpt) on a prepared split"
+        )
+    if energy is False and (corrupt or sparsification_png):
+        raise CLIError("--corrupt and --sparsification-png need the energy report; drop --no-energy")
+    check_output_file(sparsification_png, "--sparsification-png", {"--ckpt": ckpt, "--data": data})
     device, workers, amp = device or "auto", workers or 0, amp or "auto"
     if full_resolution:
         from rich.progress import Progress
@@ -204,31 +274,47 @@ def eval_command(
         from rich.progress import Progress
 
         from crosstask_cli.cli.common import progress_columns
+        from crosstask_cli.data.corruptions import Corruption
         from crosstask_cli.data.dataset import PreparedDataset
+        from crosstask_cli.energy import NEEDS_BOTH
         from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
         from crosstask_cli.engine.device import resolve_device
-        from crosstask_cli.engine.evaluator import evaluate
+        from crosstask_cli.engine.evaluator import evaluate, evaluate_corruption
 
+        corruption = Corruption.parse(corrupt) if corrupt else None
         c = load_checkpoint(ckpt)
         prepared = resolve_eval_data(c, data)
         dev = resolve_device(device)
         model = model_from_checkpoint(c, ckpt).to(dev)
+        if energy is None:  # on where it exists; asked for by --corrupt and --sparsification-png
+            energy = model.config.has_transfer or bool(corrupt or sparsification_png)
+        if energy and not model.config.has_transfer:
+            raise CLIError(f"{ckpt}: {NEEDS_BOTH}")
         ds = PreparedDataset(prepared, split, verify=verify)
+        kw = dict(batch_size=batch_size, device=dev, protocol=protocol, workers=workers, amp=amp)
         with Progress(*progress_columns(), console=err, transient=True) as prog:
-            task = prog.add_task(f"eval {split}", total=len(ds), info="")
-            res = evaluate(
-                model, ds, split, batch_size, dev, protocol, workers=workers, amp=amp,
-                progress=lambda n: prog.advance(task, n),
-            )  # fmt: skip
+            passes = 2 if corruption else 1
+            task = prog.add_task(f"eval {split}" + (f" (clean, {corruption.name})" if corruption else ""),
+                                 total=passes * len(ds), info="")  # fmt: skip
+            advance = lambda n: prog.advance(task, n)  # noqa: E731
+            if corruption is not None:
+                res = evaluate_corruption(model, ds, corruption, split, progress=advance, **kw)
+            else:
+                res = evaluate(model, ds, split, progress=advance, energy=energy, **kw)
         res.checkpoint, res.data = str(ckpt), str(prepared)
     render_results(res)
+    if sparsification_png is not None:
+        from crosstask_cli.visualize import plot_sparsification
+
+        plot_sparsification(res.energy, sparsification_png, f"{Path(ckpt).name} · {res.split}")
+        out.print(f"sparsification plots written to [bold]{esc(sparsification_png)}[/]")
     if json_file is not None:
         from crosstask_cli.atomic import atomic_write_json
 
         replaced = atomic_write_json(json_file, res.to_dict())
         unexpected = [
-            k for k in replaced if ".per_class_iou." not in k and not k.startswith("cityscapes.")
-        ]  # absent classes: null by definition
+            k for k in replaced if ".per_class_iou." not in k and not k.startswith(("cityscapes.", "energy."))
+        ]  # absent classes, undefined correlations: null by definition
         if unexpected:
             err.print(f"[yellow]warning:[/] not finite, written as null: {esc(', '.join(unexpected))}", highlight=False)
         out.print(f"results written to [bold]{esc(json_file)}[/]")

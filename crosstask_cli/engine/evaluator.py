@@ -270,3 +270,41 @@ def evaluate_predictions(
         if files.depth is None:
             result.depth = {}
     return result
+
+
+def evaluate_corruption(
+    model: torch.nn.Module,
+    data: str | Path,
+    corruption,
+    split: str = "val",
+    progress: Callable[[int], None] | None = None,
+    **kwargs,
+) -> EvalResult:
+    """The out-of-distribution check: evaluate the split clean and with ``corruption`` applied (each with the
+    energy report), and measure how well per-image energy separates corrupted from clean images (AUROC, 0.5 =
+    not at all, 1 = perfectly). Returns the corrupted evaluation; ``.corruption`` holds the corruption, the clean
+    and corrupted summaries and the AUROCs. ``kwargs`` go to :func:`evaluate`."""
+    from crosstask_cli.energy import auroc
+
+    clean = evaluate(model, data, split, energy=True, progress=progress, **kwargs)
+    bad = evaluate(model, data, split, energy=True, corrupt=corruption, progress=progress, **kwargs)
+
+    def summary(r: EvalResult) -> dict:
+        return {
+            "miou": r.segmentation.get("miou"),
+            "pixel_acc": r.segmentation.get("pixel_acc"),
+            "abs_err": r.depth.get("abs_err"),
+            "rel_err": r.depth.get("rel_err"),
+            "energy": r.energy["mean"],
+        }
+
+    bad.corruption = {
+        "kind": corruption.kind,
+        "severity": corruption.severity,
+        "clean": summary(clean),
+        "corrupted": summary(bad),
+        "auroc": {
+            k: auroc(clean.energy["per_image"][k], bad.energy["per_image"][k]) for k in ("combined", "seg", "depth")
+        },
+    }
+    return bad
