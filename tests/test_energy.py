@@ -177,7 +177,7 @@ def test_cli_eval_reports_energy_and_the_corruption_check(tiny_run, synthetic_pr
     assert r.exit_code == 1 and "noise, blur, fog, brightness, jpeg" in r.output
 
 
-def test_energy_needs_both_tasks_and_transfer_nets(synthetic_prepared):
+def test_eval_energy_refuses_models_without_transfer_nets(synthetic_prepared):
     from crosstask_cli.engine.evaluator import evaluate
     from crosstask_cli.errors import ConfigError
     from crosstask_cli.models.network import build_model
