@@ -17,11 +17,13 @@ from crosstask_cli.errors import InputError
 from crosstask_cli.images import IMAGE_EXTENSIONS, read_image
 from crosstask_cli.ops import upsampled_class_ids
 from crosstask_cli.predictions import (
+    ENERGY_SUFFIXES,
     FORMATS,
     MANIFEST,
     TRANSFER_TAG,
     Manifest,
     encode_depth,
+    encode_energy,
     encode_label_ids,
     encode_seg,
     output_suffixes,
@@ -37,6 +39,11 @@ class PredictResult:
     written: list[str] = field(default_factory=list)  # relative stems REL/STEM
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
+    energies: dict[str, float] = field(default_factory=dict)  # with energy: REL/STEM → mean combined energy
+
+    def least_reliable(self, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` images with the highest consistency energy, highest first."""
+        return sorted(self.energies.items(), key=lambda kv: -kv[1])[:n]
 
     @property
     def images_per_second(self) -> float:
@@ -73,7 +80,13 @@ def collect_inputs(
 
 
 def _check_out(
-    out: Path, pairs: list[tuple[Path, Path]], inputs: Iterable[Path], force: bool, ckpt: Path, fmt: str = "crosstask"
+    out: Path,
+    pairs: list[tuple[Path, Path]],
+    inputs: Iterable[Path],
+    force: bool,
+    ckpt: Path,
+    fmt: str = "crosstask",
+    energy: bool = False,
 ) -> None:
     from crosstask_cli.outputs import check_output_dir, contains
 
@@ -83,7 +96,7 @@ def _check_out(
             raise InputError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
     inputs_r = {f.resolve() for f, _ in pairs}
     for _f, rel in pairs:
-        for suffix in output_suffixes(fmt=fmt):
+        for suffix in output_suffixes(fmt=fmt) + (ENERGY_SUFFIXES if energy else ()):
             if (out_r / f"{rel}{suffix}").resolve() in inputs_r:
                 raise InputError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
     if out.exists() and not out.is_dir():
@@ -124,11 +137,14 @@ def predict(
     on_total: Callable[[int], None] | None = None,
     workers: int = 2,
     fmt: str = "crosstask",
+    energy: bool = False,
 ) -> PredictResult:
     """Predict segmentation and depth for image files with a checkpoint; see the module docstring. ``workers``
     threads decode the next images and encode/write the previous ones while the model runs; outputs, the
     manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask`` (class ids, colours, depth) or
-    ``cityscapes`` (one labelIds PNG per input and the manifest, nothing else)."""
+    ``cityscapes`` (one labelIds PNG per input and the manifest, nothing else). ``energy`` (models with
+    TaskTransferNets, crosstask format) also writes each image's combined consistency energy map (upsampled
+    bilinearly to the input's size) and its mean in the manifest and ``result.energies``."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -153,8 +169,16 @@ def predict(
     h, w, palette, depth_kind = ds["height"], ds["width"], [tuple(p) for p in ds["palette"]], ds["depth"]["kind"]
     model = model_from_checkpoint(c, ckpt)
     if fmt == "cityscapes":
+        if energy:
+            raise InputError(
+                "--format cityscapes writes one labelIds PNG per image; --energy needs the crosstask format"
+            )
         _check_cityscapes_format(ds, tuple(model.config.tasks), transfer, Path(ckpt))
-    _check_out(out, pairs, inputs, force, Path(ckpt), fmt)
+    if energy and not model.config.has_transfer:
+        from crosstask_cli.energy import NEEDS_BOTH
+
+        raise InputError(f"--energy: {ckpt}: {NEEDS_BOTH}")
+    _check_out(out, pairs, inputs, force, Path(ckpt), fmt, energy)
     if transfer and not model.config.has_transfer:
         raise InputError(
             f"--transfer: {ckpt} has no TaskTransferNets (trained with --tasks {','.join(model.config.tasks)}"
@@ -170,6 +194,9 @@ def predict(
     if progress and unsupported:
         progress(len(unsupported))
     manifest: dict[str, str] = {}
+    energies: dict[str, float] = {}
+    if energy:
+        from crosstask_cli.energy import energy_maps
     start = time.perf_counter()
 
     def load(f: Path) -> tuple[tuple[int, int], np.ndarray]:
@@ -177,9 +204,12 @@ def predict(
         img = read_image(f)
         return img.shape[:2], resize_image(img, h, w)
 
-    def finish(rel: Path, size: tuple[int, int], maps: dict) -> None:
+    def finish(rel: Path, size: tuple[int, int], maps: dict, energy_map=None) -> None:
         """Upsample to the input's size, encode and write one image's outputs (a worker thread)."""
         files: dict[str, bytes] = {}
+        if energy_map is not None:
+            up = F.interpolate(energy_map[None, None], size=size, mode="bilinear", align_corners=False)
+            files.update(encode_energy(up[0, 0].clamp(min=0).numpy()))
         if fmt == "cityscapes":
             write_files(out, rel, encode_label_ids(upsampled_class_ids(maps[""][0][0], size), ds["num_classes"]))
             return
@@ -219,14 +249,21 @@ def predict(
             x = normalise(torch.from_numpy(np.stack([small for _, _, _, small in batch])))
             x = x.to(dev).contiguous(memory_format=mem_fmt)
             with torch.inference_mode(), autocast(dev, precision):
-                pred = model(x, direct_only=not transfer)
+                pred = model(x, direct_only=not (transfer or energy))
             tags = {"": (pred.seg, pred.depth)}
             if transfer and pred.seg_from_depth is not None:
                 tags[TRANSFER_TAG] = (pred.seg_from_depth, pred.depth_from_seg)
             cpu = {t: tuple(None if a is None else a.float().cpu() for a in pair) for t, pair in tags.items()}
+            combined = None
+            if energy:
+                with torch.inference_mode():
+                    combined = energy_maps(pred).combined.float().cpu()  # B×h×w at the model's size
+                for (_, rel, _, _), value in zip(batch, combined.flatten(1).mean(1).tolist(), strict=True):
+                    energies[str(rel)] = value
             for i, (f, rel, size, _) in enumerate(batch):
                 maps = {t: tuple(None if a is None else a[i : i + 1] for a in pair) for t, pair in cpu.items()}
-                writes.append((f, rel, pool.submit(finish, rel, size, maps)))
+                e_map = None if combined is None else combined[i]
+                writes.append((f, rel, pool.submit(finish, rel, size, maps, e_map)))
             drain(ahead)
 
         refill()
@@ -249,9 +286,12 @@ def predict(
             run(batch)
         drain(0)
     result.seconds = time.perf_counter() - start
+    if energy:
+        result.energies = {rel: energies[rel] for rel in result.written}
     if result.written:
         write_manifest(
             out,
-            Manifest(str(Path(ckpt).resolve()), transfer, depth_kind, ds["class_names"], ds["palette"], manifest, fmt),
-        )
+            Manifest(str(Path(ckpt).resolve()), transfer, depth_kind, ds["class_names"], ds["palette"], manifest, fmt,
+                     result.energies if energy else None),
+        )  # fmt: skip
     return result

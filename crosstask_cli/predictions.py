@@ -4,7 +4,8 @@
 ``crosstask`` format (the default), for each input ``REL/STEM.EXT``: ``OUT/REL/STEM_seg.png`` (uint8 class ids),
 ``STEM_seg_color.png`` (palette colours), ``STEM_depth.npy`` (float32 H×W, dataset depth units),
 ``STEM_depth_color.png``, at the input's size; transferred predictions add ``_transfer`` after ``seg``/``depth``.
-``cityscapes`` format: only ``OUT/REL/STEM_labelIds.png`` (uint8 Cityscapes labelIds, input's size), what the
+With ``--energy`` also ``STEM_energy.npy`` (float32 H×W, combined consistency energy) and
+``STEM_energy_color.png``. ``cityscapes`` format: only ``OUT/REL/STEM_labelIds.png`` (uint8 Cityscapes labelIds, input's size), what the
 official evaluator and benchmark server read. ``OUT/predictions.json`` (the manifest) maps each ``REL/STEM`` to
 its input file and records the format, checkpoint, class names, palette and depth kind.
 """
@@ -38,11 +39,36 @@ def depth_name(rel: str | Path, tag: str = "") -> str:
     return f"{rel}_depth{tag}.npy"
 
 
+ENERGY_SUFFIXES = ("_energy.npy", "_energy_color.png")
+
+
 def output_suffixes(tag: str = "", fmt: str = "crosstask") -> tuple[str, ...]:
-    """Every file suffix one prediction writes for ``tag`` ('' for direct, ``TRANSFER_TAG`` for transferred)."""
+    """Every file suffix one prediction writes for ``tag`` ('' for direct, ``TRANSFER_TAG`` for transferred;
+    ``predict --energy`` adds :data:`ENERGY_SUFFIXES`)."""
     if fmt == "cityscapes":
         return (LABEL_IDS_SUFFIX,)
     return (f"_seg{tag}.png", f"_seg{tag}_color.png", f"_depth{tag}.npy", f"_depth{tag}_color.png")
+
+
+def energy_name(rel: str | Path) -> str:
+    return f"{rel}_energy.npy"
+
+
+def encode_energy(energy: np.ndarray) -> dict[str, bytes]:
+    """H×W float32 combined consistency energy → {suffix: bytes}: the .npy array and a colour rendering (magma,
+    0 to the image's 99th percentile: it shows *where* in an image energy is high; the arrays and the manifest's
+    per-image values compare images)."""
+    import matplotlib
+
+    from crosstask_cli.images import encode_png
+
+    buf = io.BytesIO()
+    np.save(buf, energy.astype(np.float32, copy=False), allow_pickle=False)
+    top = float(np.percentile(energy, 99)) if energy.size else 0.0
+    scaled = np.clip(energy / top, 0, 1) if top > 0 else np.zeros_like(energy)
+    lut = (matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+    colour = lut[(scaled * 255 + 0.5).astype(np.uint8)]
+    return {ENERGY_SUFFIXES[0]: buf.getvalue(), ENERGY_SUFFIXES[1]: encode_png(colour)}
 
 
 def encode_label_ids(labels: np.ndarray, num_classes: int) -> dict[str, bytes]:
@@ -92,9 +118,11 @@ class Manifest:
     palette: list[list[int]]
     inputs: dict[str, str] = field(default_factory=dict)
     format: str = "crosstask"
+    energy: dict[str, float] | None = None  # predict --energy: REL/STEM → mean combined energy of the image
 
     def to_dict(self) -> dict:
-        return {
+        extra = {} if self.energy is None else {"energy": self.energy}
+        return extra | {
             "format": self.format,
             "checkpoint": self.checkpoint,
             "transfer": self.transfer,
@@ -117,6 +145,8 @@ def write_manifest(out: Path, manifest: Manifest) -> None:
             old = None  # an unreadable old manifest is replaced
         if old is not None and old.format == manifest.format:  # one folder holds one format
             manifest.inputs = {**old.inputs, **manifest.inputs}
+            if old.energy and manifest.energy is not None:
+                manifest.energy = {**old.energy, **manifest.energy}
     atomic_write(path, lambda fh: fh.write(json.dumps(manifest.to_dict(), indent=2).encode()))
 
 
@@ -138,9 +168,13 @@ def read_manifest(pred_dir: Path) -> Manifest:
     fmt = d.get("format", "crosstask")
     if fmt not in FORMATS:
         raise InputError(f"{path}: unknown prediction format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    energy = d.get("energy")
+    if energy is not None and not isinstance(energy, dict):
+        raise InputError(f"{path}: 'energy' must map prediction names to numbers")
     return Manifest(
-        d["checkpoint"], bool(d["transfer"]), d["depth_kind"], list(d["class_names"]), d["palette"], d["inputs"], fmt
-    )
+        d["checkpoint"], bool(d["transfer"]), d["depth_kind"], list(d["class_names"]), d["palette"], d["inputs"], fmt,
+        energy,
+    )  # fmt: skip
 
 
 def read_seg(path: Path) -> np.ndarray:

@@ -50,7 +50,15 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
     present), written under ``out`` as ``<id>_panel.png``. Input images are found via predictions.json."""
     from crosstask_cli.data.labels import colorize
     from crosstask_cli.images import read_image
-    from crosstask_cli.predictions import TRANSFER_TAG, depth_name, read_depth, read_manifest, read_seg, seg_name
+    from crosstask_cli.predictions import (
+        TRANSFER_TAG,
+        depth_name,
+        energy_name,
+        read_depth,
+        read_manifest,
+        read_seg,
+        seg_name,
+    )
 
     plt = pyplot()
     pred_dir, out = Path(pred_dir), Path(out)
@@ -70,7 +78,9 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
         except (OSError, ValueError):
             image = np.zeros((*labels.shape, 3), np.uint8)
         has_t = (pred_dir / seg_name(rel, TRANSFER_TAG)).is_file()
-        cols = 5 if has_t else 3
+        energy_file = pred_dir / energy_name(rel)
+        energy = read_depth(energy_file) if energy_file.is_file() else None  # an H×W float32 array too
+        cols = (5 if has_t else 3) + (energy is not None)
         fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 4.2 * labels.shape[0] / labels.shape[1] + 1.0))
         axes[0].imshow(image)
         axes[0].set_title(Path(src).name, fontsize=10)
@@ -93,6 +103,14 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
                 vr,
             )
             present |= set(np.unique(t_labels).tolist())
+        if energy is not None:
+            top = float(np.percentile(energy, 99)) or None
+            im = axes[-1].imshow(energy, cmap="magma", vmin=0, vmax=top)
+            value = (manifest.energy or {}).get(rel)
+            axes[-1].set_title(
+                "consistency energy" + (f" (mean {value:.3g})" if value is not None else ""), fontsize=10
+            )
+            fig.colorbar(im, ax=axes[-1], fraction=0.046, pad=0.02)
         for ax in axes:
             ax.axis("off")
         _legend(fig, names, palette, present)

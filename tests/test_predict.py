@@ -287,3 +287,39 @@ def test_predict_cityscapes_format_refusals(tiny_run, synthetic_raw, tmp_path):
     predict([image], ckpt, tmp_path / "c", fmt="cityscapes", amp="off")
     r = run_cli("visualize", "predictions", tmp_path / "c", "--out", tmp_path / "w")
     assert r.exit_code == 1 and "panels need the crosstask format" in r.output
+
+
+def test_predict_energy_maps_manifest_ranking_and_panels(tiny_run, synthetic_raw, tmp_path):
+    """--energy writes a float32 map at each input's size whose mean at the model's size is the manifest value,
+    lists the least reliable images, and visualize predictions shows it."""
+    from crosstask_cli.data.dataset import normalise
+    from crosstask_cli.data.resize import resize_image
+    from crosstask_cli.energy import energy_maps
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = tiny_run / "checkpoints/best.pt"
+    images = sorted((synthetic_raw / "leftImg8bit" / "val").rglob("*.png"))[:3]
+    out = tmp_path / "preds"
+    r = run_cli("predict", *images, "--ckpt", ckpt, "--out", out, "--energy", "--amp", "off")
+    assert r.exit_code == 0, r.output
+    assert "least reliable images" in r.output
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert set(manifest["energy"]) == {p.stem for p in images}
+    # the manifest value is the mean combined energy of a full forward pass at the model's size
+    model = model_from_checkpoint(load_checkpoint(ckpt), ckpt).eval()
+    x = normalise(torch.from_numpy(np.stack([resize_image(read_image(p), 32, 64) for p in images])))
+    with torch.no_grad():
+        expected = energy_maps(model(x)).combined.flatten(1).mean(1).tolist()
+    assert [manifest["energy"][p.stem] for p in images] == pytest.approx(expected, rel=1e-4)
+    for p in images:
+        e = np.load(out / f"{p.stem}_energy.npy")
+        assert e.dtype == np.float32 and e.shape == read_image(p).shape[:2] and (e >= 0).all()
+        assert cv2.imread(str(out / f"{p.stem}_energy_color.png")).shape[:2] == e.shape
+    worst = max(manifest["energy"], key=manifest["energy"].get)
+    listed = [line.split()[-1] for line in r.output.splitlines() if line.startswith("  ")]
+    assert listed[0] == worst and len(listed) == 3
+    from crosstask_cli.visualize import prediction_panels
+
+    assert len(prediction_panels(out, tmp_path / "panels")) == 3
+    with pytest.raises(InputError, match="--energy needs the crosstask format"):
+        predict(images, ckpt, tmp_path / "cs", fmt="cityscapes", energy=True)

@@ -12,7 +12,8 @@ HELP = """Predict segmentation and depth for images (files and folders) with a c
 
 Writes, at each input's original size: STEM_seg.png (class ids), STEM_seg_color.png, STEM_depth.npy (float32, the
 dataset's depth units) and STEM_depth_color.png; with --transfer also the TaskTransferNets' STEM_seg_transfer* and
-STEM_depth_transfer*. With --format cityscapes: only STEM_labelIds.png (Cityscapes labelIds, what the official
+STEM_depth_transfer*; with --energy the consistency energy STEM_energy.npy and STEM_energy_color.png. With
+--format cityscapes: only STEM_labelIds.png (Cityscapes labelIds, what the official
 evaluator and the benchmark server read). Folder structure is kept. Unreadable files are skipped and listed; the
 exit code is 1 only when nothing could be processed. An existing non-empty --out needs --force (inputs are never
 overwritten).
@@ -28,6 +29,13 @@ def predict_command(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     transfer: bool = typer.Option(
         False, "--transfer", help="Also write the transferred predictions (runs the TaskTransferNets)."
+    ),
+    energy: bool = typer.Option(
+        False,
+        "--energy",
+        help="Also write each image's consistency energy (models with TaskTransferNets): STEM_energy.npy (float32, "
+        "combined ½·seg KL + ½·|depth gap| per pixel, at the input's size) and STEM_energy_color.png, its mean per "
+        "image in predictions.json, and list the least reliable images (highest energy) at the end.",
     ),
     fmt: str = typer.Option(
         "crosstask",
@@ -74,6 +82,7 @@ def predict_command(
             amp=amp,
             workers=workers,
             fmt=fmt,
+            energy=energy,
         )
     for path, reason in result.skipped:
         err.print(f"[yellow]skipped[/] {esc(path)}: {esc(reason)}", highlight=False)
@@ -81,6 +90,11 @@ def predict_command(
     if n == 0:
         err.print(f"[bold red]error:[/] no image could be processed ({s} skipped)")
         raise typer.Exit(1)
+    if result.energies:
+        worst = result.least_reliable(10)
+        out.print(f"least reliable images (highest consistency energy; {len(result.energies)} in predictions.json):")
+        for rel, value in worst:
+            out.print(f"  {value:10.4g}  {esc(rel)}", highlight=False)
     out.print(
         f"[green]predicted[/] {n} image(s) → [bold]{esc(out_dir)}[/] in {result.seconds:.1f} s "
         f"({result.images_per_second:.2f} images/s)" + (f"; skipped {s}" if s else "")
