@@ -25,9 +25,10 @@ TARGETS = {
     "loader_vs_raw_png": 100.0,
     "loader_vs_train_step": 10.0,
     "metrics_share_of_eval": 0.01,
+    "energy_share_of_eval": 0.10,
     "peak_rss_gb": 6.0,
 }
-UPPER_BOUNDS = ("peak_rss_gb", "metrics_share_of_eval")
+UPPER_BOUNDS = ("peak_rss_gb", "metrics_share_of_eval", "energy_share_of_eval")
 
 
 def is_upper_bound(target: str) -> bool:
@@ -41,6 +42,7 @@ TARGET_TIMINGS = {
     "loader_vs_raw_png": ("loader", "raw_png"),
     "loader_vs_train_step": ("loader", "train_step"),
     "metrics_share_of_eval": ("metrics_standard", "forward_full"),
+    "energy_share_of_eval": ("energy_update", "eval_batch"),
 }
 MAX_OTHERS = 0.3  # cores other processes may use during a timed repetition before it is dropped
 LOAD_WINDOW_S = 0.25  # shortest span the load of other processes is measured over
@@ -535,6 +537,36 @@ def bench_metrics(cfg: BenchConfig, res: BenchResult, device: torch.device) -> N
     res.ratios["metrics_original_vs_loop"] = t_loop.median / timings["original"].median
 
 
+def bench_energy(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
+    """What the consistency-energy report adds to evaluating a batch: ``ConsistencyReport.update`` against what
+    ``evaluate`` does per batch without it, with the TaskTransferNets already running (full forward, metric
+    update, direct-vs-transferred consistency)."""
+    from crosstask_cli.energy import ConsistencyReport
+    from crosstask_cli.engine.evaluator import MetricSet
+
+    mb = build_model_bench(cfg, device)
+    g = torch.Generator().manual_seed(1)
+    b, h, w, c = cfg.batch_size, cfg.height, cfg.width, cfg.num_classes
+    target = torch.randint(0, c, (b, h, w), generator=g).to(device)
+    depth_t = torch.rand(b, 1, h, w, generator=g).to(device)
+    metrics = MetricSet(c, ("standard",))
+    mb.model.eval()
+
+    def eval_batch():
+        pred = mb.forward(False)
+        pred = type(pred)(*(t.float() for t in pred))
+        metrics.update(pred.seg, target, pred.depth, depth_t)
+        metrics.consistency.update(pred.seg, pred.seg_from_depth, pred.depth, pred.depth_from_seg, target, depth_t)
+        return pred
+
+    pred = eval_batch()
+    report = ConsistencyReport(c)
+    t_eval = res.time("eval_batch", eval_batch, cfg.runs, cfg.warmup, device)
+    t_energy = res.time("energy_update", lambda: report.update(pred, target, depth_t), max(cfg.runs, 20), 3, device)
+    res.figures["energy"] = {"eval_batch": t_eval.to_dict(), "energy_update": t_energy.to_dict()}
+    res.ratios["energy_share_of_eval"] = t_energy.median / t_eval.median
+
+
 def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
     from crosstask_cli.data.dataset import PreparedDataset
 
@@ -631,7 +663,9 @@ def bench_compare(cfg: BenchConfig, res: BenchResult, device: torch.device) -> N
     res.ratios["compare_b_over_a"] = ratio
 
 
-def run_bench(cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "loader"), progress=None) -> BenchResult:
+def run_bench(
+    cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "energy", "loader"), progress=None
+) -> BenchResult:
     """Run the selected benchmark parts; returns figures and the ratios the targets are stated in."""
     import tempfile
 
@@ -658,7 +692,11 @@ def run_bench(cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "l
             progress(f"the training step with {', '.join(cfg.weightings)} against fixed")
         bench_weightings(cfg, res, device, cfg.weightings)
         return res
-    steps = {"model": lambda: bench_model(cfg, res, device), "metrics": lambda: bench_metrics(cfg, res, device)}
+    steps = {
+        "model": lambda: bench_model(cfg, res, device),
+        "metrics": lambda: bench_metrics(cfg, res, device),
+        "energy": lambda: bench_energy(cfg, res, device),
+    }
     with tempfile.TemporaryDirectory(prefix="crosstask-bench-") as tmp:
         steps["loader"] = lambda: bench_loader(cfg, res, Path(tmp))
         for part in parts:

@@ -131,3 +131,18 @@ def test_cli_weighting_times_each_method_against_fixed_with_its_memory(tmp_path)
     assert r.exit_code == 1 and "magic is not one of" in r.output
     r = run_cli("bench", "--weighting", "famo", "--part", "model")
     assert r.exit_code == 1 and "--part and --compare do not apply" in r.output
+
+
+def test_energy_part_times_the_report_against_an_eval_batch():
+    from crosstask_cli.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(enc_layers=18, height=32, width=64, batch_size=2, runs=2, warmup=1, quiet_wait_s=0,
+                      max_others=64.0, amp="off")  # fmt: skip
+    res = run_bench(cfg, ("energy",))
+    e = res.figures["energy"]
+    assert e["eval_batch"]["median_s"] > 0 and e["energy_update"]["median_s"] > 0
+    assert res.ratios["energy_share_of_eval"] == pytest.approx(
+        e["energy_update"]["median_s"] / e["eval_batch"]["median_s"]
+    )
+    value, target, status = res.targets()["energy_share_of_eval"]
+    assert target == 0.10 and status in ("met", "not met")

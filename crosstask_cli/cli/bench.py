@@ -18,7 +18,7 @@ and the evaluator's metric update from logits (standard and original protocol, a
 original method's per-image, per-class loop, after checking that both give the same numbers. Prints how each
 figure compares with the project's targets."""
 
-PARTS = ("model", "metrics", "loader")
+PARTS = ("model", "metrics", "energy", "loader")
 
 
 @handle_errors
@@ -47,7 +47,9 @@ def bench_command(
         help="Full-size 2048×1024 raw samples to decode for the loader baseline (0 skips it).",
     ),
     parts: list[str] = typer.Option(
-        None, "--part", help="What to measure: model, metrics, loader (repeatable; default all three)."
+        None,
+        "--part",
+        help="What to measure: model, metrics, energy (what the consistency-energy report adds to eval), loader (repeatable; default all four).",
     ),
     compare: str = typer.Option(
         None,
@@ -148,6 +150,10 @@ def bench_command(
         t.add_row("metric update per batch: standard / original protocol / per-image loop",
                   f"{m['standard']['median_s'] * 1000:.2f} / {m['original']['median_s'] * 1000:.2f} / "
                   f"{m['per_image_loop']['median_s'] * 1000:.2f} ms", "")  # fmt: skip
+    if "energy" in f:
+        e = f["energy"]
+        t.add_row("eval batch (full forward, metrics, consistency) / energy report update",
+                  f"{e['eval_batch']['median_s'] * 1000:.0f} / {e['energy_update']['median_s'] * 1000:.1f} ms", "")  # fmt: skip
     out.print(t)
     tt = Table(title="targets", title_justify="left")
     for col in ("ratio", "measured", "target", ""):
