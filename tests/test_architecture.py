@@ -15,7 +15,7 @@ LAYERS = [
     ("base", {"errors", "atomic", "outputs", "ops", "colormaps", "images", "plotting"}),
     ("core", {"data", "models", "losses", "weighting", "metrics", "predictions", "energy", "cityscapes_scores"}),
     ("engine", {"engine"}),
-    ("app", {"predict", "visualize", "export", "compare", "bench", "demo"}),
+    ("app", {"predict", "visualize", "export", "compare", "bench", "demo", "sweep"}),
     ("cli", {"cli", "__main__"}),
 ]
 

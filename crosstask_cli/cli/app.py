@@ -42,7 +42,19 @@ def _root(
 
 
 def _register() -> None:
-    from crosstask_cli.cli import bench, compare, demo, evaluate, export, info, predict, prepare, train, visualize
+    from crosstask_cli.cli import (
+        bench,
+        compare,
+        demo,
+        evaluate,
+        export,
+        info,
+        predict,
+        prepare,
+        sweep,
+        train,
+        visualize,
+    )
 
     app.add_typer(prepare.app, name="prepare")
     app.command("train", help=train.HELP, no_args_is_help=True)(train.train_command)
@@ -54,6 +66,7 @@ def _register() -> None:
     app.command("bench", help=bench.HELP)(bench.bench_command)
     app.command("compare", help=compare.HELP, no_args_is_help=True)(compare.compare_command)
     app.command("export", help=export.HELP, no_args_is_help=True)(export.export_command)
+    app.command("sweep", help=sweep.HELP, no_args_is_help=True)(sweep.sweep_command)
 
 
 _register()

@@ -12,17 +12,46 @@ from crosstask_cli.cli.common import CLIError, esc, handle_errors, out
 
 HELP = """Compare runs (run directories or `eval --json` files): mIoU, pixel accuracy, abs and abs rel error, and the
 multi-task gain Δm against single-task baselines in both conventions (flat mean over metrics as Nash-MTL/FAMO;
-per-task mean as LibMTL), positive = better. Writes Markdown, CSV and a bar chart on request."""
+per-task mean as LibMTL), positive = better. Writes Markdown, CSV and a bar chart on request.
+
+Several seeds: --sweep OUT/sweep.json (or --group-by on run paths) groups runs by variant and reports mean ± std
+over seeds, Δm computed per seed (against the baseline variant's run of the same seed), and with --reference a
+paired per-seed comparison that says whether a difference holds on every seed."""
 
 
 @handle_errors
 def compare_command(
-    runs: list[Path] = typer.Argument(..., help="Run directories or eval JSON files."),
-    baseline: Path = typer.Option(None, "--baseline", help="One baseline for both tasks."),
-    baseline_seg: Path = typer.Option(
-        None, "--baseline-seg", help="Single-task segmentation baseline (mIoU, pix acc)."
+    runs: list[Path] = typer.Argument(None, help="Run directories or eval JSON files."),
+    sweep: Path = typer.Option(
+        None, "--sweep", help="A sweep manifest (OUT/sweep.json or OUT): its finished runs, grouped by variant."
     ),
-    baseline_depth: Path = typer.Option(None, "--baseline-depth", help="Single-task depth baseline (abs, abs rel)."),
+    group_by: str = typer.Option(
+        None,
+        "--group-by",
+        help="Group the given runs by a regular expression searched in each path: group 'variant' (or the first) "
+        "names the variant, 'seed' the seed. 'sweep' means (?P<variant>[^/]+)/seed-(?P<seed>\\d+), a sweep's layout.",
+    ),
+    reference: str = typer.Option(
+        None, "--reference", help="With groups: pair every variant with this one seed by seed (Δm flat difference)."
+    ),
+    last_k: int = typer.Option(
+        None,
+        "--last-k",
+        min=1,
+        help="Use the mean of each run's last K epochs of validation metrics (metrics.csv, the run's validation split) "
+        "instead of its eval.json / selected epoch, as the Nash-MTL/FAMO protocol averages the last epochs.",
+    ),
+    baseline: Path = typer.Option(None, "--baseline", help="One baseline for both tasks."),
+    baseline_seg: str = typer.Option(
+        None,
+        "--baseline-seg",
+        help="Single-task segmentation baseline (mIoU, pix acc): a run or eval JSON, or with groups a variant name.",
+    ),
+    baseline_depth: str = typer.Option(
+        None,
+        "--baseline-depth",
+        help="Single-task depth baseline (abs, abs rel): a run or eval JSON, or with groups a variant name.",
+    ),
     markdown: Path = typer.Option(None, "--markdown", help="Write the table as Markdown."),
     csv_file: Path = typer.Option(None, "--csv", help="Write the table as CSV."),
     plot: Path = typer.Option(None, "--plot", help="Write a bar chart (PNG)."),
@@ -33,6 +62,18 @@ def compare_command(
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise CLIError(f"--plot {plot}: expected a .png file name")
+    runs = runs or []
+    grouped = sweep is not None or group_by is not None
+    if sweep is not None and (runs or group_by):
+        raise CLIError("--sweep reads the runs from the manifest: give no run paths and no --group-by")
+    if not grouped and (reference or last_k):
+        raise CLIError("--reference and --last-k apply to grouped runs (--sweep or --group-by)")
+    if not runs and sweep is None:
+        raise CLIError("give run directories / eval JSON files, or --sweep OUT/sweep.json")
+    if grouped:
+        _compare_grouped(runs, sweep, group_by, reference, last_k, baseline, baseline_seg, baseline_depth, markdown,
+                         csv_file, plot)  # fmt: skip
+        return
     inputs = {f"run {i}": r for i, r in enumerate(runs, 1)}
     inputs |= {"--baseline": baseline, "--baseline-seg": baseline_seg, "--baseline-depth": baseline_depth}
     for flag, path in (("--markdown", markdown), ("--csv", csv_file), ("--plot", plot)):
@@ -52,6 +93,51 @@ def compare_command(
     for name, b in (("segmentation", cmp.seg_baseline), ("depth", cmp.depth_baseline)):
         if b is not None:
             out.print(f"{name} baseline: {esc(b.name)} ({esc(b.source)})")
+    if markdown:
+        atomic_write_text(markdown, cmp.to_markdown())
+        out.print(f"wrote [bold]{esc(markdown)}[/]")
+    if csv_file:
+        atomic_write_text(csv_file, cmp.to_csv())
+        out.print(f"wrote [bold]{esc(csv_file)}[/]")
+    if plot:
+        cmp.plot(plot)
+        out.print(f"wrote [bold]{esc(plot)}[/]")
+
+
+def _compare_grouped(runs, sweep, group_by, reference, last_k, baseline, baseline_seg, baseline_depth, markdown,
+                     csv_file, plot) -> None:  # fmt: skip
+    from crosstask_cli.atomic import atomic_write_text
+    from crosstask_cli.compare import DEFAULT_GROUP_BY, compare_grouped, runs_from_paths, runs_from_sweep
+    from crosstask_cli.outputs import check_output_file
+
+    inputs = {f"run {i}": r for i, r in enumerate(runs, 1)} | {"--sweep": sweep}
+    for flag, path in (("--markdown", markdown), ("--csv", csv_file), ("--plot", plot)):
+        check_output_file(path, flag, inputs)
+    if sweep is not None:
+        seeded = runs_from_sweep(sweep, last_k)
+    else:
+        seeded = runs_from_paths(runs, DEFAULT_GROUP_BY if group_by == "sweep" else group_by, last_k)
+    cmp = compare_grouped(seeded, baseline_seg or baseline, baseline_depth or baseline, reference)
+    t = Table(title=f"comparison over seeds ({len(seeded)} runs)", caption=cmp.note, title_justify="left")
+    cols = ["variant", "seeds", "mIoU ↑", "pix acc ↑", "abs ↓", "abs rel ↓", "Δm flat % ↑", "Δm per task % ↑"]
+    if reference:
+        cols.append(f"Δm − {reference}")
+    for col in cols:
+        t.add_column(col, justify="left" if col == "variant" else "right")
+
+    def ms(v, key: str, d: int) -> str:
+        m, s = v.mean_std(key)
+        return "–" if not math.isfinite(m) else f"{m:.{d}f} ± {s:.{d}f}" if math.isfinite(s) else f"{m:.{d}f}"
+
+    from crosstask_cli.compare import paired_text
+
+    for v in cmp.variants:
+        row = [esc(v.variant), str(len(v.seeds)), ms(v, "miou", 4), ms(v, "pixel_acc", 4), ms(v, "abs_err", 4),
+               ms(v, "rel_err", 4), ms(v, "delta_m_flat", 2), ms(v, "delta_m_per_task", 2)]  # fmt: skip
+        if reference:
+            row.append(paired_text(v.vs_reference))
+        t.add_row(*row)
+    out.print(t)
     if markdown:
         atomic_write_text(markdown, cmp.to_markdown())
         out.print(f"wrote [bold]{esc(markdown)}[/]")

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from crosstask_cli.cli.common import CLIError, err, esc, fmt, handle_errors, out
+from crosstask_cli.engine.data_paths import default_data, resolve_eval_data
 
 HELP = """Evaluate a checkpoint (--ckpt) or a folder of predictions (--predictions) on a dataset split.
 
@@ -22,28 +23,6 @@ labelIds) and scores the tasks whose files are present; a predicted id outside t
 --full-resolution (with --ckpt and the raw Cityscapes layout) scores the val split at ground-truth size without
 a prepared copy and adds the official evaluator's scores: class IoU, category IoU, iIoU and category iIoU.
 """
-
-
-def default_data(ckpt: dict) -> Path:
-    from crosstask_cli.engine.config import flat_config
-
-    data_str = flat_config(ckpt.get("train_config", {})).get("data")
-    if not data_str:
-        raise CLIError("the checkpoint records no dataset path; pass --data DIR")
-    return Path(data_str)
-
-
-def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
-    from crosstask_cli.data.prepare import check_compatible, resolve_data
-    from crosstask_cli.data.prepared import read_meta
-
-    ds = ckpt["dataset"]
-    if data is None:
-        data = default_data(ckpt)
-    name = ds["name"] if ds["name"] in ("cityscapes", "nyu", "synthetic") else "cityscapes"
-    prepared = resolve_data(name, data, ds["height"], ds["width"], ds["num_classes"], ds["depth"]["kind"])
-    check_compatible(read_meta(prepared), ds["num_classes"], ds["depth"]["kind"], prepared, ds.get("class_names"))
-    return prepared
 
 
 def render_results(res) -> None:

@@ -64,8 +64,8 @@ def samples(
         )
     if detect_layout(data) != "prepared":
         if ckpt is not None:
-            from crosstask_cli.cli.evaluate import resolve_eval_data
             from crosstask_cli.engine.checkpoint import load_checkpoint
+            from crosstask_cli.engine.data_paths import resolve_eval_data
 
             prepared = resolve_eval_data(load_checkpoint(ckpt), data)
         else:

@@ -105,3 +105,92 @@ class TrainingCurves(Callback):
             plot_training_curves(self.log.records, self.out)
         except Exception as exc:  # noqa: BLE001 - a plotting failure must not stop training
             trainer.reporter.message(f"could not draw training curves: {exc}")
+
+
+class TensorBoardLog(Callback):
+    """``RUN/tensorboard/`` (``--tensorboard``): every numeric column of the metrics log as a scalar per epoch
+    (``train/…``, ``weight/…``, ``val/…``, ``lr``, ``time/…``) and ``panels`` validation panels (image | direct
+    segmentation | direct depth). ``metrics.csv`` stays the source of truth; this is for watching runs, and a
+    sweep's runs under one folder compare in one ``tensorboard --logdir OUT``."""
+
+    GROUPS = (("train_", "train/"), ("weight_", "weight/"), ("val_", "val/"))
+
+    def __init__(self, run_dir: Path, panels: int = 3) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - checked before the first epoch
+        except ImportError as exc:
+            from crosstask_cli.errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                "--tensorboard needs the tensorboard package: pip install 'crosstask-cli[tensorboard]'"
+            ) from exc
+        self.dir, self.panels, self.writer, self.purge_step = run_dir / "tensorboard", panels, None, None
+
+    def on_resume(self, trainer: Trainer) -> None:
+        self.purge_step = trainer.epoch + 1  # events an interrupted run wrote after its last checkpoint are dropped
+
+    def _tag(self, key: str) -> str:
+        special = {"seconds": "time/epoch_s", "train_seconds": "time/train_s"}
+        if key in special:
+            return special[key]
+        for prefix, group in self.GROUPS:
+            if key.startswith(prefix):
+                return group + key[len(prefix) :]
+        return key
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        if not trainer.dist.is_main:
+            return
+        import math
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.writer is None:
+            self.writer = SummaryWriter(str(self.dir), purge_step=self.purge_step)
+        for key, value in record.to_row().items():
+            if key in ("epoch", "step", "val_split", "best") or isinstance(value, str):
+                continue
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(self._tag(key), value, record.epoch)
+        try:
+            for i, panel in enumerate(validation_panels(trainer, self.panels)):
+                self.writer.add_image(f"val/panel_{i}", panel, record.epoch, dataformats="HWC")
+        except Exception as exc:  # noqa: BLE001 - a drawing failure must not stop training
+            trainer.reporter.message(f"could not draw TensorBoard panels: {exc}")
+        self.writer.flush()
+
+
+def validation_panels(trainer: Trainer, count: int) -> list:
+    """The first ``count`` validation images side by side with the model's direct segmentation and depth
+    (uint8 H×3W×3 each; a task the model does not have is left black)."""
+    import numpy as np
+    import torch
+
+    from crosstask_cli.colormaps import colorize_depth
+    from crosstask_cli.data.dataset import normalise
+    from crosstask_cli.data.labels import colorize
+
+    n = min(count, len(trainer.val_ds))
+    if n == 0:
+        return []
+    images = np.stack([trainer.val_ds.load(i)[0] for i in range(n)])
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pred = model(normalise(torch.from_numpy(images)).to(trainer.device), direct_only=True)
+    finally:
+        model.train(was_training)
+    palette = [tuple(c) for c in trainer.meta.palette]
+    panels = []
+    for i in range(n):
+        h, w = images.shape[1:3]
+        seg = np.zeros((h, w, 3), np.uint8)
+        depth = np.zeros((h, w, 3), np.uint8)
+        if pred.seg is not None:
+            seg = colorize(pred.seg[i].float().argmax(0).to(torch.uint8).cpu().numpy(), palette)
+        if pred.depth is not None:
+            depth = colorize_depth(pred.depth[i, 0].float().clamp(min=0).cpu().numpy(), trainer.meta.depth_kind)
+        panels.append(np.concatenate([images[i], seg, depth], axis=1))
+    return panels

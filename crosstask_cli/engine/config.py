@@ -185,6 +185,12 @@ class RuntimeOptions:
     sync_bn: bool = option(
         False, "Multi-GPU (torchrun): synchronise BatchNorm statistics across processes (CUDA only)."
     )
+    tensorboard: bool = option(
+        False,
+        "Also log to RUN/tensorboard/ (needs the tensorboard extra): every metrics-log scalar per epoch (losses, "
+        "task weights, lr, validation metrics) and three validation panels; `tensorboard --logdir RUN` (or a "
+        "sweep's OUT) shows them. metrics.csv stays the record.",
+    )
     verify: bool = option(
         False,
         "Check every value of the prepared data before training (labels in range, depth finite and ≥ 0); by default "
@@ -212,6 +218,7 @@ class FieldInfo:
     help: str
     type: Any  # the field's type, None removed from unions
     cli_type: Any
+    optional: bool = False  # None is a valid value (``--set …=none`` means None only then)
 
     @property
     def path(self) -> str:
@@ -236,7 +243,8 @@ def _field_table() -> dict[str, FieldInfo]:
             kwarg = m["kwarg"] or f.name
             flag = "--" + f.name.replace("_", "-") if m["flag"] == "" else m["flag"]
             tp = _strip_none(hints[f.name])
-            table[kwarg] = FieldInfo(section, f.name, kwarg, flag, m["help"], tp, m["cli_type"] or tp)
+            optional = type(None) in typing.get_args(hints[f.name])
+            table[kwarg] = FieldInfo(section, f.name, kwarg, flag, m["help"], tp, m["cli_type"] or tp, optional)
     return table
 
 
@@ -259,9 +267,10 @@ def flag_of(kwarg: str) -> str:
 
 
 def parse_value(info: FieldInfo, text: str) -> Any:
-    """A ``--set`` value in the field's type: numbers, true/false, none/null, comma lists for tuples."""
+    """A ``--set`` value in the field's type: numbers, true/false, comma lists for tuples; none/null for fields that
+    may be unset (for the others, e.g. ``loss.consistency=none``, it is the string)."""
     t = text.strip()
-    if t.lower() in ("none", "null"):
+    if t.lower() in ("none", "null") and (info.optional or info.type is not str):
         return None
     tp = info.type
     try:

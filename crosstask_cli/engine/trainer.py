@@ -26,6 +26,7 @@ from crosstask_cli.engine.callbacks import (
     Callback,
     Checkpointing,
     MetricsLog,
+    TensorBoardLog,
     TrainingCurves,
     TrainReporter,
     TrainResult,
@@ -101,6 +102,8 @@ class Trainer:
             self.log,
             TrainingCurves(self.run_dir, self.log),
         ]
+        if cfg.runtime.tensorboard and self.dist.is_main:
+            self.callbacks.append(TensorBoardLog(self.run_dir))
 
     @property
     def dataset_info(self) -> dict:
