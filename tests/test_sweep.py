@@ -237,3 +237,14 @@ def test_tensorboard_logs_the_metrics_log_and_panels(tmp_path, synthetic_prepare
     header, last = log[0].split(","), log[-1].split(",")
     assert acc.Scalars("val/miou")[-1].value == pytest.approx(float(last[header.index("val_miou")]), rel=1e-5)
     assert len([t for t in acc.Tags()["images"] if t.startswith("val/panel_")]) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "runs"),
+    [("synthetic-quick", 30), ("synthetic-methods", 93), ("methods-cityscapes", 60), ("methods-nyu", 60),
+     ("ablation-cityscapes", 27)],
+)  # fmt: skip
+def test_shipped_specs_load_and_build_every_configuration(name, runs):
+    spec = load_spec(Path(__file__).parent.parent / "experiments" / f"{name}.toml")
+    assert len(spec.runs()) == runs and spec.seeds == [0, 1, 2]
+    assert {"seg-only", "depth-only"} <= set(spec.variants) or name.startswith("ablation")
