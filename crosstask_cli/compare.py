@@ -214,14 +214,11 @@ def load_last_k(path: str | Path, k: int) -> RunMetrics:
 
 def runs_from_sweep(manifest: str | Path, last_k: int | None = None) -> list[SeededRun]:
     """The finished runs of a sweep manifest (``sweep.json``), with their variant and seed."""
+    from crosstask_cli.sweep import MANIFEST, read_manifest
+
     path = Path(manifest)
-    path = path / "sweep.json" if path.is_dir() else path
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable sweep manifest ({exc})") from exc
-    if not isinstance(d, dict) or not isinstance(d.get("runs"), list):
-        raise InputError(f"{path}: not a crosstask sweep manifest (no 'runs' list)")
+    path = path / MANIFEST if path.is_dir() else path
+    d = read_manifest(path, missing_ok=False)
     out = []
     for row in d["runs"]:
         if row.get("status") != "done":

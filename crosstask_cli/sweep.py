@@ -184,10 +184,14 @@ def load_spec(path: str | Path) -> SweepSpec:
 # --- the manifest -------------------------------------------------------------------------------------------
 
 
-def read_manifest(out: Path) -> dict:
-    path = Path(out) / MANIFEST
+def read_manifest(where: str | Path, missing_ok: bool = True) -> dict:
+    """A sweep manifest (``OUT/sweep.json``, or OUT); a missing one is empty with ``missing_ok``, else an error."""
+    path = Path(where)
+    path = path / MANIFEST if path.is_dir() or path.name != MANIFEST else path
     if not path.is_file():
-        return {"runs": []}
+        if missing_ok:
+            return {"runs": []}
+        raise InputError(f"{path}: no sweep manifest (run `crosstask sweep SPEC` first)")
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

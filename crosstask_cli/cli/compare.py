@@ -56,7 +56,6 @@ def compare_command(
     csv_file: Path = typer.Option(None, "--csv", help="Write the table as CSV."),
     plot: Path = typer.Option(None, "--plot", help="Write a bar chart (PNG)."),
 ) -> None:
-    from crosstask_cli.atomic import atomic_write_text
     from crosstask_cli.compare import SIGN_CONVENTION, compare
     from crosstask_cli.outputs import check_output_file
 
@@ -93,20 +92,11 @@ def compare_command(
     for name, b in (("segmentation", cmp.seg_baseline), ("depth", cmp.depth_baseline)):
         if b is not None:
             out.print(f"{name} baseline: {esc(b.name)} ({esc(b.source)})")
-    if markdown:
-        atomic_write_text(markdown, cmp.to_markdown())
-        out.print(f"wrote [bold]{esc(markdown)}[/]")
-    if csv_file:
-        atomic_write_text(csv_file, cmp.to_csv())
-        out.print(f"wrote [bold]{esc(csv_file)}[/]")
-    if plot:
-        cmp.plot(plot)
-        out.print(f"wrote [bold]{esc(plot)}[/]")
+    write_outputs(cmp, markdown, csv_file, plot)
 
 
 def _compare_grouped(runs, sweep, group_by, reference, last_k, baseline, baseline_seg, baseline_depth, markdown,
                      csv_file, plot) -> None:  # fmt: skip
-    from crosstask_cli.atomic import atomic_write_text
     from crosstask_cli.compare import DEFAULT_GROUP_BY, compare_grouped, runs_from_paths, runs_from_sweep
     from crosstask_cli.outputs import check_output_file
 
@@ -138,12 +128,15 @@ def _compare_grouped(runs, sweep, group_by, reference, last_k, baseline, baselin
             row.append(paired_text(v.vs_reference))
         t.add_row(*row)
     out.print(t)
-    if markdown:
-        atomic_write_text(markdown, cmp.to_markdown())
-        out.print(f"wrote [bold]{esc(markdown)}[/]")
-    if csv_file:
-        atomic_write_text(csv_file, cmp.to_csv())
-        out.print(f"wrote [bold]{esc(csv_file)}[/]")
-    if plot:
-        cmp.plot(plot)
-        out.print(f"wrote [bold]{esc(plot)}[/]")
+    write_outputs(cmp, markdown, csv_file, plot)
+
+
+def write_outputs(cmp, markdown: Path | None, csv_file: Path | None, plot: Path | None) -> None:
+    """Write a comparison (plain or grouped) as Markdown, CSV and PNG, where asked."""
+    from crosstask_cli.atomic import atomic_write_text
+
+    for path, write in ((markdown, lambda p: atomic_write_text(p, cmp.to_markdown())),
+                        (csv_file, lambda p: atomic_write_text(p, cmp.to_csv())), (plot, cmp.plot)):  # fmt: skip
+        if path:
+            write(path)
+            out.print(f"wrote [bold]{esc(path)}[/]")
