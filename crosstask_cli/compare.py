@@ -412,13 +412,17 @@ def compare_grouped(
         return lambda seed: fixed
 
     seg_b, dep_b = baseline_for(baseline_seg), baseline_for(baseline_depth)
+    baselines = {str(b) for b in (baseline_seg, baseline_depth) if b is not None}
     stats = []
     for variant, seeds in by_variant.items():
         order = sorted(seeds)
         values: dict[str, list[float]] = {k: [] for k in GroupedComparison.KEYS}
         for s in order:
             v = seeds[s].values
-            d = delta_m(v, seg_b(s) if seg_b else None, dep_b(s) if dep_b else None)
+            if variant in baselines:  # a baseline against itself says nothing: no Δm, no pairing
+                d = {"flat": math.nan, "per_task": math.nan}
+            else:
+                d = delta_m(v, seg_b(s) if seg_b else None, dep_b(s) if dep_b else None)
             for k in METRICS:
                 values[k].append(v.get(k, math.nan))
             values["delta_m_flat"].append(d["flat"])
@@ -428,7 +432,7 @@ def compare_grouped(
         ref = next(s for s in stats if s.variant == reference)
         ref_by_seed = dict(zip(ref.seeds, ref.values["delta_m_flat"], strict=True))
         for s in stats:
-            if s is ref:
+            if s is ref or s.variant in baselines:
                 continue
             diffs = [v - ref_by_seed[seed] for seed, v in zip(s.seeds, s.values["delta_m_flat"], strict=True)
                      if seed in ref_by_seed and math.isfinite(v) and math.isfinite(ref_by_seed[seed])]  # fmt: skip

@@ -184,6 +184,8 @@ def test_grouped_statistics_by_hand(tmp_path):
     assert a.vs_reference == pytest.approx(
         {"pairs": 2, "mean_diff": 0.0, "std_diff": math.sqrt(50.0), "better": 1, "consistent": False}  # diffs +5, −5
     )
+    base = next(v for v in cmp.variants if v.variant == "seg-only")
+    assert all(math.isnan(x) for x in base.values["delta_m_flat"]) and base.vs_reference is None  # not vs itself
     md = cmp.to_markdown()
     assert "| a | 2 | 0.4750 ± 0.1061 |" in md and "(1/2 seeds better, mixed)" in md
     with pytest.raises(InputError, match="--reference 'z' is not among the variants"):
