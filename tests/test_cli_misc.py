@@ -19,7 +19,7 @@ def test_every_command_is_registered_and_answers_help():
     from crosstask_cli.cli.app import app
 
     root = typer.main.get_command(app)
-    expected = {"prepare", "train", "eval", "predict", "visualize", "export", "compare", "bench", "demo", "info"}
+    expected = {"prepare", "train", "eval", "predict", "visualize", "export", "compare", "bench", "demo", "info", "sweep"}
     assert set(root.commands) == expected
     for name in sorted(expected):
         r = run_cli(name, "--help")
