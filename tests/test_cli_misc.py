@@ -19,7 +19,8 @@ def test_every_command_is_registered_and_answers_help():
     from crosstask_cli.cli.app import app
 
     root = typer.main.get_command(app)
-    expected = {"prepare", "train", "eval", "predict", "visualize", "export", "compare", "bench", "demo", "info", "sweep"}
+    expected = {"prepare", "train", "eval", "predict", "visualize", "export", "compare", "bench", "demo", "info",
+                "sweep"}  # fmt: skip
     assert set(root.commands) == expected
     for name in sorted(expected):
         r = run_cli(name, "--help")
