@@ -350,3 +350,21 @@ def test_prepare_cli_bad_inputs(tmp_path):
         "64",
     )
     assert r.exit_code == 0 and (tmp_path / "syn" / "leftImg8bit").is_dir()
+
+
+def test_a_kill_between_checkpoint_and_log_loses_no_row(synthetic_prepared, tmp_path):
+    """last.pt is written before metrics.csv: a process killed between the two leaves a log without the
+    checkpoint's epoch. Resuming takes that row from the checkpoint, so the log stays one row per epoch."""
+    import crosstask_cli as ct
+
+    cfg = ct.TrainConfig.for_dataset("synthetic", data=str(synthetic_prepared), height=32, width=64, epochs=2,
+                                     enc_layers=18, batch_size=4, workers=0, max_steps_per_epoch=1, max_val_batches=1)  # fmt: skip
+    run = tmp_path / "run"
+    ct.train(cfg, run_dir=run)
+    log = run / "metrics.csv"
+    rows = log.read_text().splitlines()
+    log.write_text("\n".join(rows[:-1]) + "\n")  # as if killed after last.pt (epoch 2), before the log's epoch 2
+    ct.train(cfg, run_dir=run, resume=True, resume_overrides={"epochs": 3})
+    after = log.read_text().splitlines()
+    assert [r.split(",")[0] for r in after[1:]] == ["1", "2", "3"]
+    assert after[2] == rows[2]  # epoch 2's row, as it was written before

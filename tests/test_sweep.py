@@ -250,3 +250,42 @@ def test_shipped_specs_load_and_build_every_configuration(name, runs):
     spec = load_spec(Path(__file__).parent.parent / "experiments" / f"{name}.toml")
     assert len(spec.runs()) == runs and spec.seeds == [0, 1, 2]
     assert {"seg-only", "depth-only"} <= set(spec.variants) or name.startswith("ablation")
+
+
+@pytest.mark.integration
+def test_a_sweep_killed_mid_run_continues_where_it_stopped(tmp_path, synthetic_prepared):
+    """SIGKILL the `crosstask sweep` process once the second run has checkpointed an epoch: the manifest is whole
+    JSON, the first run is done, and the next sweep resumes the second run from its checkpoint (the epochs it had
+    are kept, not retrained) and evaluates it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_spec(tmp_path, synthetic_prepared, epochs=6, seeds=(0,))
+    spec = load_spec(path)
+    first, second = spec.runs()
+    proc = subprocess.Popen([sys.executable, "-m", "crosstask_cli", "sweep", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "120"})  # fmt: skip
+    log = second.run_dir / "metrics.csv"
+    deadline = time.time() + 240
+    while (
+        proc.poll() is None
+        and time.time() < deadline
+        and not (log.is_file() and len(log.read_text().splitlines()) >= 2)
+    ):
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((tmp_path / "out" / "sweep.json").read_text())  # whole JSON, whatever the moment
+    status = {r["variant"]: r["status"] for r in manifest["runs"]}
+    assert status["seg-only"] == "done" and status["mtl"] in ("running", "trained")
+    assert run_status(second) == "running" and not (second.run_dir / "eval.json").exists()
+    kept = log.read_text().splitlines()[1:]  # epochs finished before the kill
+    report = run_sweep(spec)
+    assert report.trained == ["mtl/seed-0"]
+    rows = log.read_text().splitlines()[1:]
+    assert len(rows) == 6 and rows[: len(kept)] == kept  # resumed: the epochs it had are not trained again
+    assert {r["status"] for r in json.loads((tmp_path / "out" / "sweep.json").read_text())["runs"]} == {"done"}

@@ -68,6 +68,17 @@ class MetricsLog(Callback):
 
     def on_resume(self, trainer: Trainer) -> None:
         self.records = read_metrics_log(self.path, trainer.epoch) if self.path.is_file() else []
+        # Killed between writing last.pt and this log, the checkpoint's epoch has no row yet: take it from the
+        # checkpoint, which holds it, so the log stays one row per epoch.
+        row = getattr(trainer, "resumed_row", None)
+        if (
+            row
+            and int(float(row.get("epoch", -1))) == trainer.epoch
+            and all(r.epoch != trainer.epoch for r in self.records)
+        ):
+            self.records.append(EpochRecord.from_row(row, str(self.path)))
+            if trainer.dist.is_main:
+                write_metrics_log(self.path, self.records)
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         self.records.append(record)

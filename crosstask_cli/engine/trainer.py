@@ -193,6 +193,7 @@ class Trainer:
         self.step_count = 0
         self.nonfinite = 0
         self.partial: dict | None = None  # progress inside the current epoch, from a mid-epoch checkpoint
+        self.resumed_row: dict | None = None  # the metrics row a resumed checkpoint holds
 
     def resume(self, path: Path) -> None:
         """Restore everything a resumable checkpoint holds (see :func:`~crosstask_cli.engine.state.checkpoint_payload`)."""
@@ -227,6 +228,7 @@ class Trainer:
         self.selection.best_score, self.selection.best_epoch = ckpt.get("best_score"), ckpt.get("best_epoch")
         self.nonfinite = int(ckpt.get("nonfinite", 0))
         self.partial = ckpt.get("partial_epoch")
+        self.resumed_row = ckpt.get("metrics") or None  # the row of the epoch the checkpoint ends
         for cb in self.callbacks:
             cb.on_resume(self)
 
