@@ -117,7 +117,7 @@ class CityscapesScores:
         if not keep.any():
             return
         ids, label, klass, p = ids[keep], label[keep], klass[keep], pred[sel][keep].astype(np.int64)
-        uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
         inst_size = np.bincount(inverse).astype(np.float64)
         hit = np.bincount(inverse, weights=(p == klass)).astype(np.float64)

@@ -32,6 +32,14 @@ def _depth_lut() -> np.ndarray:
     return (matplotlib.colormaps[DEPTH_CMAP](np.arange(256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
+def colorize_unit(values: np.ndarray) -> np.ndarray:
+    """H×W values, 0..1 (clipped; NaN as 0) → H×W×3 uint8 RGB of :data:`DEPTH_CMAP`."""
+    norm = np.nan_to_num(np.clip(values, 0, 1), nan=0.0)
+    # the colormap's own 256-entry table, indexed as matplotlib indexes it (x·N truncated, 1.0 → the last entry),
+    # without the float64 RGBA image that calling the colormap on the whole map builds
+    return _depth_lut()[np.minimum((norm * 256).astype(np.intp), 255)]
+
+
 def colorize_depth(
     depth: np.ndarray, kind: str, vrange: tuple[float, float] | None = None, mark_invalid: bool = True
 ) -> np.ndarray:
@@ -44,10 +52,7 @@ def colorize_depth(
         floor = 1e-6 if kind == "inverse" else None
         depth = np.maximum(depth, floor) if floor else np.where(depth > 0, depth, np.inf)
     lo, hi = vrange or depth_range(depth, kind)
-    norm = np.nan_to_num(np.clip((depth_display(depth, kind) - lo) / (hi - lo), 0, 1), nan=0.0)
-    # the colormap's own 256-entry table, indexed as matplotlib indexes it (x·N truncated, 1.0 → the last entry),
-    # without the float64 RGBA image that calling the colormap on the whole map builds
-    rgb = _depth_lut()[np.minimum((norm * 256).astype(np.intp), 255)]
+    rgb = colorize_unit((depth_display(depth, kind) - lo) / (hi - lo))
     if mark_invalid:
         rgb[depth <= 0] = INVALID_RGB
     return rgb

@@ -287,6 +287,13 @@ class VariantStats:
     def mean_std(self, key: str) -> tuple[float, float]:
         return _mean_std(self.values[key])
 
+    def text(self, key: str, digits: int) -> str:
+        """``mean ± std`` (just the mean for one seed, – when undefined)."""
+        m, s = self.mean_std(key)
+        if not math.isfinite(m):
+            return "–"
+        return f"{m:.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:.{digits}f}"
+
 
 @dataclass
 class GroupedComparison:
@@ -315,12 +322,6 @@ class GroupedComparison:
         return pd.DataFrame(self.rows()).to_csv(index=False)
 
     def to_markdown(self) -> str:
-        def ms(v: VariantStats, key: str, digits: int) -> str:
-            m, s = v.mean_std(key)
-            if not math.isfinite(m):
-                return "–"
-            return f"{m:.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:.{digits}f}"
-
         head = "| variant | seeds | mIoU ↑ | pix acc ↑ | abs err ↓ | abs rel ↓ | Δm flat (%) ↑ | Δm per task (%) ↑ |"
         sep = "|---|---|---|---|---|---|---|---|"
         if self.reference:
@@ -328,9 +329,9 @@ class GroupedComparison:
             sep += "---|"
         lines = [head, sep]
         for v in self.variants:
-            line = (f"| {v.variant} | {len(v.seeds)} | {ms(v, 'miou', 4)} | {ms(v, 'pixel_acc', 4)} | "
-                    f"{ms(v, 'abs_err', 4)} | {ms(v, 'rel_err', 4)} | {ms(v, 'delta_m_flat', 2)} | "
-                    f"{ms(v, 'delta_m_per_task', 2)} |")  # fmt: skip
+            line = (f"| {v.variant} | {len(v.seeds)} | {v.text('miou', 4)} | {v.text('pixel_acc', 4)} | "
+                    f"{v.text('abs_err', 4)} | {v.text('rel_err', 4)} | {v.text('delta_m_flat', 2)} | "
+                    f"{v.text('delta_m_per_task', 2)} |")  # fmt: skip
             if self.reference:
                 line += f" {paired_text(v.vs_reference)} |"
             lines.append(line)

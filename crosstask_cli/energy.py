@@ -164,23 +164,16 @@ class ConsistencyReport:
 
     @torch.no_grad()
     def update(self, pred: Predictions, seg_target: torch.Tensor, depth_target: torch.Tensor) -> None:
+        from crosstask_cli.metrics import per_image_scores
         from crosstask_cli.ops import class_labels
 
         maps = energy_maps(pred)
         valid = depth_target.reshape(maps.depth.shape) > 0
         e = image_energies(maps, valid)
         labels = class_labels(pred.seg)
-        b, c = labels.shape[0], self.num_classes
         labelled = seg_target != self.ignore_index
-        # per-image confusion matrices in one bincount (ignored pixels in an extra row that is dropped)
-        t = torch.where(labelled, seg_target, c).long()
-        idx = torch.arange(b, device=t.device)[:, None] * ((c + 1) * c) + t.flatten(1) * c + labels.flatten(1)
-        cm = torch.bincount(idx.flatten(), minlength=b * (c + 1) * c).view(b, c + 1, c)[:, :c].double()
-        tp = cm.diagonal(dim1=1, dim2=2)
-        union = cm.sum(1) + cm.sum(2) - tp
-        present = union > 0
-        miou = torch.where(present, tp / union.clamp(min=1), 0).sum(1) / present.sum(1).clamp(min=1)
-        miou = torch.where(labelled.flatten(1).any(1), miou, torch.nan)
+        miou, _, count_labelled = per_image_scores(labels, seg_target, self.num_classes, self.ignore_index)
+        miou = torch.where(count_labelled > 0, miou, torch.nan)
         err = (pred.depth.float().reshape(maps.depth.shape) - depth_target.reshape(maps.depth.shape)).abs()
         count = valid.flatten(1).sum(1)
         abs_img = torch.where(count > 0, (err * valid).flatten(1).sum(1) / count.clamp(min=1), torch.nan)

@@ -199,6 +199,31 @@ class DepthMetrics:
         }
 
 
+@torch.no_grad()
+def per_image_scores(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image of a batch (pred: B×H×W class ids, target: B×H×W): (mIoU over the classes whose union within the
+    image's labelled pixels is not empty, pixel accuracy, labelled pixel count), float64 each of shape B; an image
+    without labelled pixels gets 0 for both scores. Ids outside 0..C−1 are clamped into it.
+    """
+    b, c = target.shape[0], num_classes
+    # Per-image confusion matrices in one bincount, index = image·(C+1)·C + target·C + pred, with ignored
+    # pixels counted in an extra target row C that is then dropped (no masked copies).
+    raw = target.reshape(b, -1)
+    t = torch.where(raw == ignore_index, c, raw.long().clamp(0, c - 1))
+    p = pred.reshape(b, -1).long().clamp(0, c - 1)
+    base = torch.arange(b, device=t.device)[:, None] * ((c + 1) * c)
+    idx = (t * c).add_(p).add_(base)
+    cm = torch.bincount(idx.flatten(), minlength=b * (c + 1) * c).reshape(b, c + 1, c)[:, :c].double()
+    tp = cm.diagonal(dim1=1, dim2=2)
+    labelled = cm.sum((1, 2))
+    union = cm.sum(1) + cm.sum(2) - tp
+    present = union > 0
+    miou = torch.where(present, tp / union.clamp(min=1), 0).sum(1) / present.sum(1).clamp(min=1)
+    return miou, tp.sum(1) / labelled.clamp(min=1), labelled
+
+
 class OriginalProtocolMetrics:
     """The reference implementation's averaging, reproduced for comparison with its table.
 
@@ -239,22 +264,9 @@ class OriginalProtocolMetrics:
     def _update_seg(self, seg_pred: torch.Tensor, seg_target: torch.Tensor) -> None:
         if seg_pred.ndim == seg_target.ndim + 1:
             seg_pred = class_labels(seg_pred)
-        b, c = seg_target.shape[0], self.num_classes
-        # Per-image confusion matrices in one bincount, index = image·(C+1)·C + target·C + pred, with ignored
-        # pixels counted in an extra target row C that is then dropped (no masked copies).
-        raw = seg_target.reshape(b, -1)
-        t = torch.where(raw == self.ignore_index, c, raw.long().clamp(0, c - 1))
-        p = seg_pred.reshape(b, -1).long().clamp(0, c - 1)
-        base = torch.arange(b, device=t.device)[:, None] * ((c + 1) * c)
-        idx = (t * c).add_(p).add_(base)
-        cm = torch.bincount(idx.flatten(), minlength=b * (c + 1) * c).reshape(b, c + 1, c)[:, :c].double()
-        tp = cm.diagonal(dim1=1, dim2=2)
-        labelled = cm.sum((1, 2))
-        union = cm.sum(1) + cm.sum(2) - tp
-        present = union > 0
+        b = seg_target.shape[0]
+        image_iou, image_acc, labelled = per_image_scores(seg_pred, seg_target, self.num_classes, self.ignore_index)
         has_pixels = (labelled > 0).double()
-        image_iou = torch.where(present, tp / union.clamp(min=1), 0).sum(1) / present.sum(1).clamp(min=1)
-        image_acc = tp.sum(1) / labelled.clamp(min=1)
         self._add(torch.stack([(image_iou * has_pixels).sum(), (image_acc * has_pixels).sum(), has_pixels.sum()]),
                   slice(0, 3))  # fmt: skip
         self.images += b

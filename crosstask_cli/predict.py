@@ -111,16 +111,22 @@ def _check_out(
             )
 
 
-def _check_cityscapes_format(ds: dict, tasks: tuple[str, ...], transfer: bool, ckpt: Path) -> None:
-    """``--format cityscapes`` needs a segmentation model with Cityscapes labels (7 or 19 classes)."""
-    if ds["name"] not in ("cityscapes", "synthetic") or ds["num_classes"] not in (7, 19):
+def _check_cityscapes_format(ds: dict, tasks: tuple[str, ...], transfer: bool, energy: bool, ckpt: Path) -> None:
+    """``--format cityscapes`` needs a segmentation model with Cityscapes labels (7 or 19 classes) and writes
+    nothing but labelIds."""
+    from crosstask_cli.data.labels import has_cityscapes_labels
+
+    for flag, given in (("--energy", energy), ("--transfer", transfer)):
+        if given:
+            raise InputError(
+                f"--format cityscapes writes one labelIds PNG per image; {flag} needs the crosstask format"
+            )
+    if not has_cityscapes_labels(ds["name"], ds["num_classes"]):
         raise InputError(
             f"--format cityscapes writes Cityscapes labelIds; {ckpt} predicts {ds['num_classes']} {ds['name']} classes"
         )
     if "seg" not in tasks:
         raise InputError(f"--format cityscapes writes segmentation; {ckpt} is a depth-only model")
-    if transfer:
-        raise InputError("--format cityscapes writes one labelIds PNG per image; --transfer needs the crosstask format")
 
 
 def predict(
@@ -169,11 +175,7 @@ def predict(
     h, w, palette, depth_kind = ds["height"], ds["width"], [tuple(p) for p in ds["palette"]], ds["depth"]["kind"]
     model = model_from_checkpoint(c, ckpt)
     if fmt == "cityscapes":
-        if energy:
-            raise InputError(
-                "--format cityscapes writes one labelIds PNG per image; --energy needs the crosstask format"
-            )
-        _check_cityscapes_format(ds, tuple(model.config.tasks), transfer, Path(ckpt))
+        _check_cityscapes_format(ds, tuple(model.config.tasks), transfer, energy, Path(ckpt))
     if energy and not model.config.has_transfer:
         from crosstask_cli.energy import NEEDS_BOTH
 

@@ -58,16 +58,13 @@ def encode_energy(energy: np.ndarray) -> dict[str, bytes]:
     """H×W float32 combined consistency energy → {suffix: bytes}: the .npy array and a colour rendering (magma,
     0 to the image's 99th percentile: it shows *where* in an image energy is high; the arrays and the manifest's
     per-image values compare images)."""
-    import matplotlib
-
+    from crosstask_cli.colormaps import colorize_unit
     from crosstask_cli.images import encode_png
 
     buf = io.BytesIO()
     np.save(buf, energy.astype(np.float32, copy=False), allow_pickle=False)
     top = float(np.percentile(energy, 99)) if energy.size else 0.0
-    scaled = np.clip(energy / top, 0, 1) if top > 0 else np.zeros_like(energy)
-    lut = (matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-    colour = lut[(scaled * 255 + 0.5).astype(np.uint8)]
+    colour = colorize_unit(energy / top if top > 0 else np.zeros_like(energy))
     return {ENERGY_SUFFIXES[0]: buf.getvalue(), ENERGY_SUFFIXES[1]: encode_png(colour)}
 
 
@@ -257,7 +254,7 @@ def match_predictions(pred_dir: Path, ids: list[str]) -> PredictionFiles:
     manifest = read_manifest(pred_dir) if (pred_dir / MANIFEST).is_file() else None
     fmt = manifest.format if manifest is not None else _detect_format(pred_dir)
     stems = _candidate_stems(pred_dir, fmt, manifest)
-    by_stem = {s: s for s in stems}
+    stem_set = set(stems)
     by_name: dict[str, list[str]] = {}
     by_key: dict[str, list[str]] = {}
     for s in stems:
@@ -268,7 +265,7 @@ def match_predictions(pred_dir: Path, ids: list[str]) -> PredictionFiles:
             by_key.setdefault(key.group(0), []).append(s)
 
     def find(sample_id: str) -> str | None:
-        if sample_id in by_stem:
+        if sample_id in stem_set:
             return sample_id
         for table, key in ((by_name, sample_id), (by_key, (CITYSCAPES_KEY.fullmatch(sample_id) or [None])[0])):
             hits = table.get(key, []) if key else []

@@ -45,7 +45,6 @@ from crosstask_cli.errors import ConfigError, InputError
 
 MANIFEST = "sweep.json"
 EVAL_FILE = "eval.json"
-STATUSES = ("pending", "running", "trained", "done", "failed")
 _SECTIONS = {"sweep", "prepare", "base", "eval", "variants"}
 
 
@@ -216,7 +215,8 @@ def _write_manifest(spec: SweepSpec, rows: dict[tuple[str, int], dict]) -> None:
 
 
 def run_status(run: SweepRun) -> str:
-    """done (evaluated), trained (finished, not evaluated), running (started: resumable), pending."""
+    """From the run directory: done (evaluated), running (started: resumed next), pending. The manifest also
+    records trained (between training and evaluation) and failed."""
     if (run.run_dir / EVAL_FILE).is_file():
         return "done"
     if (run.run_dir / "config.json").is_file():
@@ -427,10 +427,12 @@ def evaluate_run(spec: SweepSpec, run: SweepRun, device: str | None = None) -> d
 
 
 def _summary(path: Path) -> dict:
-    d = json.loads(Path(path).read_text())
-    seg, dep = d.get("segmentation", {}), d.get("depth", {})
-    return {k: v for k, v in (("miou", seg.get("miou")), ("pixel_acc", seg.get("pixel_acc")),
-                              ("abs_err", dep.get("abs_err")), ("rel_err", dep.get("rel_err"))) if v is not None}  # fmt: skip
+    """The compared metrics of an eval.json (those the run has)."""
+    import math
+
+    from crosstask_cli.compare import load_result
+
+    return {k: v for k, v in load_result(path).values.items() if math.isfinite(v)}
 
 
 def print_plan(spec: SweepSpec, only: list[str] | None = None, write: Callable[[str], None] = print) -> None:

@@ -115,15 +115,11 @@ def _compare_grouped(runs, sweep, group_by, reference, last_k, baseline, baselin
     for col in cols:
         t.add_column(col, justify="left" if col == "variant" else "right")
 
-    def ms(v, key: str, d: int) -> str:
-        m, s = v.mean_std(key)
-        return "–" if not math.isfinite(m) else f"{m:.{d}f} ± {s:.{d}f}" if math.isfinite(s) else f"{m:.{d}f}"
-
     from crosstask_cli.compare import paired_text
 
     for v in cmp.variants:
-        row = [esc(v.variant), str(len(v.seeds)), ms(v, "miou", 4), ms(v, "pixel_acc", 4), ms(v, "abs_err", 4),
-               ms(v, "rel_err", 4), ms(v, "delta_m_flat", 2), ms(v, "delta_m_per_task", 2)]  # fmt: skip
+        row = [esc(v.variant), str(len(v.seeds)), v.text("miou", 4), v.text("pixel_acc", 4), v.text("abs_err", 4),
+               v.text("rel_err", 4), v.text("delta_m_flat", 2), v.text("delta_m_per_task", 2)]  # fmt: skip
         if reference:
             row.append(paired_text(v.vs_reference))
         t.add_row(*row)

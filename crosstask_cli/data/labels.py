@@ -130,6 +130,11 @@ CATEGORY_REPRESENTATIVE = {
 }
 
 
+def has_cityscapes_labels(dataset: str, num_classes: int) -> bool:
+    """Whether a dataset's classes are Cityscapes trainIds (19) or categories (7): those with labelIds."""
+    return dataset in ("cityscapes", "synthetic") and num_classes in (7, 19)
+
+
 def class_to_label_id(num_classes: int) -> np.ndarray:
     """uint8 lookup table of length 256: class index → Cityscapes labelId, for ``predict --format cityscapes``.
 

@@ -231,7 +231,7 @@ def evaluate_predictions(
     a predicted class id outside the dataset's classes (e.g. 255, or a labelId the dataset does not evaluate) is
     a miss (``segmentation.missed_pixels``); non-finite depth is an error naming the file. ``verify`` checks
     every value of the split first (else a sample)."""
-    from crosstask_cli.data.labels import cityscapes_lookup
+    from crosstask_cli.data.labels import cityscapes_lookup, has_cityscapes_labels
     from crosstask_cli.predictions import match_predictions, read_depth_prediction, read_seg_prediction
 
     pred_dir, data = Path(pred_dir), Path(data)
@@ -243,7 +243,7 @@ def evaluate_predictions(
     files = match_predictions(pred_dir, list(s.files))
     lookup = None
     if files.format == "cityscapes":
-        if meta.dataset not in ("cityscapes", "synthetic") or meta.num_classes not in (7, 19):
+        if not has_cityscapes_labels(meta.dataset, meta.num_classes):
             raise DatasetError(
                 f"{pred_dir}: holds Cityscapes labelIds, but {data} is {meta.dataset} with {meta.num_classes} classes"
             )

@@ -18,6 +18,7 @@ import torch
 
 from crosstask_cli.cityscapes_scores import CityscapesScores
 from crosstask_cli.data import cityscapes as cs
+from crosstask_cli.data.labels import has_cityscapes_labels
 from crosstask_cli.data.prepared import DatasetError
 from crosstask_cli.engine.device import autocast, memory_format, resolve_amp
 from crosstask_cli.engine.records import EvalResult
@@ -28,7 +29,7 @@ from crosstask_cli.ops import upsampled_class_ids
 
 def check_full_resolution(dataset: dict, data: Path) -> None:
     """``--full-resolution`` needs a Cityscapes-label model (7 or 19 classes) and the raw official layout."""
-    if dataset["name"] not in ("cityscapes", "synthetic") or dataset["num_classes"] not in (7, 19):
+    if not has_cityscapes_labels(dataset["name"], dataset["num_classes"]):
         raise InputError(
             f"--full-resolution scores Cityscapes models (7 or 19 classes); this one predicts "
             f"{dataset['num_classes']} {dataset['name']} classes"
@@ -78,7 +79,7 @@ def evaluate_full_resolution(
     fmt = memory_format(device)
     scores = CityscapesScores(dataset["num_classes"])
     depth_metrics = DepthMetrics()
-    has_depth = False
+    has_seg, has_depth = "seg" in model.config.tasks, "depth" in model.config.tasks
     if on_total:
         on_total(len(samples))
 
@@ -88,7 +89,6 @@ def evaluate_full_resolution(
         return resize_image(rgb, h, w), label_ids, inst, depth
 
     def run(batch: list) -> None:
-        nonlocal has_depth
         x = normalise(torch.from_numpy(np.stack([b[0] for b in batch]))).to(device).contiguous(memory_format=fmt)
         with autocast(device, precision):
             pred = model(x, direct_only=True)
@@ -101,7 +101,6 @@ def evaluate_full_resolution(
             if dep is not None:
                 up = torch.nn.functional.interpolate(dep[i : i + 1], size=size, mode="bilinear", align_corners=False)
                 depth_metrics.update(up.clamp(min=0).cpu(), torch.from_numpy(depth)[None, None])
-                has_depth = True
             if progress:
                 progress(1)
 
@@ -126,8 +125,8 @@ def evaluate_full_resolution(
                 run(batch)
     finally:
         model.train(was_training)
-    official = scores.compute() if "seg" in model.config.tasks else None
-    seg = scores.cm.compute() if "seg" in model.config.tasks else {}
+    official = scores.compute() if has_seg else None
+    seg = scores.cm.compute() if has_seg else {}
     return EvalResult(
         protocol="standard",
         split=split,
@@ -138,6 +137,6 @@ def evaluate_full_resolution(
         depth_kind=depth_kind,
         data=str(data),
         precision=precision,
-        tasks=[t for t, ok in (("seg", bool(seg)), ("depth", has_depth)) if ok],
+        tasks=list(model.config.tasks),
         cityscapes=official,
     )
