@@ -423,16 +423,20 @@ def evaluate_run(spec: SweepSpec, run: SweepRun, device: str | None = None) -> d
     res = evaluate(model, prepared, spec.eval_split, device=dev, amp="auto", energy=False)
     res.checkpoint, res.data = str(ckpt_path), str(prepared)
     atomic_write_json(run.run_dir / EVAL_FILE, res.to_dict())
-    return _summary(run.run_dir / EVAL_FILE)
+    return _summary(res)
 
 
-def _summary(path: Path) -> dict:
-    """The compared metrics of an eval.json (those the run has)."""
+def _summary(res) -> dict:
+    """The compared metrics of an evaluation (an EvalResult, or the path of its eval.json) that the run has."""
     import math
 
-    from crosstask_cli.compare import load_result
+    from crosstask_cli.engine.records import EvalResult
 
-    return {k: v for k, v in load_result(path).values.items() if math.isfinite(v)}
+    if not isinstance(res, EvalResult):
+        res = EvalResult.from_dict(json.loads(Path(res).read_text()), str(res))
+    values = {k: res.segmentation.get(k) for k in ("miou", "pixel_acc")}
+    values.update({k: res.depth.get(k) for k in ("abs_err", "rel_err")})
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
 
 
 def print_plan(spec: SweepSpec, only: list[str] | None = None, write: Callable[[str], None] = print) -> None:
