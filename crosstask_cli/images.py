@@ -52,3 +52,43 @@ def encode_png(array: np.ndarray) -> bytes:
     if not ok:
         raise OSError("PNG encoding failed")
     return buf.tobytes()
+
+
+def with_palette(grey_png: bytes, palette: np.ndarray) -> bytes:
+    """An 8-bit greyscale PNG (as :func:`encode_png` writes an H×W uint8 array) → the same pixels as an indexed
+    colour PNG: value v shows as ``palette[v]`` (N×3 uint8 RGB, N ≤ 256; values beyond it black), the way Pascal
+    VOC ships its colour label maps. The compressed image data is reused, so a colour rendering of ids that are
+    already encoded costs microseconds. Viewers, OpenCV (BGR) and matplotlib read it as colour; PIL opens it in
+    mode "P" (``.convert("RGB")`` for colours)."""
+    import struct
+    import zlib
+
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if len(palette) > 256:
+        raise ValueError(f"a PNG palette holds at most 256 colours, got {len(palette)}")
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(palette)] = palette
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    signature, pos, chunks = grey_png[:8], 8, []
+    while pos < len(grey_png):
+        (length,) = struct.unpack(">I", grey_png[pos : pos + 4])
+        chunks.append((grey_png[pos + 4 : pos + 8], grey_png[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    if signature != b"\x89PNG\r\n\x1a\n" or not chunks or chunks[0][0] != b"IHDR":
+        raise ValueError("not a PNG")
+    header = bytearray(chunks[0][1])
+    if header[8] != 8 or header[9] != 0:
+        raise ValueError(f"expected an 8-bit greyscale PNG (bit depth {header[8]}, colour type {header[9]})")
+    header[9] = 3  # indexed colour; the rows' filtering and compression are the same for both types
+    out, has_palette = [signature, chunk(b"IHDR", bytes(header))], False
+    for kind, data in chunks[1:]:
+        if kind in (b"tRNS", b"bKGD", b"sBIT"):  # their greyscale encodings mean something else for indexed colour
+            continue
+        if kind == b"IDAT" and not has_palette:  # PLTE goes after the colour-space chunks, before the image data
+            out.append(chunk(b"PLTE", table.tobytes()))
+            has_palette = True
+        out.append(chunk(kind, data))
+    return b"".join(out)

@@ -206,22 +206,42 @@ def predict(
         img = read_image(f)
         return img.shape[:2], resize_image(img, h, w)
 
-    def finish(rel: Path, size: tuple[int, int], maps: dict, energy_map=None) -> None:
-        """Upsample to the input's size, encode and write one image's outputs (a worker thread)."""
-        files: dict[str, bytes] = {}
-        if energy_map is not None:
-            up = F.interpolate(energy_map[None, None], size=size, mode="bilinear", align_corners=False)
-            files.update(encode_energy(up[0, 0].clamp(min=0).numpy()))
-        if fmt == "cityscapes":
-            write_files(out, rel, encode_label_ids(upsampled_class_ids(maps[""][0][0], size), ds["num_classes"]))
-            return
-        for tag, (seg_t, dep_t) in maps.items():
-            if seg_t is not None:  # a single-task model predicts one of the two
-                files.update(encode_seg(upsampled_class_ids(seg_t[0], size), palette, tag))
+    def full_size(size: tuple[int, int], maps: dict, energy_map=None) -> tuple[dict, np.ndarray | None]:
+        """One image's low-resolution outputs (on the model's device) → {tag: (H×W uint8 class ids, H×W float32
+        depth)} and the energy map at the input's size. On a CPU this runs in a worker thread; on a GPU on this
+        thread, before the arrays come to the host."""
+        full = {}
+        for tag, (seg_t, dep_t) in maps.items():  # a single-task model predicts one of the two
+            ids = depth = None
+            if seg_t is not None and seg_t.device.type == "cpu":
+                ids = upsampled_class_ids(seg_t[0], size)
+            elif seg_t is not None:
+                up = F.interpolate(seg_t.float(), size=size, mode="bilinear", align_corners=False)
+                ids = up.argmax(1)[0].to(torch.uint8).cpu().numpy()
             if dep_t is not None:
-                dep = F.interpolate(dep_t, size=size, mode="bilinear", align_corners=False)
-                files.update(encode_depth(dep[0, 0].clamp(min=0).numpy().astype(np.float32), depth_kind, tag))
+                dep = F.interpolate(dep_t.float(), size=size, mode="bilinear", align_corners=False)
+                depth = dep[0, 0].clamp(min=0).cpu().numpy()
+            full[tag] = (ids, depth)
+        if energy_map is not None:
+            up = F.interpolate(energy_map[None, None].float(), size=size, mode="bilinear", align_corners=False)
+            energy_map = up[0, 0].clamp(min=0).cpu().numpy()
+        return full, energy_map
+
+    def finish(rel: Path, full: dict, energy_map: np.ndarray | None = None) -> None:
+        """Encode and write one image's outputs (a worker thread)."""
+        if fmt == "cityscapes":
+            write_files(out, rel, encode_label_ids(full[""][0], ds["num_classes"]))
+            return
+        files: dict[str, bytes] = {} if energy_map is None else encode_energy(energy_map)
+        for tag, (ids, depth) in full.items():
+            if ids is not None:
+                files.update(encode_seg(ids, palette, tag))
+            if depth is not None:
+                files.update(encode_depth(depth.astype(np.float32, copy=False), depth_kind, tag))
         write_files(out, rel, files)
+
+    def upsample_and_finish(rel: Path, size: tuple[int, int], maps: dict, energy_map=None) -> None:
+        finish(rel, *full_size(size, maps, energy_map))
 
     # Three stages overlap: worker threads decode the next images and encode/write the previous ones while the
     # model runs on this thread. Both queues are bounded, so memory stays a few batches of images.
@@ -255,17 +275,26 @@ def predict(
             tags = {"": (pred.seg, pred.depth)}
             if transfer and pred.seg_from_depth is not None:
                 tags[TRANSFER_TAG] = (pred.seg_from_depth, pred.depth_from_seg)
-            cpu = {t: tuple(None if a is None else a.float().cpu() for a in pair) for t, pair in tags.items()}
+            # on a GPU the full-size upsampling runs there; on a CPU in the workers, from float32 copies
+            on_gpu = dev.type != "cpu"
+            maps = {t: tuple(None if a is None else a.float() if on_gpu else a.float().cpu() for a in pair)
+                    for t, pair in tags.items()}  # fmt: skip
             combined = None
             if energy:
                 with torch.inference_mode():
-                    combined = energy_maps(pred).combined.float().cpu()  # B×h×w at the model's size
+                    combined = energy_maps(pred).combined.float()  # B×h×w at the model's size
                 for (_, rel, _, _), value in zip(batch, combined.flatten(1).mean(1).tolist(), strict=True):
                     energies[str(rel)] = value
+                combined = combined if on_gpu else combined.cpu()
             for i, (f, rel, size, _) in enumerate(batch):
-                maps = {t: tuple(None if a is None else a[i : i + 1] for a in pair) for t, pair in cpu.items()}
+                one = {t: tuple(None if a is None else a[i : i + 1] for a in pair) for t, pair in maps.items()}
                 e_map = None if combined is None else combined[i]
-                writes.append((f, rel, pool.submit(finish, rel, size, maps, e_map)))
+                if on_gpu:
+                    with torch.inference_mode():
+                        done = pool.submit(finish, rel, *full_size(size, one, e_map))
+                else:
+                    done = pool.submit(upsample_and_finish, rel, size, one, e_map)
+                writes.append((f, rel, done))
             drain(ahead)
 
         refill()

@@ -58,14 +58,14 @@ def encode_energy(energy: np.ndarray) -> dict[str, bytes]:
     """H×W float32 combined consistency energy → {suffix: bytes}: the .npy array and a colour rendering (magma,
     0 to the image's 99th percentile: it shows *where* in an image energy is high; the arrays and the manifest's
     per-image values compare images)."""
-    from crosstask_cli.colormaps import colorize_unit
-    from crosstask_cli.images import encode_png
+    from crosstask_cli.colormaps import depth_palette, unit_indices
+    from crosstask_cli.images import encode_png, with_palette
 
     buf = io.BytesIO()
     np.save(buf, energy.astype(np.float32, copy=False), allow_pickle=False)
     top = float(np.percentile(energy, 99)) if energy.size else 0.0
-    colour = colorize_unit(energy / top if top > 0 else np.zeros_like(energy))
-    return {ENERGY_SUFFIXES[0]: buf.getvalue(), ENERGY_SUFFIXES[1]: encode_png(colour)}
+    index = unit_indices(energy / top if top > 0 else np.zeros_like(energy))
+    return {ENERGY_SUFFIXES[0]: buf.getvalue(), ENERGY_SUFFIXES[1]: with_palette(encode_png(index), depth_palette())}
 
 
 def encode_label_ids(labels: np.ndarray, num_classes: int) -> dict[str, bytes]:
@@ -77,21 +77,23 @@ def encode_label_ids(labels: np.ndarray, num_classes: int) -> dict[str, bytes]:
 
 
 def encode_seg(labels: np.ndarray, palette: list[tuple[int, int, int]], tag: str = "") -> dict[str, bytes]:
-    """H×W uint8 class ids → {suffix: PNG bytes} for the id map and its colour rendering."""
-    from crosstask_cli.data.labels import colorize
-    from crosstask_cli.images import encode_png
+    """H×W uint8 class ids → {suffix: PNG bytes} for the id map and its colour rendering (the same compressed
+    pixels with the palette attached: an indexed-colour PNG; ids past the palette, e.g. 255, are black)."""
+    from crosstask_cli.images import encode_png, with_palette
 
-    return {f"_seg{tag}.png": encode_png(labels), f"_seg{tag}_color.png": encode_png(colorize(labels, palette))}
+    ids = encode_png(labels)
+    return {f"_seg{tag}.png": ids, f"_seg{tag}_color.png": with_palette(ids, np.asarray(palette, np.uint8))}
 
 
 def encode_depth(depth: np.ndarray, depth_kind: str, tag: str = "") -> dict[str, bytes]:
-    """H×W float32 depth (dataset units) → {suffix: bytes} for the .npy array and its colour rendering."""
-    from crosstask_cli.colormaps import colorize_depth
-    from crosstask_cli.images import encode_png
+    """H×W float32 depth (dataset units) → {suffix: bytes} for the .npy array and its colour rendering (magma,
+    bright = near, an indexed-colour PNG)."""
+    from crosstask_cli.colormaps import depth_indices, depth_palette
+    from crosstask_cli.images import encode_png, with_palette
 
     buf = io.BytesIO()
     np.save(buf, depth.astype(np.float32, copy=False), allow_pickle=False)
-    colour = encode_png(colorize_depth(depth, depth_kind, mark_invalid=False))
+    colour = with_palette(encode_png(depth_indices(depth, depth_kind)), depth_palette())
     return {f"_depth{tag}.npy": buf.getvalue(), f"_depth{tag}_color.png": colour}
 
 

@@ -12,6 +12,7 @@ import torch
 from helpers import run_cli
 from PIL import Image
 
+from crosstask_cli.colormaps import colorize_depth
 from crosstask_cli.errors import InputError
 from crosstask_cli.images import read_image
 from crosstask_cli.predict import predict
@@ -71,8 +72,14 @@ def test_predict_writes_outputs_at_original_size_and_skips_bad_files(odd_images,
         assert seg.shape == (h, w) and seg.dtype == np.uint8 and seg.max() < 7
         depth = np.load(tmp_path / "out" / f"{rel}_depth.npy")
         assert depth.shape == (h, w) and depth.dtype == np.float32 and np.isfinite(depth).all()
-        assert cv2.imread(str(tmp_path / "out" / f"{rel}_seg_color.png")).shape == (h, w, 3)
-        assert cv2.imread(str(tmp_path / "out" / f"{rel}_depth_color.png")).shape == (h, w, 3)
+        # the colour renderings are the written ids and depth in the palette / magma (indexed-colour PNGs)
+        palette = np.zeros((256, 3), np.uint8)
+        palette[:7] = json.loads((tmp_path / "out/predictions.json").read_text())["palette"]
+        assert np.array_equal(cv2.imread(str(tmp_path / "out" / f"{rel}_seg_color.png"))[..., ::-1], palette[seg])
+        assert np.array_equal(
+            cv2.imread(str(tmp_path / "out" / f"{rel}_depth_color.png"))[..., ::-1],
+            colorize_depth(depth, "inverse", mark_invalid=False),
+        )
         assert np.load(tmp_path / "out" / f"{rel}_depth_transfer.npy").shape == (h, w)
         assert cv2.imread(str(tmp_path / "out" / f"{rel}_seg_transfer.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
     manifest = json.loads((tmp_path / "out/predictions.json").read_text())
@@ -222,31 +229,104 @@ def test_pipelined_predict_keeps_input_order_and_matches_one_image_at_a_time(
             np.testing.assert_allclose(np.load(tmp_path / "out" / f"{f.stem}_depth{tag}.npy"), dep.numpy(), atol=1e-4)
 
 
-def test_fast_full_size_post_processing_equals_the_plain_computation():
-    """predict's OpenCV upsampling of the logits and table lookup of the depth colours give what torch's bilinear
-    interpolation + argmax and matplotlib's colormap give."""
+def _reference_ids(logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """torch's bilinear resize + first-maximum argmax, and each pixel's gap between its two best scores."""
     import torch.nn.functional as F
 
-    from crosstask_cli.colormaps import colorize_depth, depth_range
-    from crosstask_cli.predict import upsampled_class_ids
+    up = F.interpolate(logits[None].double(), size=size, mode="bilinear", align_corners=False)[0]
+    top2 = up.topk(2, 0).values
+    return up.argmax(0).numpy(), (top2[0] - top2[1]).numpy()
+
+
+@pytest.mark.parametrize(
+    "classes,low,size",
+    [(7, (32, 64), (256, 512)), (19, (24, 40), (250, 501)), (7, (40, 60), (30, 50)), (3, (5, 7), (64, 96)),
+     (7, (1, 1), (10, 10)), (2, (3, 2), (3, 2)), (19, (16, 32), (1024, 2048))],
+)  # fmt: skip
+def test_upsampled_class_ids_equals_torch_bilinear_argmax(classes, low, size):
+    """Region-like logits (few class boundaries: the boundary-cell path) and pure noise (the full resize): the
+    class of every pixel is torch's, except where the two best interpolated scores are within float rounding;
+    up- and downsampling, integer and fractional factors, 1×1 and 2-class maps."""
+    import torch.nn.functional as F
+
+    from crosstask_cli.ops import class_labels, upsampled_class_ids
+
+    g = torch.Generator().manual_seed(classes * 100 + low[0])
+    coarse = torch.randn(1, classes, max(low[0] // 12, 1), max(low[1] // 12, 1), generator=g) * 4
+    regions = F.interpolate(coarse, size=low, mode="bicubic", align_corners=False)[0]
+    if min(low) >= 16:  # regions: a minority of 2×2 cells straddle a boundary, so those alone are interpolated
+        edge = np.pad(class_labels(regions[None])[0].numpy(), ((0, 1), (0, 1)), mode="edge")
+        mixed = (edge[:-1, :-1] != edge[1:, :-1]) | (edge[:-1, :-1] != edge[:-1, 1:]) | (edge[:-1, :-1] != edge[1:, 1:])
+        assert 0.02 < mixed.mean() < 0.2
+    for logits in (regions, torch.randn(classes, *low, generator=g)):
+        ours = upsampled_class_ids(logits, size)
+        ref, gap = _reference_ids(logits, size)
+        assert ours.shape == size and ours.dtype == np.uint8
+        differ = ours != ref
+        assert not differ.any() or gap[differ].max() < 1e-5, gap[differ].max()
+
+
+def test_upsampled_class_ids_breaks_exact_ties_towards_the_first_class():
+    """Class 3's scores are class 1's: wherever they win, between source pixels too, argmax (and we) say 1."""
+    import torch.nn.functional as F
+
+    from crosstask_cli.ops import upsampled_class_ids
+
+    g = torch.Generator().manual_seed(1)
+    coarse = torch.randn(1, 5, 3, 4, generator=g) * 4
+    logits = F.interpolate(coarse, size=(36, 48), mode="bicubic", align_corners=False)[0]
+    logits[3] = logits[1]
+    ours = upsampled_class_ids(logits, (288, 384))
+    ref, _ = _reference_ids(logits, (288, 384))
+    assert np.array_equal(ours, ref)
+    assert (ours == 1).any() and not (ours == 3).any()
+
+
+def test_depth_colours_equal_matplotlib_and_large_maps_use_a_sampled_range():
+    """The depth colours are matplotlib's magma of the display values (a table lookup), and the display range of
+    a full-size map (percentiles of a strided sample) stays within a hair of the exact percentiles."""
+    from crosstask_cli.colormaps import RANGE_SAMPLE, depth_display, depth_range
 
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(7, 32, 64, generator=g)
-    ours = upsampled_class_ids(logits, (250, 500))
-    plain = F.interpolate(logits[None], size=(250, 500), mode="bilinear", align_corners=False).argmax(1)[0].numpy()
-    assert ours.shape == (250, 500) and ours.dtype == np.uint8 and (ours == plain).mean() > 0.9995
     depth = torch.rand(60, 80, generator=g).numpy() * 0.3
     depth[0, :4] = 0
-    for kind, mark in (("inverse", True), ("metric", False)):
-        d = depth if mark else np.where(depth > 0, depth, np.inf)  # as colorize_depth treats a prediction
+    for kind, mark in (("inverse", True), ("metric", False), ("inverse", False)):
+        if mark:
+            d = depth
+        else:  # as colorize_depth treats a prediction
+            d = np.maximum(depth, 1e-6) if kind == "inverse" else np.where(depth > 0, depth, np.inf)
         lo, hi = depth_range(d, kind)
-        from crosstask_cli.colormaps import depth_display
-
         norm = np.clip((depth_display(d, kind) - lo) / (hi - lo), 0, 1)
         expected = (matplotlib.colormaps["magma"](norm)[..., :3] * 255 + 0.5).astype(np.uint8)
         if mark:
             expected[d <= 0] = (40, 40, 40)
         assert np.array_equal(colorize_depth(depth, kind, mark_invalid=mark), expected), kind
+    big = torch.rand(1024, 2048, generator=g).numpy() ** 2
+    assert big.size > 4 * RANGE_SAMPLE
+    exact = np.percentile(big, [2, 98])
+    assert np.allclose(depth_range(big, "inverse"), exact, atol=2e-3)
+
+
+def test_indexed_colour_png_shows_the_palette_and_keeps_the_ids():
+    from crosstask_cli.images import encode_png, with_palette
+
+    ids = np.random.default_rng(0).integers(0, 9, (37, 53)).astype(np.uint8)
+    ids[0, :5] = 255  # beyond the palette: black
+    palette = np.random.default_rng(1).integers(0, 256, (9, 3)).astype(np.uint8)
+    table = np.zeros((256, 3), np.uint8)
+    table[:9] = palette
+    data = with_palette(encode_png(ids), palette)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(bgr[..., ::-1], table[ids])
+    import io
+
+    img = Image.open(io.BytesIO(data))
+    assert img.mode == "P" and np.array_equal(np.asarray(img), ids)
+    assert np.array_equal(np.asarray(img.convert("RGB")), table[ids])
+    with pytest.raises(ValueError, match="8-bit greyscale"):
+        with_palette(encode_png(np.zeros((4, 4, 3), np.uint8)), palette)
+    with pytest.raises(ValueError, match="at most 256"):
+        with_palette(encode_png(ids), np.zeros((257, 3), np.uint8))
 
 
 def test_eval_predictions_reads_predicts_own_output_and_scores_the_tasks_present(
