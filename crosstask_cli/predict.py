@@ -6,6 +6,7 @@ are never overwritten.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ from crosstask_cli.predictions import (
     write_files,
     write_manifest,
 )
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
@@ -141,12 +147,13 @@ def predict(
     progress: Callable[[int], None] | None = None,
     amp: str | bool = "off",
     on_total: Callable[[int], None] | None = None,
-    workers: int = 2,
+    workers: int = 0,
     fmt: str = "crosstask",
     energy: bool = False,
 ) -> PredictResult:
     """Predict segmentation and depth for image files with a checkpoint; see the module docstring. ``workers``
-    threads decode the next images and encode/write the previous ones while the model runs; outputs, the
+    threads (0: one per usable CPU core, at least 2) decode the next images and encode/write the previous ones
+    while the model runs; outputs, the
     manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask`` (class ids, colours, depth) or
     ``cityscapes`` (one labelIds PNG per input and the manifest, nothing else). ``energy`` (models with
     TaskTransferNets, crosstask format) also writes each image's combined consistency energy map (upsampled
@@ -246,7 +253,7 @@ def predict(
     # Three stages overlap: worker threads decode the next images and encode/write the previous ones while the
     # model runs on this thread. Both queues are bounded, so memory stays a few batches of images.
     ahead = 2 * batch_size
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(workers or max(2, usable_cpus())) as pool:
         todo = iter(pairs)
         loads: deque = deque()  # (file, rel, future of load), input order
         writes: deque = deque()  # (file, rel, future of finish), input order
