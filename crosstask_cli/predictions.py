@@ -3,7 +3,8 @@
 
 ``crosstask`` format (the default), for each input ``REL/STEM.EXT``: ``OUT/REL/STEM_seg.png`` (uint8 class ids),
 ``STEM_seg_color.png`` (palette colours), ``STEM_depth.npy`` (float32 H×W, dataset depth units),
-``STEM_depth_color.png``, at the input's size; transferred predictions add ``_transfer`` after ``seg``/``depth``.
+``STEM_depth_color.png`` (the colour renderings: indexed-colour PNGs, see :func:`crosstask_cli.images.with_palette`),
+at the input's size; transferred predictions add ``_transfer`` after ``seg``/``depth``.
 With ``--energy`` also ``STEM_energy.npy`` (float32 H×W, combined consistency energy) and
 ``STEM_energy_color.png``. ``cityscapes`` format: only ``OUT/REL/STEM_labelIds.png`` (uint8 Cityscapes labelIds, input's size), what the
 official evaluator and benchmark server read. ``OUT/predictions.json`` (the manifest) maps each ``REL/STEM`` to

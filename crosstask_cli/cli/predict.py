@@ -11,7 +11,7 @@ from crosstask_cli.cli.common import AMP_HELP, err, esc, handle_errors, out
 HELP = """Predict segmentation and depth for images (files and folders) with a checkpoint.
 
 Writes, at each input's original size: STEM_seg.png (class ids), STEM_seg_color.png, STEM_depth.npy (float32, the
-dataset's depth units) and STEM_depth_color.png; with --transfer also the TaskTransferNets' STEM_seg_transfer* and
+dataset's depth units) and STEM_depth_color.png (the colour renderings are indexed-colour PNGs); with --transfer also the TaskTransferNets' STEM_seg_transfer* and
 STEM_depth_transfer*; with --energy the consistency energy STEM_energy.npy and STEM_energy_color.png. With
 --format cityscapes: only STEM_labelIds.png (Cityscapes labelIds, what the official
 evaluator and the benchmark server read). Folder structure is kept. Unreadable files are skipped and listed; the
