@@ -91,3 +91,26 @@ def test_the_prepared_gpu_check_script_rehearses_on_cpu(tmp_path):
         assert res["config"]["precision"] in (("off", "bf16") if prec == "amp" else ("off",))
         assert {"train_vs_matmul", "metrics_vs_loop", "loader_vs_train_step"} <= set(res["ratios"])
     assert (tmp_path / "out" / "log.txt").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_prepared_predict_gpu_check_rehearses_on_cpu(tmp_path):
+    """scripts/gpu_predict_check.sh (and the predict_throughput.sh it calls) on a CPU with three small JPEGs: every
+    step runs, the ratio is printed, and the device-vs-CPU comparison passes (trivially, both on the CPU)."""
+    import cv2
+    import numpy as np
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(jpegs / f"{i}.jpg"), rng.integers(0, 255, (96, 160, 3), dtype=np.uint8))
+    env = {**os.environ, "CHECK_DEVICE": "cpu", "JPEGS": str(jpegs), "WORKERS": "2", "TMPDIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(scripts / "gpu_predict_check.sh"), str(tmp_path / "out")], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=scripts.parent)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "predict --workers 2:" in r.stdout and "ratio" in r.stdout
+    assert "second pass:" in r.stdout and "GPU and CPU predictions agree" in r.stdout
+    assert json.loads((tmp_path / "out" / "predict-bench-model.json").read_text())["device"] == "cpu"
