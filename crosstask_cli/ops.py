@@ -41,11 +41,20 @@ def _bilinear_axis(n_out: int, n_in: int) -> tuple[np.ndarray, ...]:
     return count, pixels, valid, np.stack([1 - w1, w1], -1), np.minimum(np.arange(n_in) + 1, n_in - 1)
 
 
-def upsampled_class_ids(logits, size: tuple[int, int]) -> np.ndarray:
-    """C×h×w logits (CPU tensor) → H×W uint8 class ids of the bilinearly resized logits (half-pixel centres, as
+def upsampled_map(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """h×w map (depth, energy; any device) → H×W float32 array of it resized bilinearly (half-pixel centres, as
+    :func:`upsampled_class_ids`), clamped at 0."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(values[None, None].float(), size=size, mode="bilinear", align_corners=False)
+    return up[0, 0].clamp(min=0).cpu().numpy()
+
+
+def upsampled_class_ids(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """C×h×w logits → H×W uint8 class ids of the bilinearly resized logits (half-pixel centres, as
     ``F.interpolate(..., align_corners=False)``), first maximum on ties.
 
-    Only output pixels whose four source pixels disagree on the class are interpolated. Elsewhere the four score
+    On a GPU every class map is resized there. On a CPU only output pixels whose four source pixels disagree on the class are interpolated. Elsewhere the four score
     vectors share their first maximum c, and so does any convex combination of them (every l_c ≥ l_k stays, and
     stays strict for k < c), so the class is c. In a disagreeing cell only classes whose largest corner score
     reaches B = max_k min_corners l_k can win (an interpolated score lies between its corners' extremes), so only
@@ -57,6 +66,11 @@ def upsampled_class_ids(logits, size: tuple[int, int]) -> np.ndarray:
     c, h, w = logits.shape
     if c == 1:
         return np.zeros(size, np.uint8)
+    if logits.device.type != "cpu":
+        import torch.nn.functional as F
+
+        up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)
+        return up.argmax(1)[0].to(torch.uint8).cpu().numpy()
     scores = logits.float().contiguous()
     low = class_labels(scores[None])[0].numpy().astype(np.uint8)
     edge = np.pad(low, ((0, 1), (0, 1)), mode="edge")

@@ -16,7 +16,7 @@ import numpy as np
 
 from crosstask_cli.errors import InputError
 from crosstask_cli.images import IMAGE_EXTENSIONS, read_image
-from crosstask_cli.ops import upsampled_class_ids
+from crosstask_cli.ops import upsampled_class_ids, upsampled_map
 from crosstask_cli.predictions import (
     ENERGY_SUFFIXES,
     FORMATS,
@@ -153,8 +153,7 @@ def predict(
 ) -> PredictResult:
     """Predict segmentation and depth for image files with a checkpoint; see the module docstring. ``workers``
     threads (0: one per usable CPU core, at least 2) decode the next images and encode/write the previous ones
-    while the model runs; outputs, the
-    manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask`` (class ids, colours, depth) or
+    while the model runs; outputs, the manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask`` (class ids, colours, depth) or
     ``cityscapes`` (one labelIds PNG per input and the manifest, nothing else). ``energy`` (models with
     TaskTransferNets, crosstask format) also writes each image's combined consistency energy map (upsampled
     bilinearly to the input's size) and its mean in the manifest and ``result.energies``."""
@@ -162,7 +161,6 @@ def predict(
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
-    import torch.nn.functional as F
 
     from crosstask_cli.data.dataset import normalise
     from crosstask_cli.data.resize import resize_image
@@ -216,23 +214,13 @@ def predict(
     def full_size(size: tuple[int, int], maps: dict, energy_map=None) -> tuple[dict, np.ndarray | None]:
         """One image's low-resolution outputs (on the model's device) → {tag: (H×W uint8 class ids, H×W float32
         depth)} and the energy map at the input's size. On a CPU this runs in a worker thread; on a GPU on this
-        thread, before the arrays come to the host."""
-        full = {}
-        for tag, (seg_t, dep_t) in maps.items():  # a single-task model predicts one of the two
-            ids = depth = None
-            if seg_t is not None and seg_t.device.type == "cpu":
-                ids = upsampled_class_ids(seg_t[0], size)
-            elif seg_t is not None:
-                up = F.interpolate(seg_t.float(), size=size, mode="bilinear", align_corners=False)
-                ids = up.argmax(1)[0].to(torch.uint8).cpu().numpy()
-            if dep_t is not None:
-                dep = F.interpolate(dep_t.float(), size=size, mode="bilinear", align_corners=False)
-                depth = dep[0, 0].clamp(min=0).cpu().numpy()
-            full[tag] = (ids, depth)
-        if energy_map is not None:
-            up = F.interpolate(energy_map[None, None].float(), size=size, mode="bilinear", align_corners=False)
-            energy_map = up[0, 0].clamp(min=0).cpu().numpy()
-        return full, energy_map
+        thread, where the upsampling runs on the GPU before the arrays come to the host."""
+        full = {
+            tag: (None if seg_t is None else upsampled_class_ids(seg_t[0], size),
+                  None if dep_t is None else upsampled_map(dep_t[0, 0], size))
+            for tag, (seg_t, dep_t) in maps.items()  # a single-task model predicts one of the two
+        }  # fmt: skip
+        return full, None if energy_map is None else upsampled_map(energy_map, size)
 
     def finish(rel: Path, full: dict, energy_map: np.ndarray | None = None) -> None:
         """Encode and write one image's outputs (a worker thread)."""
@@ -282,17 +270,14 @@ def predict(
             tags = {"": (pred.seg, pred.depth)}
             if transfer and pred.seg_from_depth is not None:
                 tags[TRANSFER_TAG] = (pred.seg_from_depth, pred.depth_from_seg)
-            # on a GPU the full-size upsampling runs there; on a CPU in the workers, from float32 copies
-            on_gpu = dev.type != "cpu"
-            maps = {t: tuple(None if a is None else a.float() if on_gpu else a.float().cpu() for a in pair)
-                    for t, pair in tags.items()}  # fmt: skip
+            maps = {t: tuple(None if a is None else a.float() for a in pair) for t, pair in tags.items()}
             combined = None
             if energy:
                 with torch.inference_mode():
                     combined = energy_maps(pred).combined.float()  # B×h×w at the model's size
                 for (_, rel, _, _), value in zip(batch, combined.flatten(1).mean(1).tolist(), strict=True):
                     energies[str(rel)] = value
-                combined = combined if on_gpu else combined.cpu()
+            on_gpu = dev.type != "cpu"  # a GPU upsamples on this thread; on a CPU the workers do
             for i, (f, rel, size, _) in enumerate(batch):
                 one = {t: tuple(None if a is None else a[i : i + 1] for a in pair) for t, pair in maps.items()}
                 e_map = None if combined is None else combined[i]

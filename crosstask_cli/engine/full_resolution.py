@@ -24,7 +24,7 @@ from crosstask_cli.engine.device import autocast, memory_format, resolve_amp
 from crosstask_cli.engine.records import EvalResult
 from crosstask_cli.errors import InputError
 from crosstask_cli.metrics import DepthMetrics
-from crosstask_cli.ops import upsampled_class_ids
+from crosstask_cli.ops import upsampled_class_ids, upsampled_map
 
 
 def check_full_resolution(dataset: dict, data: Path) -> None:
@@ -92,15 +92,13 @@ def evaluate_full_resolution(
         x = normalise(torch.from_numpy(np.stack([b[0] for b in batch]))).to(device).contiguous(memory_format=fmt)
         with autocast(device, precision):
             pred = model(x, direct_only=True)
-        seg = None if pred.seg is None else pred.seg.float().cpu()
-        dep = None if pred.depth is None else pred.depth.float()
         for i, (_, label_ids, inst, depth) in enumerate(batch):
             size = label_ids.shape
-            if seg is not None:
-                scores.update(upsampled_class_ids(seg[i], size), label_ids, inst)
-            if dep is not None:
-                up = torch.nn.functional.interpolate(dep[i : i + 1], size=size, mode="bilinear", align_corners=False)
-                depth_metrics.update(up.clamp(min=0).cpu(), torch.from_numpy(depth)[None, None])
+            if pred.seg is not None:
+                scores.update(upsampled_class_ids(pred.seg[i], size), label_ids, inst)
+            if pred.depth is not None:
+                up = torch.from_numpy(upsampled_map(pred.depth[i, 0], size))
+                depth_metrics.update(up[None, None], torch.from_numpy(depth)[None, None])
             if progress:
                 progress(1)
 
