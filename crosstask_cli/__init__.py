@@ -1,4 +1,4 @@
-"""crosstask: multi-task semantic segmentation + depth with cross-task consistency.
+"""crosstask: multi-task dense prediction (segmentation, depth, surface normals) with cross-task consistency.
 
 The Python API (``import crosstask_cli as ct``) is what the ``crosstask`` command runs. Heavy modules
 (torch) are imported on first attribute access so that ``crosstask --help`` stays instant.
@@ -17,7 +17,11 @@ _EXPORTS = {
     "ModelConfig": "crosstask_cli.models.network",
     "Predictions": "crosstask_cli.models.network",
     "TaskTransferNet": "crosstask_cli.models.transfer_net",
-    "CrossTaskLoss": "crosstask_cli.losses",
+    "CrossTaskLoss": "crosstask_cli.objective",
+    "get_task": "crosstask_cli.tasks",
+    "task_names": "crosstask_cli.tasks",
+    "TaskSpec": "crosstask_cli.tasks",
+    "TaskContext": "crosstask_cli.tasks",
     "build_weighting": "crosstask_cli.weighting",
     "register_weighting": "crosstask_cli.weighting",
     "TaskWeighting": "crosstask_cli.weighting",

@@ -234,6 +234,8 @@ class BenchConfig:
     quiet_wait_s: float = 30.0  # how long to wait for a quiet machine before starting
     compare: tuple[str, str, str] | None = None  # (setting, A, B): time A and B interleaved instead of the parts
     weightings: tuple[str, ...] | None = None  # methods to time against fixed instead of the parts
+    tasks: tuple[str, ...] = ("seg", "depth")  # the model's tasks (every ordered pair gets a TaskTransferNet)
+    transfer: bool = True  # the TaskTransferNets (False: plain multi-task learning)
 
 
 @dataclass
@@ -284,24 +286,39 @@ class ModelBench:
     precision: str
 
 
+def random_targets(tasks, batch: int, height: int, width: int, num_classes: int, device, generator=None) -> dict:
+    """Random targets of every task in its layout: class ids, depth in (0, 1), unit normals (B×3×H×W)."""
+    out = {}
+    if "seg" in tasks:
+        out["seg"] = torch.randint(0, num_classes, (batch, height, width), generator=generator).to(device)
+    if "depth" in tasks:
+        out["depth"] = torch.rand(batch, 1, height, width, generator=generator).to(device)
+    if "normal" in tasks:
+        n = torch.randn(batch, 3, height, width, generator=generator)
+        out["normal"] = torch.nn.functional.normalize(n, dim=1).to(device)
+    return out
+
+
 def build_model_bench(cfg: BenchConfig, device: torch.device) -> ModelBench:
     import crosstask_cli as ct
     from crosstask_cli.engine.device import autocast, memory_format, resolve_amp
+    from crosstask_cli.tasks import task_loss_name
 
     torch.manual_seed(0)
-    model = ct.build_model(cfg.enc_layers, cfg.num_classes).to(device)
+    model = ct.build_model(cfg.enc_layers, cfg.num_classes, tasks=cfg.tasks, transfer=cfg.transfer).to(device)
     if cfg.channels_last is None:
         fmt = memory_format(device)  # what training and prediction use
     else:
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    loss_fn = ct.CrossTaskLoss(cfg.num_classes)
-    weighting = ct.build_weighting(cfg.weighting).to(device)
+    loss_fn = ct.CrossTaskLoss(cfg.num_classes, tasks=cfg.tasks, pairs=model.config.pairs or None,
+                               consistency="xtsc" if cfg.transfer else "none")  # fmt: skip
+    task_names = tuple(task_loss_name(t) for t in cfg.tasks)
+    weighting = ct.build_weighting(cfg.weighting, task_names).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     b, h, w = cfg.batch_size, cfg.height, cfg.width
     x = torch.randn(b, 3, h, w, device=device).contiguous(memory_format=fmt)
-    seg_t = torch.randint(0, cfg.num_classes, (b, h, w), device=device)
-    depth_t = torch.rand(b, 1, h, w, device=device)
+    targets = random_targets(cfg.tasks, b, h, w, cfg.num_classes, device)
     precision = resolve_amp(cfg.amp, device)
 
     def forward(direct_only: bool):
@@ -316,8 +333,8 @@ def build_model_bench(cfg: BenchConfig, device: torch.device) -> ModelBench:
             with autocast(device, precision):
                 pred = model(x)
             if precision != "off":  # losses in fp32, as training computes them
-                pred = type(pred)(*(None if t is None else t.float() for t in pred))
-            losses = loss_fn(pred, seg_t, depth_t)
+                pred = pred.map(lambda t: t.float())
+            losses = loss_fn(pred, targets)
             task_losses = {k: losses[k] for k in method.tasks}
             method.backward(method.combine(task_losses, model), task_losses, model)
             opt.step()
@@ -339,10 +356,12 @@ def bench_weightings(cfg: BenchConfig, res: BenchResult, device: torch.device, n
     the ratio is the median over kept rounds of the per-round ratio to fixed. Peak memory of a step: CUDA's
     allocator peak, or on the CPU the peak RSS of a fresh process that runs the method's steps alone."""
     import crosstask_cli as ct
+    from crosstask_cli.tasks import task_loss_name
 
     names = ("fixed", *[n for n in names if n != "fixed"])
     mb = build_model_bench(dataclasses.replace(cfg, weighting="fixed"), device)
-    methods = {n: ct.build_weighting(n).to(device) for n in names}
+    task_names = tuple(task_loss_name(t) for t in cfg.tasks)
+    methods = {n: ct.build_weighting(n, task_names).to(device) for n in names}
     mb.model.train()
     for n in names:
         for _ in range(max(cfg.warmup, 1)):
@@ -547,24 +566,79 @@ def bench_energy(cfg: BenchConfig, res: BenchResult, device: torch.device) -> No
     mb = build_model_bench(cfg, device)
     g = torch.Generator().manual_seed(1)
     b, h, w, c = cfg.batch_size, cfg.height, cfg.width, cfg.num_classes
-    target = torch.randint(0, c, (b, h, w), generator=g).to(device)
-    depth_t = torch.rand(b, 1, h, w, generator=g).to(device)
-    metrics = MetricSet(c, ("standard",))
+    targets = random_targets(cfg.tasks, b, h, w, c, device, g)
+    metrics = MetricSet(c, ("standard",), tasks=cfg.tasks, pairs=mb.model.config.pairs)
     mb.model.eval()
 
     def eval_batch():
-        pred = mb.forward(False)
-        pred = type(pred)(*(t.float() for t in pred))
-        metrics.update(pred.seg, target, pred.depth, depth_t)
-        metrics.consistency.update(pred.seg, pred.seg_from_depth, pred.depth, pred.depth_from_seg, target, depth_t)
+        pred = mb.forward(False).map(lambda t: t.float())
+        metrics.update(pred.direct, targets)
+        metrics.consistency.update_pairs(pred.direct, pred.transferred, targets)
         return pred
 
     pred = eval_batch()
-    report = ConsistencyReport(c)
+    report = ConsistencyReport(c, pairs=mb.model.config.pairs)
     t_eval = res.time("eval_batch", eval_batch, cfg.runs, cfg.warmup, device)
-    t_energy = res.time("energy_update", lambda: report.update(pred, target, depth_t), max(cfg.runs, 20), 3, device)
+    t_energy = res.time("energy_update", lambda: report.update(pred, targets), max(cfg.runs, 20), 3, device)
     res.figures["energy"] = {"eval_batch": t_eval.to_dict(), "energy_update": t_energy.to_dict()}
     res.ratios["energy_share_of_eval"] = t_energy.median / t_eval.median
+
+
+TASK_SETS = {  # bench --part tasks: what the third task and its TaskTransferNets cost, against the 2-task model
+    "seg+depth (2 nets)": (("seg", "depth"), True),
+    "seg+depth+normal, no nets": (("seg", "depth", "normal"), False),
+    "seg+depth+normal (6 nets)": (("seg", "depth", "normal"), True),
+}
+
+
+def bench_tasks(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
+    """The training step of the 2-task model (seg, depth, its two TaskTransferNets) against the 3-task model
+    without TaskTransferNets (the third decoder alone) and with all six, interleaved round by round in one process
+    (a round is dropped when others' load exceeded the limit during any of its steps); ratios are medians of the
+    per-round ratios to the 2-task step. Also each model's parameters and FLOPs per image of a training step."""
+    from crosstask_cli.models.network import count_trainable_parameters
+
+    names = list(TASK_SETS)
+    benches = {n: build_model_bench(dataclasses.replace(cfg, tasks=t, transfer=tr), device)
+               for n, (t, tr) in TASK_SETS.items()}  # fmt: skip
+    flops = {}
+    for n, mb in benches.items():
+        mb.model.train()
+        flops[n] = count_flops(mb.train_step) / cfg.batch_size
+        for _ in range(max(cfg.warmup, 1)):
+            mb.train_step()
+    _sync(device)
+    rounds, every, attempts = [], [], 0
+    while len(rounds) < cfg.runs and attempts < 3 * cfg.runs:
+        order = names[attempts % len(names) :] + names[: attempts % len(names)]
+        times, load = {}, 0.0
+        for n in order:
+            mark = res.probe.mark() if res.probe else None
+            start = time.perf_counter()
+            benches[n].train_step()
+            _sync(device)
+            times[n] = time.perf_counter() - start
+            load = max(load, res.probe.others_since(mark) if res.probe else 0.0)
+        attempts += 1
+        every.append(times)
+        if load <= cfg.max_others:
+            rounds.append(times)
+    if len(rounds) < cfg.runs:
+        res.noisy.append("tasks")
+    use = rounds if len(rounds) >= min(3, cfg.runs) else every
+    base = names[0]
+    table = {}
+    for n in names:
+        table[n] = {
+            "median_s": statistics.median(t[n] for t in use),
+            "ratio_vs_two_tasks": statistics.median(t[n] / t[base] for t in use),
+            "parameters": count_trainable_parameters(benches[n].model),
+            "train_flops_per_image": flops[n],
+        }
+    res.figures["tasks"] = {"settings": table, "rounds_kept": len(rounds), "attempts": attempts,
+                            "noisy": len(rounds) < cfg.runs, "precision": benches[base].precision}  # fmt: skip
+    res.ratios["third_task_vs_two_tasks"] = table[names[1]]["ratio_vs_two_tasks"]
+    res.ratios["three_tasks_six_nets_vs_two_tasks"] = table[names[2]]["ratio_vs_two_tasks"]
 
 
 def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
@@ -696,6 +770,7 @@ def run_bench(
         "model": lambda: bench_model(cfg, res, device),
         "metrics": lambda: bench_metrics(cfg, res, device),
         "energy": lambda: bench_energy(cfg, res, device),
+        "tasks": lambda: bench_tasks(cfg, res, device),
     }
     with tempfile.TemporaryDirectory(prefix="crosstask-bench-") as tmp:
         steps["loader"] = lambda: bench_loader(cfg, res, Path(tmp))

@@ -1,8 +1,9 @@
-"""Compare runs and compute the multi-task gain Δm against single-task baselines.
+"""Compare runs and compute the multi-task gain Δm against single-task baselines, over every task's metrics.
 
-Δm is 100 × the mean relative difference to the baseline, each metric signed so that **positive = better**
-(higher mIoU and pixel accuracy, lower abs and abs rel error):
-* flat (as Nash-MTL and FAMO): the mean over all four metrics;
+Δm is 100 × the mean relative difference to the baseline, each metric signed so that **positive = better** (by the
+direction its task's spec gives: higher mIoU, pixel accuracy and shares within an angle; lower errors):
+* flat (as Nash-MTL and FAMO): the mean over all compared metrics of the tasks with a baseline (four for seg and
+  depth, nine for NYUv2 with normals);
 * per task (as LibMTL): the mean over the metrics of each task, then over tasks.
 (Nash-MTL/FAMO print the opposite sign, lower = better; the values are otherwise the same.)
 """
@@ -15,17 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crosstask_cli.errors import InputError
+from crosstask_cli.tasks import all_specs, get_task
 
-# metric → (task, +1 when higher is better, −1 when lower is better)
-METRICS: dict[str, tuple[str, int]] = {
-    "miou": ("segmentation", +1),
-    "pixel_acc": ("segmentation", +1),
-    "abs_err": ("depth", -1),
-    "rel_err": ("depth", -1),
-}
+# metric → (its task's result key, +1 when higher is better, −1 when lower is better), for every compared metric
+METRICS: dict[str, tuple[str, int]] = {m: (s.result_key, s.directions[m]) for s in all_specs() for m in s.compared}
+TASK_OF: dict[str, str] = {m: s.name for s in all_specs() for m in s.compared}
 SIGN_CONVENTION = (
-    "Δm: 100 × mean signed relative change vs. baseline; positive = better (higher mIoU/pix acc, lower errors)"
+    "Δm: 100 × mean signed relative change vs. baseline; positive = better (higher mIoU/pix acc/shares within an "
+    "angle, lower errors)"
 )
+
+
+def metric_title(metric: str) -> str:
+    """A table heading: the metric's short name with ↑ (higher is better) or ↓."""
+    spec = get_task(TASK_OF[metric])
+    return f"{spec.titles.get(metric, metric)} {'↑' if spec.directions[metric] > 0 else '↓'}"
+
+
+def present_metrics(values: list[dict[str, float]]) -> list[str]:
+    """The compared metrics (registry order) that at least one of ``values`` holds a finite number for: the
+    columns of a table of these runs (a 2-task comparison shows no empty normal columns)."""
+    return [m for m in METRICS if any(math.isfinite(_num(v.get(m))) for v in values)]
 
 
 @dataclass
@@ -55,8 +66,8 @@ def load_result(path: str | Path) -> RunMetrics:
             res = EvalResult.from_dict(json.loads(p.read_text()), str(p))
         except ValueError as exc:
             raise InputError(f"{p}: not a JSON file written by `crosstask eval --json` ({exc})") from exc
-        values = {k: _num(res.segmentation.get(k)) for k in ("miou", "pixel_acc")}
-        values.update({k: _num(res.depth.get(k)) for k in ("abs_err", "rel_err")})
+        flat = res.flat_metrics()
+        values = {k: _num(flat.get(k)) for k in METRICS}
         name = p.parent.name if p.name == "eval.json" else p.stem
         return RunMetrics(name, str(p), values)
     csv_path = p / "metrics.csv"
@@ -73,24 +84,41 @@ def load_result(path: str | Path) -> RunMetrics:
     raise InputError(f"{p}: neither an eval JSON file nor a run directory with metrics.csv")
 
 
-def delta_m(run: dict[str, float], seg_base: dict[str, float] | None, depth_base: dict[str, float] | None) -> dict:
-    """Δm of one run: {'flat', 'per_task', 'terms'} (percent; NaN where a baseline or value is missing)."""
+def _baselines(seg_base, depth_base, baselines) -> dict[str, dict[str, float]]:
+    out = {"seg": seg_base, "depth": depth_base, **(baselines or {})}
+    return {t: b for t, b in out.items() if b is not None}
+
+
+def delta_m(
+    run: dict[str, float],
+    seg_base: dict[str, float] | None = None,
+    depth_base: dict[str, float] | None = None,
+    baselines: dict[str, dict[str, float]] | None = None,
+) -> dict:
+    """Δm of one run: {'flat', 'per_task', 'terms'} (percent; NaN where a baseline or value is missing).
+    ``baselines``: task → the baseline's values (``seg_base``/``depth_base`` for those two); every compared metric
+    of a task with a baseline whose value is finite in both counts."""
+    by = _baselines(seg_base, depth_base, baselines)
     terms: dict[str, float] = {}
-    for metric, (task, sign) in METRICS.items():
-        base = seg_base if task == "segmentation" else depth_base
+    for metric, (_, sign) in METRICS.items():
+        base = by.get(TASK_OF[metric])
         if base is None:
             continue
-        m, b = run.get(metric, math.nan), base.get(metric, math.nan)
+        m, b = _num(run.get(metric, math.nan)), _num(base.get(metric, math.nan))
         if math.isfinite(m) and math.isfinite(b) and b != 0:
             terms[metric] = sign * (m - b) / b
     if not terms:
         return {"flat": math.nan, "per_task": math.nan, "terms": terms}
     by_task: dict[str, list[float]] = {}
     for metric, value in terms.items():
-        by_task.setdefault(METRICS[metric][0], []).append(value)
+        by_task.setdefault(TASK_OF[metric], []).append(value)
     flat = 100 * sum(terms.values()) / len(terms)
     per_task = 100 * sum(sum(v) / len(v) for v in by_task.values()) / len(by_task)
     return {"flat": flat, "per_task": per_task, "terms": {k: 100 * v for k, v in terms.items()}}
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
 @dataclass
@@ -99,11 +127,18 @@ class Comparison:
     seg_baseline: RunMetrics | None
     depth_baseline: RunMetrics | None
     deltas: list[dict]
+    baselines: dict[str, RunMetrics] | None = None  # task → baseline (seg and depth included)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The compared metrics the runs hold (the table's columns)."""
+        return present_metrics([r.values for r in self.runs])
 
     def rows(self) -> list[dict]:
         out = []
         for run, d in zip(self.runs, self.deltas, strict=True):
-            out.append({"run": run.name, **run.values, "delta_m_flat": d["flat"], "delta_m_per_task": d["per_task"],
+            values = {m: run.values.get(m, math.nan) for m in self.metrics}
+            out.append({"run": run.name, **values, "delta_m_flat": d["flat"], "delta_m_per_task": d["per_task"],
                         "source": run.source})  # fmt: skip
         return out
 
@@ -113,19 +148,14 @@ class Comparison:
         return pd.DataFrame(self.rows()).to_csv(index=False)
 
     def to_markdown(self) -> str:
-        def f(v: float, digits: int = 4) -> str:
-            return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
-
-        lines = ["| run | mIoU ↑ | pix acc ↑ | abs err ↓ | abs rel ↓ | Δm flat (%) ↑ | Δm per task (%) ↑ |",
-                 "|---|---|---|---|---|---|---|"]  # fmt: skip
+        metrics = self.metrics
+        head = ["run", *map(metric_title, metrics), "Δm flat (%) ↑", "Δm per task (%) ↑"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows():
-            lines.append(f"| {r['run']} | {f(r['miou'])} | {f(r['pixel_acc'])} | {f(r['abs_err'])} | {f(r['rel_err'])} "
-                         f"| {f(r['delta_m_flat'], 2)} | {f(r['delta_m_per_task'], 2)} |")  # fmt: skip
-        base = []
-        if self.seg_baseline:
-            base.append(f"segmentation baseline: {self.seg_baseline.name}")
-        if self.depth_baseline:
-            base.append(f"depth baseline: {self.depth_baseline.name}")
+            cells = [r["run"], *(_fmt(r[m]) for m in metrics), _fmt(r["delta_m_flat"], 2),
+                     _fmt(r["delta_m_per_task"], 2)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        base = [f"{get_task(t).title} baseline: {b.name}" for t, b in (self.baselines or {}).items()]
         return "\n".join(lines) + "\n\n" + SIGN_CONVENTION + (". " + "; ".join(base) if base else "") + ".\n"
 
     def plot(self, path: Path) -> Path:
@@ -139,24 +169,29 @@ class Comparison:
 
         rows = self.rows()
         names = [r["run"] for r in rows]
-        fig, axes = plt.subplots(1, 5, figsize=(4 * 5, 3.2 + 0.15 * len(names)))
+        metrics = self.metrics
+        with_delta = any(math.isfinite(r["delta_m_flat"]) for r in rows)  # no Δm panel without baselines
+        panels = len(metrics) + with_delta
+        fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2 + 0.15 * len(names)), squeeze=False)
+        axes = axes[0]
         y = np.arange(len(names))
-        for ax, (key, title) in zip(axes, (("miou", "mIoU ↑"), ("pixel_acc", "pixel acc ↑"), ("abs_err", "abs err ↓"),
-                                           ("rel_err", "abs rel err ↓")), strict=False):  # fmt: skip
+        for ax, key in zip(axes, metrics, strict=False):
+            title = metric_title(key)
             ax.barh(y, [r[key] for r in rows], color="tab:blue" if "↑" in title else "tab:red")
             ax.set_title(title, fontsize=10)
             ax.set_yticks(y, names if ax is axes[0] else [""] * len(names), fontsize=8)
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
-        ax = axes[-1]
-        ax.barh(y - 0.2, [r["delta_m_flat"] for r in rows], height=0.4, label="flat (Nash-MTL/FAMO)")
-        ax.barh(y + 0.2, [r["delta_m_per_task"] for r in rows], height=0.4, label="per task (LibMTL)")
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set_title("Δm (%) ↑ positive = better", fontsize=10)
-        ax.set_yticks(y, [""] * len(names))
-        ax.invert_yaxis()
-        ax.legend(fontsize=7)
-        ax.grid(axis="x", alpha=0.3)
+        if with_delta:
+            ax = axes[-1]
+            ax.barh(y - 0.2, [r["delta_m_flat"] for r in rows], height=0.4, label="flat (Nash-MTL/FAMO)")
+            ax.barh(y + 0.2, [r["delta_m_per_task"] for r in rows], height=0.4, label="per task (LibMTL)")
+            ax.axvline(0, color="black", lw=0.8)
+            ax.set_title("Δm (%) ↑ positive = better", fontsize=10)
+            ax.set_yticks(y, [""] * len(names))
+            ax.invert_yaxis()
+            ax.legend(fontsize=7)
+            ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
         atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
         plt.close(fig)
@@ -168,13 +203,23 @@ def compare(
     baseline: str | Path | None = None,
     baseline_seg: str | Path | None = None,
     baseline_depth: str | Path | None = None,
+    baselines: dict[str, str | Path] | None = None,
 ) -> Comparison:
-    """Load runs and baselines; ``baseline`` serves both tasks unless a task-specific one is given."""
+    """Load runs and baselines; ``baseline`` serves every task unless a task-specific one is given
+    (``baseline_seg``, ``baseline_depth``, or ``baselines``: task → run or eval JSON)."""
     loaded = [load_result(r) for r in runs]
-    seg = load_result(baseline_seg) if baseline_seg else (load_result(baseline) if baseline else None)
-    dep = load_result(baseline_depth) if baseline_depth else (load_result(baseline) if baseline else None)
-    deltas = [delta_m(r.values, seg.values if seg else None, dep.values if dep else None) for r in loaded]
-    return Comparison(loaded, seg, dep, deltas)
+    given = {t: b for t, b in {"seg": baseline_seg, "depth": baseline_depth, **(baselines or {})}.items() if b}
+    for task in given:
+        get_task(task)  # ConfigError for an unknown task
+    tasks = {TASK_OF[m] for m in present_metrics([r.values for r in loaded])} | set(given)
+    cache: dict[str, RunMetrics] = {}
+    base = {}
+    for t in (spec.name for spec in all_specs() if spec.name in tasks):
+        path = given.get(t) or baseline
+        if path is not None:
+            base[t] = cache.setdefault(str(path), load_result(path))
+    deltas = [delta_m(r.values, baselines={t: b.values for t, b in base.items()}) for r in loaded]
+    return Comparison(loaded, base.get("seg"), base.get("depth"), deltas, base)
 
 
 # --- several seeds per variant ---------------------------------------------------------------------------------
@@ -277,11 +322,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 @dataclass
 class VariantStats:
-    """One variant over its seeds: per-seed values (seed order) of every metric and of Δm."""
+    """One variant over its seeds: per-seed values (seed order) of every compared metric and of Δm."""
 
     variant: str
     seeds: list[int]
-    values: dict[str, list[float]]  # miou, pixel_acc, abs_err, rel_err, delta_m_flat, delta_m_per_task
+    values: dict[str, list[float]]  # the compared metrics, delta_m_flat, delta_m_per_task
     vs_reference: dict | None = None
 
     def mean_std(self, key: str) -> tuple[float, float]:
@@ -295,6 +340,9 @@ class VariantStats:
         return f"{m:.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:.{digits}f}"
 
 
+DELTA_KEYS = ("delta_m_flat", "delta_m_per_task")
+
+
 @dataclass
 class GroupedComparison:
     variants: list[VariantStats]
@@ -303,13 +351,20 @@ class GroupedComparison:
     reference: str | None
     note: str
 
-    KEYS = ("miou", "pixel_acc", "abs_err", "rel_err", "delta_m_flat", "delta_m_per_task")
+    @property
+    def metrics(self) -> list[str]:
+        """The compared metrics some variant holds (the table's columns)."""
+        return [m for m in METRICS if any(math.isfinite(x) for v in self.variants for x in v.values.get(m, []))]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (*self.metrics, *DELTA_KEYS)
 
     def rows(self) -> list[dict]:
         rows = []
         for v in self.variants:
             row = {"variant": v.variant, "seeds": len(v.seeds)}
-            for k in self.KEYS:
+            for k in self.keys:
                 row[f"{k}_mean"], row[f"{k}_std"] = v.mean_std(k)
             if v.vs_reference:
                 row.update({f"vs_ref_{k}": val for k, val in v.vs_reference.items()})
@@ -322,19 +377,17 @@ class GroupedComparison:
         return pd.DataFrame(self.rows()).to_csv(index=False)
 
     def to_markdown(self) -> str:
-        head = "| variant | seeds | mIoU ↑ | pix acc ↑ | abs err ↓ | abs rel ↓ | Δm flat (%) ↑ | Δm per task (%) ↑ |"
-        sep = "|---|---|---|---|---|---|---|---|"
+        metrics = self.metrics
+        head = ["variant", "seeds", *map(metric_title, metrics), "Δm flat (%) ↑", "Δm per task (%) ↑"]
         if self.reference:
-            head += f" Δm flat − {self.reference} (paired) |"
-            sep += "---|"
-        lines = [head, sep]
+            head.append(f"Δm flat − {self.reference} (paired)")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for v in self.variants:
-            line = (f"| {v.variant} | {len(v.seeds)} | {v.text('miou', 4)} | {v.text('pixel_acc', 4)} | "
-                    f"{v.text('abs_err', 4)} | {v.text('rel_err', 4)} | {v.text('delta_m_flat', 2)} | "
-                    f"{v.text('delta_m_per_task', 2)} |")  # fmt: skip
+            cells = [v.variant, str(len(v.seeds)), *(v.text(m, 4) for m in metrics), v.text("delta_m_flat", 2),
+                     v.text("delta_m_per_task", 2)]  # fmt: skip
             if self.reference:
-                line += f" {paired_text(v.vs_reference)} |"
-            lines.append(line)
+                cells.append(paired_text(v.vs_reference))
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n\n" + self.note + "\n"
 
     def plot(self, path: Path) -> Path:
@@ -347,9 +400,11 @@ class GroupedComparison:
         from crosstask_cli.atomic import atomic_write
 
         names = [v.variant for v in self.variants]
-        panels = (("miou", "mIoU ↑"), ("pixel_acc", "pixel acc ↑"), ("abs_err", "abs err ↓"), ("rel_err", "abs rel err ↓"),
-                  ("delta_m_flat", "Δm flat (%) ↑"))  # fmt: skip
-        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2 + 0.18 * len(names)))
+        panels = [(m, metric_title(m)) for m in self.metrics]
+        if any(math.isfinite(x) for v in self.variants for x in v.values["delta_m_flat"]):
+            panels.append(("delta_m_flat", "Δm flat (%) ↑"))  # no Δm panel without baselines
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2 + 0.18 * len(names)), squeeze=False)
+        axes = axes[0]
         y = np.arange(len(names))
         for ax, (key, title) in zip(axes, panels, strict=True):
             stats = [v.mean_std(key) for v in self.variants]
@@ -386,11 +441,13 @@ def compare_grouped(
     baseline_seg: str | Path | None = None,
     baseline_depth: str | Path | None = None,
     reference: str | None = None,
+    baselines: dict[str, str | Path] | None = None,
 ) -> GroupedComparison:
     """Group runs by variant: per-seed metrics and Δm, mean ± std. A baseline that names a variant is taken per
     seed (the baseline run of the same seed; the mean of its seeds where that seed is missing); any other baseline
-    is a run directory or eval JSON used for every seed. ``reference``: a variant every other is paired with, seed
-    by seed, on Δm flat (mean difference, seeds where it is better, and whether all seeds agree in sign)."""
+    is a run directory or eval JSON used for every seed. ``baselines``: task → baseline for tasks other than seg
+    and depth (normal). ``reference``: a variant every other is paired with, seed by seed, on Δm flat (mean
+    difference, seeds where it is better, and whether all seeds agree in sign)."""
     by_variant: dict[str, dict[int, RunMetrics]] = {}
     for r in runs:
         seeds = by_variant.setdefault(r.variant, {})
@@ -412,18 +469,21 @@ def compare_grouped(
         fixed = load_result(spec).values
         return lambda seed: fixed
 
-    seg_b, dep_b = baseline_for(baseline_seg), baseline_for(baseline_depth)
-    baselines = {str(b) for b in (baseline_seg, baseline_depth) if b is not None}
+    given = {t: b for t, b in {"seg": baseline_seg, "depth": baseline_depth, **(baselines or {})}.items() if b}
+    for task in given:
+        get_task(task)
+    by_task = {t: baseline_for(b) for t, b in given.items()}
+    names = {str(b) for b in given.values()}
     stats = []
     for variant, seeds in by_variant.items():
         order = sorted(seeds)
-        values: dict[str, list[float]] = {k: [] for k in GroupedComparison.KEYS}
+        values: dict[str, list[float]] = {k: [] for k in (*METRICS, *DELTA_KEYS)}
         for s in order:
             v = seeds[s].values
-            if variant in baselines:  # a baseline against itself says nothing: no Δm, no pairing
+            if variant in names:  # a baseline against itself says nothing: no Δm, no pairing
                 d = {"flat": math.nan, "per_task": math.nan}
             else:
-                d = delta_m(v, seg_b(s) if seg_b else None, dep_b(s) if dep_b else None)
+                d = delta_m(v, baselines={t: f(s) for t, f in by_task.items()})
             for k in METRICS:
                 values[k].append(v.get(k, math.nan))
             values["delta_m_flat"].append(d["flat"])
@@ -433,7 +493,7 @@ def compare_grouped(
         ref = next(s for s in stats if s.variant == reference)
         ref_by_seed = dict(zip(ref.seeds, ref.values["delta_m_flat"], strict=True))
         for s in stats:
-            if s is ref or s.variant in baselines:
+            if s is ref or s.variant in names:
                 continue
             diffs = [v - ref_by_seed[seed] for seed, v in zip(s.seeds, s.values["delta_m_flat"], strict=True)
                      if seed in ref_by_seed and math.isfinite(v) and math.isfinite(ref_by_seed[seed])]  # fmt: skip
@@ -446,9 +506,9 @@ def compare_grouped(
                 "consistent": len(diffs) >= 2 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)),
             }
     parts = [SIGN_CONVENTION, "mean ± sample standard deviation over seeds; Δm computed per seed"]
-    if baseline_seg is not None or baseline_depth is not None:
-        parts.append(f"baselines: segmentation {baseline_seg or '–'}, depth {baseline_depth or '–'} (per seed when a "
-                     "variant of these runs, else fixed)")  # fmt: skip
+    if given:
+        listed = ", ".join(f"{get_task(t).title} {b}" for t, b in given.items())
+        parts.append(f"baselines: {listed} (per seed when a variant of these runs, else fixed)")
     if reference is not None:
         parts.append(f"paired: Δm flat minus {reference}'s on the same seed; consistent = every seed agrees in sign")
     return GroupedComparison(stats, str(baseline_seg) if baseline_seg else None,

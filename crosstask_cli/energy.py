@@ -1,29 +1,33 @@
 """Consistency energy: how much the direct and the transferred predictions of one image disagree, per pixel.
 
 It needs no labels (the original project's analysis script computes it; Zamir et al., CVPR 2020, show that such
-energy rises with prediction error). Definitions, in one place:
+energy rises with prediction error). Definitions, in one place, for every TaskTransferNet (source → target), by the
+target task's spec (:meth:`~crosstask_cli.tasks.base.TaskSpec.energy`):
 
-- segmentation, per pixel: KL(softmax(direct) ‖ softmax(transferred)) = Σ_c p_c·(log p_c − log q_c), in nats, with p
-  from the direct logits and q from the depth→seg TaskTransferNet;
-- depth, per pixel: |direct − transferred| (seg→depth TaskTransferNet), in the dataset's depth units;
-- combined, per pixel: ``seg_weight``·seg + ``depth_weight``·depth (½ and ½, the original's weights).
+- segmentation, per pixel: KL(softmax(direct) ‖ softmax(transferred)) = Σ_c p_c·(log p_c − log q_c), in nats;
+- depth, per pixel: |direct − transferred|, in the dataset's depth units;
+- normals, per pixel: 1 − cos(direct, transferred) (0 = same direction, 2 = opposite);
+- a task's energy: the mean of the terms of the nets predicting it; combined, per pixel: the mean of every pair's
+  term (weights 1/P; with seg and depth ½ and ½, the original's weights).
 
-Per-image energies are means over pixels. Depth energy is averaged over **all** pixels by default, as prediction
-has no depth targets; :func:`image_energies` averages over a ``valid`` mask instead when one is given (evaluation
-passes the valid-depth mask, so that the energy and the depth error cover the same pixels). Computed in fp32.
+Per-image energies are means over pixels. Depth (and normal) energy is averaged over **all** pixels by default, as
+prediction has no targets; :func:`image_energies` averages over ``valid`` masks instead when they are given
+(evaluation passes the targets' valid pixels, so that the energy and the error cover the same pixels; segmentation
+energy is averaged over every pixel). Computed in fp32.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from crosstask_cli.errors import ConfigError
 from crosstask_cli.models.network import Predictions
+from crosstask_cli.tasks import TaskContext, get_task, ordered, transfer_order
 
 SEG_WEIGHT = 0.5
 DEPTH_WEIGHT = 0.5
@@ -32,41 +36,96 @@ NEEDS_BOTH = (
     "both tasks and TaskTransferNets (trained with --consistency xtsc or xtc)"
 )
 
+Pair = tuple[str, str]
+
 
 @dataclass(frozen=True)
 class EnergyMaps:
-    """Per-pixel energies, each B×H×W float32: ``seg`` (nats), ``depth`` (depth units), ``combined``; and the
-    weights ``combined`` was made with."""
+    """Per-pixel energies, each B×H×W float32: ``terms`` per pair (source, target), ``combined`` (their weighted
+    sum) and the ``weights`` it was made with. ``task(t)`` is the mean of the terms into t; ``seg`` and ``depth``
+    are the original's two."""
 
-    seg: torch.Tensor
-    depth: torch.Tensor
+    terms: dict[Pair, torch.Tensor]
     combined: torch.Tensor
-    seg_weight: float = SEG_WEIGHT
-    depth_weight: float = DEPTH_WEIGHT
+    weights: dict[Pair, float]
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return ordered({t for _, t in self.terms})
+
+    def task(self, target: str) -> torch.Tensor:
+        own = [v for (_, t), v in self.terms.items() if t == target]
+        return own[0] if len(own) == 1 else torch.stack(own).mean(0)
+
+    @property
+    def seg(self) -> torch.Tensor:
+        return self.task("seg")
+
+    @property
+    def depth(self) -> torch.Tensor:
+        return self.task("depth")
+
+    @property
+    def seg_weight(self) -> float:
+        return sum(w for (_, t), w in self.weights.items() if t == "seg")
+
+    @property
+    def depth_weight(self) -> float:
+        return sum(w for (_, t), w in self.weights.items() if t == "depth")
 
 
-def energy_maps(pred: Predictions, seg_weight: float = SEG_WEIGHT, depth_weight: float = DEPTH_WEIGHT) -> EnergyMaps:
-    """The per-pixel energies of a full forward pass (``pred`` with all four fields)."""
-    if any(t is None for t in pred):
+def energy_maps(
+    pred: Predictions,
+    seg_weight: float | None = None,
+    depth_weight: float | None = None,
+    weights: Mapping[Pair, float] | None = None,
+) -> EnergyMaps:
+    """The per-pixel energies of a full forward pass (``pred`` with its direct and transferred predictions).
+    ``weights`` per pair (default 1/P each); ``seg_weight``/``depth_weight`` set those of the original's two pairs
+    (depth→seg, seg→depth)."""
+    pairs = transfer_order(pred.transferred)
+    if not pairs or any(t not in pred.direct for _, t in pairs):
         raise ConfigError(NEEDS_BOTH)
-    log_p = F.log_softmax(pred.seg.float(), dim=1)
-    log_q = F.log_softmax(pred.seg_from_depth.float(), dim=1)
-    seg = (log_p.exp() * (log_p - log_q)).sum(1).clamp(min=0)  # ≥ 0 in exact arithmetic; rounding can dip below
-    depth = (pred.depth.float() - pred.depth_from_seg.float()).abs().squeeze(1)
-    return EnergyMaps(seg, depth, seg_weight * seg + depth_weight * depth, seg_weight, depth_weight)
+    w = {p: 1.0 / len(pairs) for p in pairs}
+    w.update({("depth", "seg"): SEG_WEIGHT, ("seg", "depth"): DEPTH_WEIGHT} if len(pairs) == 2 and
+             set(pairs) == {("depth", "seg"), ("seg", "depth")} else {})  # fmt: skip
+    if seg_weight is not None:
+        w[("depth", "seg")] = seg_weight
+    if depth_weight is not None:
+        w[("seg", "depth")] = depth_weight
+    w.update(weights or {})
+    terms = {(s, t): get_task(t).energy(pred.direct[t], pred.transferred[(s, t)]) for s, t in pairs}
+    combined = None
+    for pair in pairs:
+        part = w[pair] * terms[pair]
+        combined = part if combined is None else combined + part
+    return EnergyMaps(terms, combined, {p: w[p] for p in pairs})
 
 
-def image_energies(maps: EnergyMaps, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-image energies (each of shape B): ``seg`` = mean over pixels, ``depth`` = mean over all pixels or over
-    ``valid`` (B×H×W or B×1×H×W bool; an image without valid pixels gets 0), ``combined`` = the weighted sum of
-    those two means (with the weights the maps were made with)."""
-    seg = maps.seg.flatten(1).mean(1)
-    if valid is None:
-        depth = maps.depth.flatten(1).mean(1)
-    else:
-        mask = valid.reshape(maps.depth.shape).to(maps.depth.dtype)
-        depth = (maps.depth * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
-    return {"seg": seg, "depth": depth, "combined": maps.seg_weight * seg + maps.depth_weight * depth}
+def image_energies(
+    maps: EnergyMaps, valid: torch.Tensor | Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-image energies (each of shape B): per target task the mean over pixels of its energy (over all pixels,
+    or over ``valid[task]`` (B×H×W or B×1×H×W bool) for the tasks whose spec averages over valid pixels; a tensor
+    given alone is the depth mask; an image without valid pixels gets 0), and ``combined`` = the weighted sum of the
+    pairs' means (with the weights the maps were made with)."""
+    masks = {"depth": valid} if isinstance(valid, torch.Tensor) else dict(valid or {})
+
+    def mean(values: torch.Tensor, target: str) -> torch.Tensor:
+        mask = masks.get(target) if get_task(target).energy_over_valid else None
+        if mask is None:
+            return values.flatten(1).mean(1)
+        m = mask.reshape(values.shape).to(values.dtype)
+        return (values * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
+
+    out = {t: mean(maps.task(t), t) for t in maps.targets}
+    combined = None
+    for (s, t), weight in maps.weights.items():
+        value = out[t] if sum(1 for _, x in maps.terms if x == t) == 1 else mean(maps.terms[(s, t)], t)
+        part = weight * value
+        combined = part if combined is None else combined + part
+    out["combined"] = combined
+    return out
 
 
 # --- how well energy predicts error --------------------------------------------------------------------------
@@ -143,84 +202,85 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 
 class ConsistencyReport:
     """What ``crosstask eval`` reports about the consistency energy, accumulated batch by batch on the batches'
-    device (one host transfer at the end).
+    device (one host transfer at the end), for the TaskTransferNets ``pairs`` (default the original's two).
 
-    Per image: seg/depth/combined energy (depth over valid-depth pixels, so that it covers the pixels the depth
-    error covers), mIoU (over classes present in the image's target or prediction), abs err; per pixel, on a
-    regular grid of every ``pixel_stride``-th row and column: seg energy and whether the direct class is wrong
-    (labelled pixels), depth energy and |error| (valid pixels). Also the transferred predictions' own metrics.
+    Per image: each target task's energy (over the pixels its error covers: valid depth and normals, every pixel
+    for segmentation), the combined energy, and each target task's score (mIoU over classes present in the
+    image's target or prediction; abs err; mean angle); per pixel, on a regular grid of every ``pixel_stride``-th
+    row and column: each target task's energy and error at its valid pixels (seg: whether the direct class is
+    wrong; depth |error|; normals the angle). Also the transferred predictions' own metrics.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None,
-                 pixel_stride: int = 4) -> None:  # fmt: skip
-        from crosstask_cli.metrics import ConfusionMatrix, DepthMetrics
-
+                 pixel_stride: int = 4, pairs=(("seg", "depth"), ("depth", "seg")),
+                 depth_kind: str = "metric") -> None:  # fmt: skip
         self.num_classes, self.ignore_index, self.pixel_stride = num_classes, ignore_index, pixel_stride
-        self.seg_from_depth = ConfusionMatrix(num_classes, ignore_index, class_names)
-        self.depth_from_seg = DepthMetrics()
-        self._images: list[torch.Tensor] = []  # B×5: seg, depth, combined energy, mIoU, abs err
-        self._seg_pixels: list[torch.Tensor] = []  # 2×n: energy, wrong
-        self._depth_pixels: list[torch.Tensor] = []  # 2×n: energy, |error|
+        self.ctx = TaskContext(num_classes, ignore_index, tuple(class_names or ()), (), depth_kind)
+        self.pairs = transfer_order(pairs)
+        self.targets = ordered({t for _, t in self.pairs})
+        self.transferred = {p: get_task(p[1]).metrics("standard", self.ctx) for p in self.pairs}
+        self._images: list[torch.Tensor] = []  # B×(2T+1): energy per target, combined, score per target
+        self._pixels: dict[str, list[torch.Tensor]] = {t: [] for t in self.targets}  # 2×n: energy, error
 
     @torch.no_grad()
-    def update(self, pred: Predictions, seg_target: torch.Tensor, depth_target: torch.Tensor) -> None:
-        from crosstask_cli.metrics import per_image_scores
-        from crosstask_cli.ops import class_labels
-
+    def update(self, pred: Predictions, *targets) -> None:
+        """``update(pred, {task: target})``, or the original's ``update(pred, seg_target, depth_target)``."""
+        target = dict(targets[0]) if len(targets) == 1 else {"seg": targets[0], "depth": targets[1]}
+        pred = Predictions(direct=pred.direct, transferred={p: pred.transferred[p] for p in self.pairs})
         maps = energy_maps(pred)
-        valid = depth_target.reshape(maps.depth.shape) > 0
+        valid = {t: get_task(t).valid(target[t], self.ctx) for t in self.targets}
         e = image_energies(maps, valid)
-        labels = class_labels(pred.seg)
-        labelled = seg_target != self.ignore_index
-        miou, _, count_labelled = per_image_scores(labels, seg_target, self.num_classes, self.ignore_index)
-        miou = torch.where(count_labelled > 0, miou, torch.nan)
-        err = (pred.depth.float().reshape(maps.depth.shape) - depth_target.reshape(maps.depth.shape)).abs()
-        count = valid.flatten(1).sum(1)
-        abs_img = torch.where(count > 0, (err * valid).flatten(1).sum(1) / count.clamp(min=1), torch.nan)
-        self._images.append(torch.stack([e["seg"], e["depth"], e["combined"], miou.float(), abs_img.float()], 1))
+        scores = [get_task(t).image_scores(pred.direct[t], target[t], self.ctx).float() for t in self.targets]
+        self._images.append(torch.stack([*(e[t] for t in self.targets), e["combined"], *scores], 1))
         s = self.pixel_stride
         grid = (slice(None), slice(None, None, s), slice(None, None, s))
-        lab, val = labelled[grid], valid[grid]
-        wrong = (labels[grid] != seg_target[grid]).float()
-        self._seg_pixels.append(torch.stack([maps.seg[grid][lab], wrong[lab]]))
-        self._depth_pixels.append(torch.stack([maps.depth[grid][val], err[grid][val]]))
-        self.seg_from_depth.update(pred.seg_from_depth, seg_target)
-        self.depth_from_seg.update(pred.depth_from_seg, depth_target)
+        for t in self.targets:
+            spec = get_task(t)
+            keep = valid[t][grid]
+            error = spec.pixel_errors(pred.direct[t], target[t], self.ctx)
+            self._pixels[t].append(torch.stack([maps.task(t)[grid][keep], error[grid][keep]]))
+        for (s_, t), metrics in self.transferred.items():
+            metrics.update(pred.transferred[(s_, t)], target[t])
 
     def per_image(self) -> np.ndarray:
-        """N×5 float64: seg, depth, combined energy, mIoU, abs err, in evaluation order."""
+        """N×(2T+1) float64 in evaluation order: each target task's energy, the combined energy, each target task's
+        score (for seg and depth: seg, depth, combined energy, mIoU, abs err)."""
         if not self._images:
-            return np.zeros((0, 5))
+            return np.zeros((0, 2 * len(self.targets) + 1))
         return torch.cat(self._images).double().cpu().numpy()
 
     def compute(self) -> dict:
         images = self.per_image()
-        seg_e, depth_e, comb_e, miou, abs_err = images.T if len(images) else [np.zeros(0)] * 5
-        seg_px = torch.cat(self._seg_pixels, 1).double().cpu().numpy() if self._seg_pixels else np.zeros((2, 0))
-        dep_px = torch.cat(self._depth_pixels, 1).double().cpu().numpy() if self._depth_pixels else np.zeros((2, 0))
-        transferred_seg = self.seg_from_depth.compute()
+        k = len(self.targets)
+        columns = images.T if len(images) else [np.zeros(0)] * (2 * k + 1)
+        energy = dict(zip(self.targets, columns[:k], strict=True))
+        combined = columns[k]
+        scores = dict(zip(self.targets, columns[k + 1 :], strict=True))
+        errors = {t: 1 - scores[t] if t == "seg" else scores[t] for t in self.targets}  # seg's score is its mIoU
+        pixels = {t: torch.cat(v, 1).double().cpu().numpy() if v else np.zeros((2, 0)) for t, v in self._pixels.items()}
+        specs = {t: get_task(t) for t in self.targets}
         return {
-            "mean": {"seg": _mean(seg_e), "depth": _mean(depth_e), "combined": _mean(comb_e)},
+            "mean": {**{t: _mean(energy[t]) for t in self.targets}, "combined": _mean(combined)},
             "transferred": {
-                "seg_from_depth": {k: transferred_seg[k] for k in ("miou", "pixel_acc")},
-                "depth_from_seg": {
-                    k: v for k, v in self.depth_from_seg.compute().items() if k in ("abs_err", "rel_err")
-                },
+                f"{t}_from_{s}": {m: v for m, v in metrics.compute().items() if m in get_task(t).compared}
+                for (s, t), metrics in self.transferred.items()
             },
             "spearman": {
-                "seg_energy_vs_1_minus_miou": spearman(seg_e, 1 - miou),
-                "depth_energy_vs_abs_err": spearman(depth_e, abs_err),
-                "combined_vs_1_minus_miou": spearman(comb_e, 1 - miou),
-                "combined_vs_abs_err": spearman(comb_e, abs_err),
+                **{f"{t}_energy_vs_{specs[t].image_error}": spearman(energy[t], errors[t]) for t in self.targets},
+                **{f"combined_vs_{specs[t].image_error}": spearman(combined, errors[t]) for t in self.targets},
             },
             "sparsification": {
-                "pixels_seg_error_by_seg_energy": sparsification(seg_px[0], seg_px[1]),
-                "pixels_abs_err_by_depth_energy": sparsification(dep_px[0], dep_px[1]),
-                "images_1_minus_miou_by_combined": sparsification(comb_e, 1 - miou),
-                "images_abs_err_by_combined": sparsification(comb_e, abs_err),
-            },
+                **{
+                    f"pixels_{specs[t].pixel_error}_by_{t}_energy": sparsification(pixels[t][0], pixels[t][1])
+                    for t in self.targets
+                },
+                **{
+                    f"images_{specs[t].image_error}_by_combined": sparsification(combined, errors[t])
+                    for t in self.targets
+                },
+            },  # fmt: skip
             "pixel_stride": self.pixel_stride,
-            "per_image": {"seg": seg_e.tolist(), "depth": depth_e.tolist(), "combined": comb_e.tolist()},
+            "per_image": {**{t: energy[t].tolist() for t in self.targets}, "combined": combined.tolist()},
         }
 
 

@@ -1,14 +1,15 @@
 """ONNX export of the direct predictions (the TaskTransferNets are training-time only).
 
-The graph takes ``image``: B×3×H×W float32 normalised as the checkpoint says, and returns ``seg_logits``
-(B×C×H×W) and ``depth`` (B×1×H×W, dataset units). Batch is dynamic, and so are H and W as multiples of 32
+The graph takes ``image``: B×3×H×W float32 normalised as the checkpoint says, and returns one output per task,
+named by the task's spec: ``seg_logits`` (B×C×H×W), ``depth`` (B×1×H×W, dataset units), ``normal`` (B×3×H×W unit
+vectors), in the order of the tasks. Batch is dynamic, and so are H and W as multiples of 32
 (the encoder's stride) from 64 up (torch.export specialises a size-1 dimension, so the traced example has at least
 two encoder cells per side); pad other sizes before calling. Needs the optional extra: pip install "crosstask-cli[onnx]".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,25 +24,39 @@ MISSING_ONNX = (
 
 
 class DirectPredictions(nn.Module):
-    """Wraps a CrossTaskNet to return its direct predictions (seg logits and/or depth, as the model has them)
-    without the TaskTransferNets."""
+    """Wraps a CrossTaskNet to return its direct predictions (one tensor per task, in registry order) without the
+    TaskTransferNets; ``names`` are the outputs' names."""
 
     def __init__(self, model: nn.Module) -> None:
+        from crosstask_cli.tasks import get_task, ordered
+
         super().__init__()
         self.model = model
-        self.names = [n for n, t in (("seg_logits", "seg"), ("depth", "depth")) if t in model.config.tasks]
+        self.tasks = ordered(model.config.tasks)
+        self.names = [get_task(t).onnx_output for t in self.tasks]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pred = self.model(image, direct_only=True)
-        return tuple(t for t in (pred.seg, pred.depth) if t is not None)
+        return tuple(pred.direct[t] for t in self.tasks)
 
 
 @dataclass
 class ExportResult:
+    """Where the graph went and, verified, the largest |ONNX − PyTorch| of each output (``max_abs_diff``: output
+    name → value; ``max_abs_diff_seg``/``_depth`` for those two)."""
+
     path: Path
-    max_abs_diff_seg: float | None = None
-    max_abs_diff_depth: float | None = None
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
     checked_shapes: list[tuple[int, ...]] | None = None
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_diff_seg(self) -> float | None:
+        return self.max_abs_diff.get("seg_logits")
+
+    @property
+    def max_abs_diff_depth(self) -> float | None:
+        return self.max_abs_diff.get("depth")
 
 
 def _require_onnx() -> None:
@@ -86,7 +101,7 @@ def export_onnx(ckpt: str | Path, onnx_path: str | Path, verify: bool = True, op
         )
     onnx_path = Path(onnx_path)
     atomic_write(onnx_path, lambda f: f.write(program.model_proto.SerializeToString()))
-    result = ExportResult(onnx_path)
+    result = ExportResult(onnx_path, outputs=list(module.names))
     if verify:
         result = verify_onnx(module, onnx_path, [(1, 3, eh, ew), (3, 3, eh + 32, ew + 64)])
     return result
@@ -107,9 +122,8 @@ def verify_onnx(module: nn.Module, onnx_path: Path, shapes: list[tuple[int, ...]
         got = session.run(module.names, {"image": x.numpy()})
         for name, e, g in zip(module.names, expected, got, strict=True):
             worst[name] = max(worst[name], float((torch.from_numpy(g) - e).abs().max()))
-    worst_seg, worst_depth = worst.get("seg_logits", 0.0), worst.get("depth", 0.0)
-    if worst_seg > tol or worst_depth > tol:
-        raise RuntimeError(
-            f"{onnx_path}: ONNX output differs from PyTorch (seg {worst_seg:.2e}, depth {worst_depth:.2e} > {tol})"
-        )
-    return ExportResult(onnx_path, worst_seg, worst_depth, shapes)
+    bad = {name: v for name, v in worst.items() if not v <= tol}
+    if bad:
+        diffs = ", ".join(f"{name} {v:.2e}" for name, v in worst.items())
+        raise RuntimeError(f"{onnx_path}: ONNX output differs from PyTorch ({diffs}; tolerance {tol})")
+    return ExportResult(onnx_path, worst, shapes, list(module.names))

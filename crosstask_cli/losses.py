@@ -1,26 +1,21 @@
-"""The method's losses: direct seg/depth against targets, transferred predictions against detached direct ones.
+"""The loss functions the tasks are trained with (:mod:`crosstask_cli.tasks` chooses them; the whole objective is
+:class:`crosstask_cli.objective.CrossTaskLoss`).
 
 Conventions: seg logits B×C×H×W, seg targets B×H×W long with ``ignore_index`` for unlabelled pixels,
-depth B×1×H×W with 0 = invalid in targets. Inputs are never modified.
+depth B×1×H×W with 0 = invalid in targets, normals B×3×H×W with the zero vector = invalid. Inputs are never
+modified.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from crosstask_cli.errors import ConfigError
-from crosstask_cli.models.network import Predictions
-from crosstask_cli.ops import class_labels
 
-DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
-TDEPTH_LOSSES = ("l1", "ssim")
-TSEG_LOSSES = ("ce", "kl", "soft-kl")
-CONSISTENCY = ("xtsc", "xtc", "none")
-LOSS_NAMES = ("seg", "depth", "tseg", "tdepth", "seg_task", "depth_task")
+DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")  # the elementwise errors of masked_depth_loss
 
 
 def _elementwise_depth_error(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -44,6 +39,22 @@ def masked_depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     err = _elementwise_depth_error(pred, target, kind) * valid
     per_image = err.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
     return per_image.mean()
+
+
+def masked_normal_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "cos"
+) -> torch.Tensor:
+    """Surface-normal loss over the valid pixels of the whole batch (MTAN's reduction). pred, target: B×3×H×W
+    (pred unit length), valid: B×H×W bool. ``cos`` = 1 − mean of p·t (MTAN's definition); ``l1`` = mean of
+    Σ_c |p_c − t_c|. A batch without valid pixels gives 0."""
+    if kind == "cos":
+        per_pixel = 1 - (pred * target).sum(1)
+    elif kind == "l1":
+        per_pixel = (pred - target).abs().sum(1)
+    else:
+        raise ConfigError(f"unknown normal loss {kind!r}; choose from cos, l1")
+    m = valid.to(per_pixel.dtype)
+    return (per_pixel * m).sum() / m.sum().clamp(min=1)
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -108,90 +119,3 @@ def smoothed_one_hot_kl(
         neg_entropy = (1 - smoothing) * math.log(1 - smoothing) if smoothing < 1 else 0.0
         neg_entropy += smoothing * math.log(off)
     return _reduce(_smoothed_nll(log_probs, labels, smoothing) + neg_entropy, mask, reduction)
-
-
-@dataclass
-class CrossTaskLoss:
-    """All loss components of the method.
-
-    ``alpha`` weighs the transferred-depth loss inside the segmentation task loss, ``gamma`` the
-    transferred-segmentation loss inside the depth task loss:
-    seg_task = (1−α)·seg + α·tdepth, depth_task = (1−γ)·depth + γ·tseg.
-    ``consistency``: ``xtsc`` (the method) trains the transferred predictions against the detached direct
-    ones; ``xtc`` against the ground truth (transferred depth with the ``lp`` loss, transferred seg with plain
-    cross-entropy, as the original); ``none`` has no transferred terms.
-    ``tseg_loss`` (xtsc): ``ce`` = label-smoothed cross-entropy against the argmax of the detached direct seg;
-    ``kl`` = KL(smoothed one-hot of that argmax ‖ softmax(transferred)); ``soft-kl`` (an extension) =
-    KL(softmax(detached direct) ‖ softmax(transferred)). All three are summed over the labelled pixels and
-    divided by every pixel of the batch, as the original reduces them. A task the model lacks
-    contributes 0. Calling it returns a dict of scalar tensors named by :data:`LOSS_NAMES`.
-    """
-
-    num_classes: int
-    alpha: float = 0.01
-    gamma: float = 0.01
-    lp: str = "l1"
-    tdep_loss: str = "l1"
-    tseg_loss: str = "ce"
-    label_smoothing: float = 0.0
-    ignore_index: int = 255
-    consistency: str = "xtsc"
-
-    def __post_init__(self) -> None:
-        if self.consistency not in CONSISTENCY:
-            raise ConfigError(f"unknown consistency {self.consistency!r}; choose from {CONSISTENCY}")
-        if self.lp not in DEPTH_LOSSES:
-            raise ConfigError(f"unknown lp {self.lp!r}; choose from {DEPTH_LOSSES}")
-        if self.tdep_loss not in TDEPTH_LOSSES:
-            raise ConfigError(f"unknown tdep_loss {self.tdep_loss!r}; choose from {TDEPTH_LOSSES}")
-        if self.tseg_loss not in TSEG_LOSSES:
-            raise ConfigError(f"unknown tseg_loss {self.tseg_loss!r}; choose from {TSEG_LOSSES}")
-        for name in ("alpha", "gamma", "label_smoothing"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {value}")
-
-    def __call__(
-        self, pred: Predictions, seg_target: torch.Tensor, depth_target: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        labelled = seg_target != self.ignore_index
-        safe_target = torch.where(labelled, seg_target, torch.zeros_like(seg_target))
-        valid = depth_target > 0
-        ref = pred.seg if pred.seg is not None else pred.depth
-        zero = ref.new_zeros((), dtype=torch.float32)
-        seg = depth = tdepth = tseg = zero
-        if pred.seg is not None:
-            seg = smoothed_cross_entropy(F.log_softmax(pred.seg.float(), dim=1), safe_target, 0.0, labelled)
-        if pred.depth is not None:
-            depth = masked_depth_loss(pred.depth.float(), depth_target, valid, self.lp)
-
-        use_transfer = self.consistency != "none"
-        if use_transfer and pred.depth_from_seg is not None:
-            transferred = pred.depth_from_seg.float()
-            if self.consistency == "xtc":  # as the original's xtc: the direct depth loss against the ground truth
-                tdepth = masked_depth_loss(transferred, depth_target, valid, self.lp)
-            elif self.tdep_loss == "l1":  # xtsc: against the detached direct depth
-                tdepth = masked_depth_loss(transferred, pred.depth.detach().float(), valid, "l1")
-            else:
-                tdepth = ssim_loss(transferred, pred.depth.detach().float(), valid)
-        if use_transfer and pred.seg_from_depth is not None:
-            transferred_log_probs = F.log_softmax(pred.seg_from_depth.float(), dim=1)
-            if self.consistency == "xtc":  # as the original's xtc: plain cross-entropy against the ground truth
-                tseg = smoothed_cross_entropy(transferred_log_probs, safe_target, 0.0, labelled)
-            elif self.tseg_loss == "soft-kl":
-                direct_log_probs = F.log_softmax(pred.seg.detach().float(), dim=1)
-                kl = (direct_log_probs.exp() * (direct_log_probs - transferred_log_probs)).sum(1)
-                tseg = _reduce(kl, labelled, "all")
-            else:
-                direct_labels = class_labels(pred.seg.detach().float())
-                loss = smoothed_cross_entropy if self.tseg_loss == "ce" else smoothed_one_hot_kl
-                tseg = loss(transferred_log_probs, direct_labels, self.label_smoothing, labelled, "all")
-
-        return {
-            "seg": seg,
-            "depth": depth,
-            "tseg": tseg,
-            "tdepth": tdepth,
-            "seg_task": (1 - self.alpha) * seg + self.alpha * tdepth,
-            "depth_task": (1 - self.gamma) * depth + self.gamma * tseg,
-        }

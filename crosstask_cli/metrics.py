@@ -326,3 +326,117 @@ class ConsistencyMetrics:
     def compute(self) -> dict[str, float]:
         a, n, g, v = self.sums.tolist()
         return {"seg_agreement": a / n if n else float("nan"), "depth_gap": g / v if v else float("nan")}
+
+
+# --- surface normals ------------------------------------------------------------------------------------------
+
+NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)  # degrees
+NORMAL_KEYS = ("mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30")
+ANGLE_BINS_PER_DEGREE = 256  # the exact median's histogram: 1/256° bins, reported at a bin's centre (±1/512°)
+
+
+@torch.no_grad()
+def normal_angles(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angular error in degrees and validity, each B×H×W: angle = degrees(arccos(clamp(p·t, −1, 1))) between a
+    predicted unit normal and the target's (both B×3×H×W), valid where the target is not the zero vector."""
+    target = target.float()
+    valid = (target != 0).any(1)
+    cos = (pred.float() * target).sum(1).clamp_(-1, 1)
+    return torch.rad2deg(torch.acos(cos)), valid
+
+
+class NormalMetrics:
+    """Surface-normal errors pooled over every valid target pixel seen so far (batch-size invariant).
+
+    ``update(pred, target)``: B×3×H×W unit normals, target zero vector = invalid. ``compute()``: mean and median
+    angular error (degrees) and the shares of pixels within 11.25°, 22.5° and 30°. The median is exact to 1/512°:
+    every error is counted in a histogram of 1/256° bins (on the device, no host read), and the median of the
+    counts is read off its cumulative sum (the mean of the two middle values for an even count, as NumPy's).
+    """
+
+    KEYS = NORMAL_KEYS
+    BINS = 180 * ANGLE_BINS_PER_DEGREE
+
+    def __init__(self) -> None:
+        self.hist = torch.zeros(self.BINS, dtype=torch.int64)
+        self.sums = torch.zeros(2 + len(NORMAL_THRESHOLDS), dtype=torch.float64)  # n, Σ angle, counts within
+
+    def reset(self) -> None:
+        self.hist.zero_()
+        self.sums.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add one batch; returns its own sums (float64: n, Σ angle, counts within each threshold)."""
+        angle, valid = normal_angles(pred, target)
+        bins = (angle * ANGLE_BINS_PER_DEGREE).long().clamp_(0, self.BINS - 1)
+        idx = torch.where(valid, bins, self.BINS)  # invalid pixels go to an overflow bin that is dropped
+        counts = torch.bincount(idx.flatten(), minlength=self.BINS + 1)[: self.BINS]
+        v = valid.to(angle.dtype)
+        row = torch.stack([v.sum(dtype=torch.float64), (angle * v).sum(dtype=torch.float64),
+                           *((angle < thr).logical_and_(valid).sum(dtype=torch.float64) for thr in NORMAL_THRESHOLDS)])  # fmt: skip
+        if self.sums.device != row.device:  # accumulate on the batches' device: no host sync per batch
+            self.sums, self.hist = self.sums.to(row.device), self.hist.to(row.device)
+        self.sums += row
+        self.hist += counts
+        return row
+
+    def compute(self) -> dict[str, float]:
+        n = int(self.sums[0])
+        if n == 0:
+            return dict.fromkeys(self.KEYS, float("nan"))
+        s = self.sums.tolist()
+        return {
+            "mean_angle": s[1] / n,
+            "median_angle": histogram_median(self.hist, n),
+            **{key: c / n for key, c in zip(self.KEYS[2:], s[2:], strict=True)},
+        }
+
+
+def histogram_median(hist: torch.Tensor, n: int) -> float:
+    """The median of ``n`` values counted in :data:`ANGLE_BINS_PER_DEGREE` bins per degree (bin centres)."""
+    cum = hist.cpu().cumsum(0)
+    ranks = torch.tensor([(n - 1) // 2 + 1, n // 2 + 1])  # 1-based ranks of the two middle values
+    b = torch.searchsorted(cum, ranks).double()
+    return float(((b + 0.5) / ANGLE_BINS_PER_DEGREE).mean())
+
+
+class NormalOriginalMetrics:
+    """MTAN's averaging, which its successors copy: per evaluation batch the mean and median angular error and the
+    shares within 11.25°/22.5°/30° over the batch's valid pixels (its "median" is the batch's median, the mean of
+    the two middle values for an even count, as ``np.median``), then the plain mean over batches. A batch without
+    valid pixels is skipped (MTAN's NumPy code would give NaN). The median is computed on the device: the
+    batch's errors are sorted with invalid pixels last and the middle ranks gathered."""
+
+    KEYS = NORMAL_KEYS
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(len(NORMAL_KEYS) + 1, dtype=torch.float64)  # Σ of each batch value, batches
+
+    def reset(self) -> None:
+        self.sums.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        angle, valid = normal_angles(pred, target)
+        flat, ok = angle.flatten(), valid.flatten()
+        n = ok.sum()
+        ordered = torch.where(ok, flat, torch.inf).sort().values
+        middle = torch.stack([(n - 1).clamp(min=0) // 2, n // 2]).clamp_(max=max(flat.numel() - 1, 0))
+        median = ordered.gather(0, middle).double().mean() if flat.numel() else torch.zeros((), dtype=torch.float64)
+        count = n.double().clamp(min=1)
+        keep = (n > 0).double()
+        total = (flat * ok.to(flat.dtype)).sum(dtype=torch.float64)
+        within = [((flat < thr) & ok).sum(dtype=torch.float64) for thr in NORMAL_THRESHOLDS]
+        values = torch.stack([total / count, median, *(w / count for w in within)])
+        row = torch.cat([torch.where(n > 0, values, torch.zeros_like(values)), keep[None]])  # inf median if none
+        if self.sums.device != row.device:
+            self.sums = self.sums.to(row.device)
+        self.sums += row
+
+    def compute(self) -> dict[str, float]:
+        s = self.sums.tolist()
+        batches = s[-1]
+        if batches == 0:
+            return dict.fromkeys(self.KEYS, float("nan"))
+        return {k: v / batches for k, v in zip(self.KEYS, s[:-1], strict=True)}

@@ -1,7 +1,7 @@
-"""Run a trained model on image files; the files it writes are those of :mod:`crosstask_cli.predictions`
-(at the input's original size; with ``transfer`` also the transferred predictions; with ``fmt="cityscapes"``
-one labelIds PNG per input, for the official Cityscapes tools). Unreadable files are skipped and listed. Inputs
-are never overwritten.
+"""Run a trained model on image files; the files it writes are those of :mod:`crosstask_cli.predictions` and of
+each task's spec (at the input's original size; with ``transfer`` also the transferred predictions; with
+``fmt="cityscapes"`` one labelIds PNG per input, for the official Cityscapes tools). Unreadable files are skipped
+and listed. Inputs are never overwritten.
 """
 
 from __future__ import annotations
@@ -16,22 +16,30 @@ import numpy as np
 
 from crosstask_cli.errors import InputError
 from crosstask_cli.images import IMAGE_EXTENSIONS, read_image
-from crosstask_cli.ops import upsampled_class_ids, upsampled_map
+from crosstask_cli.ops import upsampled_map
 from crosstask_cli.predictions import (
     ENERGY_SUFFIXES,
     FORMATS,
+    LABEL_IDS_SUFFIX,
     MANIFEST,
-    TRANSFER_TAG,
     Manifest,
-    encode_depth,
     encode_energy,
     encode_label_ids,
-    encode_seg,
-    output_suffixes,
     read_manifest,
     write_files,
     write_manifest,
 )
+from crosstask_cli.tasks import TaskContext, get_task, transfer_file_tag, transfer_order
+
+
+def output_suffixes(tasks, pairs=(), fmt: str = "crosstask", energy: bool = False) -> tuple[str, ...]:
+    """Every file suffix one input's predictions write: each task's files, each transferred prediction's (``pairs``,
+    with ``--transfer``), the energy files; the cityscapes format writes the labelIds file only."""
+    if fmt == "cityscapes":
+        return (LABEL_IDS_SUFFIX,)
+    out = [x for t in tasks for x in get_task(t).file_suffixes()]
+    out += [x for s, t in pairs for x in get_task(t).file_suffixes(transfer_file_tag(s, t))]
+    return (*out, *(ENERGY_SUFFIXES if energy else ()))
 
 
 def usable_cpus() -> int:
@@ -91,8 +99,8 @@ def _check_out(
     inputs: Iterable[Path],
     force: bool,
     ckpt: Path,
+    suffixes: tuple[str, ...],
     fmt: str = "crosstask",
-    energy: bool = False,
 ) -> None:
     from crosstask_cli.outputs import check_output_dir, contains
 
@@ -102,7 +110,7 @@ def _check_out(
             raise InputError(f"--out {out} is inside the input folder {inp}; choose a folder outside the inputs")
     inputs_r = {f.resolve() for f, _ in pairs}
     for _f, rel in pairs:
-        for suffix in output_suffixes(fmt=fmt) + (ENERGY_SUFFIXES if energy else ()):
+        for suffix in suffixes:
             if (out_r / f"{rel}{suffix}").resolve() in inputs_r:
                 raise InputError(f"writing {out / f'{rel}{suffix}'} would overwrite an input")
     if out.exists() and not out.is_dir():
@@ -151,21 +159,15 @@ def predict(
     fmt: str = "crosstask",
     energy: bool = False,
 ) -> PredictResult:
-    """Predict segmentation and depth for image files with a checkpoint; see the module docstring. ``workers``
+    """Predict every task of a checkpoint's model for image files; see the module docstring. ``workers``
     threads (0: one per usable CPU core, at least 2) decode the next images and encode/write the previous ones
-    while the model runs; outputs, the manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask`` (class ids, colours, depth) or
-    ``cityscapes`` (one labelIds PNG per input and the manifest, nothing else). ``energy`` (models with
-    TaskTransferNets, crosstask format) also writes each image's combined consistency energy map (upsampled
-    bilinearly to the input's size) and its mean in the manifest and ``result.energies``."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    from crosstask_cli.data.dataset import normalise
-    from crosstask_cli.data.resize import resize_image
+    while the model runs; outputs, the manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask``
+    (each task's files: class ids and colours, depth, normals) or ``cityscapes`` (one labelIds PNG per input and
+    the manifest, nothing else). ``energy`` (models with TaskTransferNets, crosstask format) also writes each
+    image's combined consistency energy map (upsampled bilinearly to the input's size) and its mean in the
+    manifest and ``result.energies``."""
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from crosstask_cli.engine.device import autocast, memory_format, resolve_amp, resolve_device
+    from crosstask_cli.engine.device import memory_format, resolve_amp, resolve_device
 
     inputs = [Path(p) for p in inputs]
     out = Path(out)
@@ -177,22 +179,22 @@ def predict(
     pairs = collect_inputs(inputs, recursive, unsupported)
     c = load_checkpoint(ckpt)
     ds = c["dataset"]
-    h, w, palette, depth_kind = ds["height"], ds["width"], [tuple(p) for p in ds["palette"]], ds["depth"]["kind"]
     model = model_from_checkpoint(c, ckpt)
+    config = model.config
     if fmt == "cityscapes":
-        _check_cityscapes_format(ds, tuple(model.config.tasks), transfer, energy, Path(ckpt))
-    if energy and not model.config.has_transfer:
+        _check_cityscapes_format(ds, tuple(config.tasks), transfer, energy, Path(ckpt))
+    if energy and not config.has_transfer:
         from crosstask_cli.energy import NEEDS_BOTH
 
         raise InputError(f"--energy: {ckpt}: {NEEDS_BOTH}")
-    _check_out(out, pairs, inputs, force, Path(ckpt), fmt, energy)
-    if transfer and not model.config.has_transfer:
+    if transfer and not config.has_transfer:
         raise InputError(
-            f"--transfer: {ckpt} has no TaskTransferNets (trained with --tasks {','.join(model.config.tasks)}"
-            f"{'' if len(model.config.tasks) == 1 else ' and --consistency none'}), so there is nothing to transfer"
+            f"--transfer: {ckpt} has no TaskTransferNets (trained with --tasks {','.join(config.tasks)}"
+            f"{'' if len(config.tasks) == 1 else ' and --consistency none'}), so there is nothing to transfer"
         )
+    written_pairs = transfer_order(config.pairs) if transfer else ()
+    _check_out(out, pairs, inputs, force, Path(ckpt), output_suffixes(config.tasks, written_pairs, fmt, energy), fmt)
     dev = resolve_device(device)
-    precision = resolve_amp(amp, dev)
     mem_fmt = memory_format(dev)
     model = model.to(dev, memory_format=mem_fmt)
     if on_total:
@@ -200,121 +202,147 @@ def predict(
     result = PredictResult(out, skipped=list(unsupported))
     if progress and unsupported:
         progress(len(unsupported))
-    manifest: dict[str, str] = {}
-    energies: dict[str, float] = {}
-    if energy:
-        from crosstask_cli.energy import energy_maps
+    stage = _PredictStage(model, ds, dev, resolve_amp(amp, dev), mem_fmt, out, fmt, written_pairs, energy)
     start = time.perf_counter()
-
-    def load(f: Path) -> tuple[tuple[int, int], np.ndarray]:
-        """Decode and resize to the model's size (a worker thread: OpenCV releases the GIL)."""
-        img = read_image(f)
-        return img.shape[:2], resize_image(img, h, w)
-
-    def full_size(size: tuple[int, int], maps: dict, energy_map=None) -> tuple[dict, np.ndarray | None]:
-        """One image's low-resolution outputs (on the model's device) → {tag: (H×W uint8 class ids, H×W float32
-        depth)} and the energy map at the input's size. On a CPU this runs in a worker thread; on a GPU on this
-        thread, where the upsampling runs on the GPU before the arrays come to the host."""
-        full = {
-            tag: (None if seg_t is None else upsampled_class_ids(seg_t[0], size),
-                  None if dep_t is None else upsampled_map(dep_t[0, 0], size))
-            for tag, (seg_t, dep_t) in maps.items()  # a single-task model predicts one of the two
-        }  # fmt: skip
-        return full, None if energy_map is None else upsampled_map(energy_map, size)
-
-    def finish(rel: Path, full: dict, energy_map: np.ndarray | None = None) -> None:
-        """Encode and write one image's outputs (a worker thread)."""
-        if fmt == "cityscapes":
-            write_files(out, rel, encode_label_ids(full[""][0], ds["num_classes"]))
-            return
-        files: dict[str, bytes] = {} if energy_map is None else encode_energy(energy_map)
-        for tag, (ids, depth) in full.items():
-            if ids is not None:
-                files.update(encode_seg(ids, palette, tag))
-            if depth is not None:
-                files.update(encode_depth(depth.astype(np.float32, copy=False), depth_kind, tag))
-        write_files(out, rel, files)
-
-    def upsample_and_finish(rel: Path, size: tuple[int, int], maps: dict, energy_map=None) -> None:
-        finish(rel, *full_size(size, maps, energy_map))
-
-    # Three stages overlap: worker threads decode the next images and encode/write the previous ones while the
-    # model runs on this thread. Both queues are bounded, so memory stays a few batches of images.
-    ahead = 2 * batch_size
-    with ThreadPoolExecutor(workers or max(2, usable_cpus())) as pool:
-        todo = iter(pairs)
-        loads: deque = deque()  # (file, rel, future of load), input order
-        writes: deque = deque()  # (file, rel, future of finish), input order
-
-        def refill() -> None:
-            for f, rel in todo:
-                loads.append((f, rel, pool.submit(load, f)))
-                if len(loads) >= ahead:
-                    return
-
-        def drain(keep: int) -> None:
-            """Account finished writes in input order; wait while more than ``keep`` are pending."""
-            while writes and (len(writes) > keep or writes[0][2].done()):
-                f, rel, fut = writes.popleft()
-                fut.result()  # a write error (disk full, permission) ends the run, naming the file
-                result.written.append(str(rel))
-                manifest[str(rel)] = str(f.resolve())
-                if progress:
-                    progress(1)
-
-        def run(batch: list) -> None:
-            x = normalise(torch.from_numpy(np.stack([small for _, _, _, small in batch])))
-            x = x.to(dev).contiguous(memory_format=mem_fmt)
-            with torch.inference_mode(), autocast(dev, precision):
-                pred = model(x, direct_only=not (transfer or energy))
-            tags = {"": (pred.seg, pred.depth)}
-            if transfer and pred.seg_from_depth is not None:
-                tags[TRANSFER_TAG] = (pred.seg_from_depth, pred.depth_from_seg)
-            maps = {t: tuple(None if a is None else a.float() for a in pair) for t, pair in tags.items()}
-            combined = None
-            if energy:
-                with torch.inference_mode():
-                    combined = energy_maps(pred).combined.float()  # B×h×w at the model's size
-                for (_, rel, _, _), value in zip(batch, combined.flatten(1).mean(1).tolist(), strict=True):
-                    energies[str(rel)] = value
-            on_gpu = dev.type != "cpu"  # a GPU upsamples on this thread; on a CPU the workers do
-            for i, (f, rel, size, _) in enumerate(batch):
-                one = {t: tuple(None if a is None else a[i : i + 1] for a in pair) for t, pair in maps.items()}
-                e_map = None if combined is None else combined[i]
-                if on_gpu:
-                    with torch.inference_mode():
-                        done = pool.submit(finish, rel, *full_size(size, one, e_map))
-                else:
-                    done = pool.submit(upsample_and_finish, rel, size, one, e_map)
-                writes.append((f, rel, done))
-            drain(ahead)
-
-        refill()
-        batch: list = []
-        while loads:
-            f, rel, fut = loads.popleft()
-            refill()
-            try:
-                size, small = fut.result()
-            except (OSError, ValueError) as exc:
-                result.skipped.append((str(f), str(exc)))
-                if progress:
-                    progress(1)
-                continue
-            batch.append((f, rel, size, small))
-            if len(batch) == batch_size:
-                run(batch)
-                batch = []
-        if batch:
-            run(batch)
-        drain(0)
+    stage.run_all(pairs, batch_size, workers or max(2, usable_cpus()), result, progress)
     result.seconds = time.perf_counter() - start
     if energy:
-        result.energies = {rel: energies[rel] for rel in result.written}
+        result.energies = {rel: stage.energies[rel] for rel in result.written}
     if result.written:
-        write_manifest(
-            out,
-            Manifest(str(Path(ckpt).resolve()), transfer, depth_kind, ds["class_names"], ds["palette"], manifest, fmt,
-                     result.energies if energy else None),
-        )  # fmt: skip
+        manifest = Manifest(str(Path(ckpt).resolve()), transfer, ds["depth"]["kind"], ds["class_names"], ds["palette"],
+                            stage.manifest, fmt, result.energies if energy else None, list(config.tasks),
+                            [list(p) for p in written_pairs])  # fmt: skip
+        write_manifest(out, manifest)
     return result
+
+
+class _PredictStage:
+    """The three overlapping stages of ``predict``: worker threads decode the next images and encode/write the
+    previous ones while the model runs on this thread. Both queues are bounded, so memory stays a few batches of
+    images. On a CPU the workers also upsample each prediction to its input's size; on a GPU this thread does, on
+    the device, before the arrays come to the host."""
+
+    def __init__(self, model, ds: dict, dev, precision: str, mem_fmt, out: Path, fmt: str, pairs, energy: bool):
+        self.model, self.dev, self.precision, self.mem_fmt = model, dev, precision, mem_fmt
+        self.out, self.fmt, self.pairs, self.energy = out, fmt, pairs, energy
+        self.ds = ds
+        self.ctx = TaskContext.from_dataset_info(ds)
+        self.h, self.w = ds["height"], ds["width"]
+        self.tasks = tuple(model.config.tasks)
+        self.manifest: dict[str, str] = {}
+        self.energies: dict[str, float] = {}
+
+    def load(self, f: Path) -> tuple[tuple[int, int], np.ndarray]:
+        """Decode and resize to the model's size (a worker thread: OpenCV releases the GIL)."""
+        from crosstask_cli.data.resize import resize_image
+
+        img = read_image(f)
+        return img.shape[:2], resize_image(img, self.h, self.w)
+
+    def full_size(self, size: tuple[int, int], maps: dict, energy_map=None) -> tuple[dict, np.ndarray | None]:
+        """One image's low-resolution outputs ({(task, tag): C×h×w on the model's device}) → the full-size arrays
+        of each and the energy map at the input's size."""
+        full = {key: get_task(key[0]).full_size(t, size) for key, t in maps.items()}
+        return full, None if energy_map is None else upsampled_map(energy_map, size)
+
+    def finish(self, rel: Path, full: dict, energy_map: np.ndarray | None = None) -> None:
+        """Encode and write one image's outputs (a worker thread)."""
+        if self.fmt == "cityscapes":
+            write_files(self.out, rel, encode_label_ids(full[("seg", "")], self.ds["num_classes"]))
+            return
+        files: dict[str, bytes] = {} if energy_map is None else encode_energy(energy_map)
+        for (task, tag), array in full.items():
+            files.update(get_task(task).encode(array, self.ctx, tag))
+        write_files(self.out, rel, files)
+
+    def upsample_and_finish(self, rel: Path, size: tuple[int, int], maps: dict, energy_map=None) -> None:
+        self.finish(rel, *self.full_size(size, maps, energy_map))
+
+    def forward(self, batch: list) -> tuple[dict, object]:
+        """The model on one batch: {(task, tag): B×C×h×w float} of the files to write, and the combined energy
+        (B×h×w) when asked for."""
+        import torch
+
+        from crosstask_cli.data.dataset import normalise
+        from crosstask_cli.engine.device import autocast
+
+        x = normalise(torch.from_numpy(np.stack([small for _, _, _, small in batch])))
+        x = x.to(self.dev).contiguous(memory_format=self.mem_fmt)
+        with torch.inference_mode(), autocast(self.dev, self.precision):
+            pred = self.model(x, direct_only=not (self.pairs or self.energy))
+        maps = {(t, ""): pred.direct[t].float() for t in self.tasks}
+        if self.fmt == "cityscapes":
+            maps = {("seg", ""): maps[("seg", "")]}
+        for s, t in self.pairs:
+            maps[(t, transfer_file_tag(s, t))] = pred.transferred[(s, t)].float()
+        combined = None
+        if self.energy:
+            from crosstask_cli.energy import energy_maps
+
+            with torch.inference_mode():
+                combined = energy_maps(pred.map(lambda v: v.float())).combined.float()  # B×h×w at the model's size
+            for (_, rel, _, _), value in zip(batch, combined.flatten(1).mean(1).tolist(), strict=True):
+                self.energies[str(rel)] = value
+        return maps, combined
+
+    def run_all(self, pairs, batch_size: int, workers: int, result: PredictResult, progress) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        ahead = 2 * batch_size
+        with ThreadPoolExecutor(workers) as pool:
+            todo = iter(pairs)
+            loads: deque = deque()  # (file, rel, future of load), input order
+            writes: deque = deque()  # (file, rel, future of finish), input order
+
+            def refill() -> None:
+                for f, rel in todo:
+                    loads.append((f, rel, pool.submit(self.load, f)))
+                    if len(loads) >= ahead:
+                        return
+
+            def drain(keep: int) -> None:
+                """Account finished writes in input order; wait while more than ``keep`` are pending."""
+                while writes and (len(writes) > keep or writes[0][2].done()):
+                    f, rel, fut = writes.popleft()
+                    fut.result()  # a write error (disk full, permission) ends the run, naming the file
+                    result.written.append(str(rel))
+                    self.manifest[str(rel)] = str(f.resolve())
+                    if progress:
+                        progress(1)
+
+            def run(batch: list) -> None:
+                maps, combined = self.forward(batch)
+                on_gpu = self.dev.type != "cpu"  # a GPU upsamples on this thread; on a CPU the workers do
+                for i, (f, rel, size, _) in enumerate(batch):
+                    one = {key: t[i] for key, t in maps.items()}
+                    e_map = None if combined is None else combined[i]
+                    if on_gpu:
+                        with torch.inference_mode():
+                            done = pool.submit(self.finish, rel, *self.full_size(size, one, e_map))
+                    else:
+                        done = pool.submit(self.upsample_and_finish, rel, size, one, e_map)
+                    writes.append((f, rel, done))
+                drain(ahead)
+
+            refill()
+            batch: list = []
+            while loads:
+                f, rel, fut = loads.popleft()
+                refill()
+                try:
+                    size, small = fut.result()
+                except (OSError, ValueError) as exc:
+                    result.skipped.append((str(f), str(exc)))
+                    if progress:
+                        progress(1)
+                    continue
+                batch.append((f, rel, size, small))
+                if len(batch) == batch_size:
+                    run(batch)
+                    batch = []
+            if batch:
+                run(batch)
+            drain(0)

@@ -1,10 +1,12 @@
 """The prediction file formats, written by ``crosstask predict`` and read by ``eval --predictions`` and
 ``visualize predictions``: the one place that knows the file names, the encodings and the manifest.
 
-``crosstask`` format (the default), for each input ``REL/STEM.EXT``: ``OUT/REL/STEM_seg.png`` (uint8 class ids),
-``STEM_seg_color.png`` (palette colours), ``STEM_depth.npy`` (float32 H×W, dataset depth units),
-``STEM_depth_color.png`` (the colour renderings: indexed-colour PNGs, see :func:`crosstask_cli.images.with_palette`),
-at the input's size; transferred predictions add ``_transfer`` after ``seg``/``depth``.
+``crosstask`` format (the default), for each input ``REL/STEM.EXT``, each task's files (its spec's
+``file_suffixes``): ``OUT/REL/STEM_seg.png`` (uint8 class ids), ``STEM_seg_color.png`` (palette colours),
+``STEM_depth.npy`` (float32 H×W, dataset depth units), ``STEM_depth_color.png`` (the colour renderings:
+indexed-colour PNGs, see :func:`crosstask_cli.images.with_palette`), ``STEM_normal.npy`` (float32 H×W×3 unit
+vectors) and ``STEM_normal_color.png`` (RGB = (n + 1)/2), at the input's size; transferred predictions add
+``_transfer`` after the task's name (``_transfer_from_<source>`` for pairs other than the original's two).
 With ``--energy`` also ``STEM_energy.npy`` (float32 H×W, combined consistency energy) and
 ``STEM_energy_color.png``. ``cityscapes`` format: only ``OUT/REL/STEM_labelIds.png`` (uint8 Cityscapes labelIds, input's size), what the
 official evaluator and benchmark server read. ``OUT/predictions.json`` (the manifest) maps each ``REL/STEM`` to
@@ -32,23 +34,7 @@ LABEL_IDS_SUFFIX = "_labelIds.png"
 CITYSCAPES_KEY = re.compile(r"[A-Za-z][A-Za-z-]*_\d{6}_\d{6}")
 
 
-def seg_name(rel: str | Path, tag: str = "") -> str:
-    return f"{rel}_seg{tag}.png"
-
-
-def depth_name(rel: str | Path, tag: str = "") -> str:
-    return f"{rel}_depth{tag}.npy"
-
-
 ENERGY_SUFFIXES = ("_energy.npy", "_energy_color.png")
-
-
-def output_suffixes(tag: str = "", fmt: str = "crosstask") -> tuple[str, ...]:
-    """Every file suffix one prediction writes for ``tag`` ('' for direct, ``TRANSFER_TAG`` for transferred;
-    ``predict --energy`` adds :data:`ENERGY_SUFFIXES`)."""
-    if fmt == "cityscapes":
-        return (LABEL_IDS_SUFFIX,)
-    return (f"_seg{tag}.png", f"_seg{tag}_color.png", f"_depth{tag}.npy", f"_depth{tag}_color.png")
 
 
 def energy_name(rel: str | Path) -> str:
@@ -119,9 +105,12 @@ class Manifest:
     inputs: dict[str, str] = field(default_factory=dict)
     format: str = "crosstask"
     energy: dict[str, float] | None = None  # predict --energy: REL/STEM → mean combined energy of the image
+    tasks: list[str] | None = None  # the tasks predicted (manifests without it: seg and depth)
+    transferred: list[list[str]] | None = None  # the (source, target) pairs written with --transfer
 
     def to_dict(self) -> dict:
         extra = {} if self.energy is None else {"energy": self.energy}
+        extra |= {k: v for k, v in (("tasks", self.tasks), ("transferred", self.transferred)) if v is not None}
         return extra | {
             "format": self.format,
             "checkpoint": self.checkpoint,
@@ -171,9 +160,16 @@ def read_manifest(pred_dir: Path) -> Manifest:
     energy = d.get("energy")
     if energy is not None and not isinstance(energy, dict):
         raise InputError(f"{path}: 'energy' must map prediction names to numbers")
+    tasks, transferred = d.get("tasks", ["seg", "depth"]), d.get("transferred")
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise InputError(f"{path}: 'tasks' must list the predicted tasks")
+    if transferred is None:  # earlier versions wrote the original's two transferred predictions with --transfer
+        transferred = [["depth", "seg"], ["seg", "depth"]] if d["transfer"] else []
+    if not isinstance(transferred, list) or not all(isinstance(p, list) and len(p) == 2 for p in transferred):
+        raise InputError(f"{path}: 'transferred' must list [source, target] pairs")
     return Manifest(
         d["checkpoint"], bool(d["transfer"]), d["depth_kind"], list(d["class_names"]), d["palette"], d["inputs"], fmt,
-        energy,
+        energy, tasks, transferred,
     )  # fmt: skip
 
 
@@ -204,16 +200,27 @@ def read_depth(path: Path) -> np.ndarray:
 
 @dataclass
 class PredictionFiles:
-    """The prediction files found for a list of sample ids: ``seg`` / ``depth`` map each id to its file, or are
-    None for a task with no files at all; ``format``: how the segmentation files are encoded."""
+    """The prediction files found for a list of sample ids: ``files`` maps each task with files to {id: file}
+    (``seg``/``depth`` read them for those two, None for a task with no files at all); ``format``: how the
+    segmentation files are encoded."""
 
     format: str
-    seg: dict[str, Path] | None
-    depth: dict[str, Path] | None
+    files: dict[str, dict[str, Path]]
+
+    @property
+    def seg(self) -> dict[str, Path] | None:
+        return self.files.get("seg")
+
+    @property
+    def depth(self) -> dict[str, Path] | None:
+        return self.files.get("depth")
 
     @property
     def tasks(self) -> list[str]:
-        return [t for t, files in (("seg", self.seg), ("depth", self.depth)) if files is not None]
+        return list(self.files)
+
+
+DEFAULT_SUFFIXES = {"seg": "_seg.png", "depth": "_depth.npy"}  # the file each task is scored from (crosstask format)
 
 
 def _seg_suffix(fmt: str, manifest: Manifest | None) -> str:
@@ -223,13 +230,12 @@ def _seg_suffix(fmt: str, manifest: Manifest | None) -> str:
     return LABEL_IDS_SUFFIX if manifest is not None else ".png"
 
 
-def _candidate_stems(pred_dir: Path, fmt: str, manifest: Manifest | None) -> list[str]:
+def _candidate_stems(pred_dir: Path, fmt: str, manifest: Manifest | None, suffixes) -> list[str]:
     """Relative stems ``REL/STEM`` of the predictions in ``pred_dir``: the manifest's, else the files'."""
     if manifest is not None:
         return sorted(manifest.inputs)
-    suffixes = ["_seg.png", "_depth.npy"] if fmt == "crosstask" else [".png"]
     found = set()
-    for suffix in suffixes:
+    for suffix in list(suffixes.values()) if fmt == "crosstask" else [".png"]:
         for f in pred_dir.rglob(f"*{suffix}"):
             rel = f.relative_to(pred_dir).as_posix()
             if not any(part.startswith(".") for part in Path(rel).parts):
@@ -237,26 +243,29 @@ def _candidate_stems(pred_dir: Path, fmt: str, manifest: Manifest | None) -> lis
     return sorted(found)
 
 
-def _detect_format(pred_dir: Path) -> str:
-    """Without a manifest: ``crosstask`` if any ``*_seg.png`` or ``*_depth.npy`` is there, else ``cityscapes``."""
-    for pattern in ("*_seg.png", "*_depth.npy"):
-        if next(pred_dir.rglob(pattern), None) is not None:
+def _detect_format(pred_dir: Path, suffixes) -> str:
+    """Without a manifest: ``crosstask`` if any task's file (``*_seg.png``, ``*_depth.npy``, …) is there, else
+    ``cityscapes``."""
+    for suffix in suffixes.values():
+        if next(pred_dir.rglob(f"*{suffix}"), None) is not None:
             return "crosstask"
     return "cityscapes"
 
 
-def match_predictions(pred_dir: Path, ids: list[str]) -> PredictionFiles:
+def match_predictions(pred_dir: Path, ids: list[str], suffixes: dict[str, str] | None = None) -> PredictionFiles:
     """Find each sample id's prediction files in ``pred_dir`` (a ``predict`` output, either format, or any folder
-    of files named as the formats name them). A sample matches the prediction whose relative stem is its id, or
-    whose file name is the id; else the one whose file name starts with the same official ``city_seq_frame`` key.
-    A task is scored when any sample has its file; then every sample needs one. Errors name the missing file, or
-    both files when two predictions match one sample."""
+    of files named as the formats name them). ``suffixes``: task → the suffix of its scored file in the crosstask
+    format (default seg and depth; the cityscapes format holds segmentation only). A sample matches the
+    prediction whose relative stem is its id, or whose file name is the id; else the one whose file name starts
+    with the same official ``city_seq_frame`` key. A task is scored when any sample has its file; then every
+    sample needs one. Errors name the missing file, or both files when two predictions match one sample."""
     pred_dir = Path(pred_dir)
+    suffixes = dict(suffixes or DEFAULT_SUFFIXES)
     if not pred_dir.is_dir():
         raise DatasetError(f"{pred_dir}: not a directory of predictions")
     manifest = read_manifest(pred_dir) if (pred_dir / MANIFEST).is_file() else None
-    fmt = manifest.format if manifest is not None else _detect_format(pred_dir)
-    stems = _candidate_stems(pred_dir, fmt, manifest)
+    fmt = manifest.format if manifest is not None else _detect_format(pred_dir, suffixes)
+    stems = _candidate_stems(pred_dir, fmt, manifest, suffixes)
     stem_set = set(stems)
     by_name: dict[str, list[str]] = {}
     by_key: dict[str, list[str]] = {}
@@ -279,10 +288,9 @@ def match_predictions(pred_dir: Path, ids: list[str]) -> PredictionFiles:
         return None
 
     matched = {i: find(i) for i in ids}
-    suffixes = {"seg": _seg_suffix(fmt, manifest)}
-    if fmt == "crosstask":
-        suffixes["depth"] = "_depth.npy"
-    found: dict[str, dict[str, Path] | None] = {"seg": None, "depth": None}
+    if fmt != "crosstask":
+        suffixes = {"seg": _seg_suffix(fmt, manifest)}
+    found: dict[str, dict[str, Path]] = {}
     for task, suffix in suffixes.items():
         files = {i: pred_dir / f"{m}{suffix}" for i, m in matched.items() if m is not None}
         present = {i: f for i, f in files.items() if f.is_file()}
@@ -296,11 +304,13 @@ def match_predictions(pred_dir: Path, ids: list[str]) -> PredictionFiles:
                 f"have none; the others have one)"
             )
         found[task] = present
-    if found["seg"] is None and found["depth"] is None:
-        expected = f"<id>{LABEL_IDS_SUFFIX}" if fmt == "cityscapes" else "<id>_seg.png / <id>_depth.npy"
+    if not found:
+        expected = (
+            f"<id>{LABEL_IDS_SUFFIX}" if fmt == "cityscapes" else " / ".join(f"<id>{x}" for x in suffixes.values())
+        )
         example = f" (first sample: {ids[0]!r})" if ids else ""
         raise DatasetError(f"{pred_dir}: no prediction files for the evaluated samples{example}; expected {expected}")
-    return PredictionFiles(fmt, found["seg"], found["depth"])
+    return PredictionFiles(fmt, found)
 
 
 def read_seg_prediction(path: Path, fmt: str, lookup: np.ndarray | None, height: int, width: int) -> np.ndarray:

@@ -431,12 +431,13 @@ def _summary(res) -> dict:
     import math
 
     from crosstask_cli.engine.records import EvalResult
+    from crosstask_cli.tasks import all_specs
 
     if not isinstance(res, EvalResult):
         res = EvalResult.from_dict(json.loads(Path(res).read_text()), str(res))
-    values = {k: res.segmentation.get(k) for k in ("miou", "pixel_acc")}
-    values.update({k: res.depth.get(k) for k in ("abs_err", "rel_err")})
-    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+    flat = res.flat_metrics()
+    values = {k: flat.get(k) for spec in all_specs() for k in spec.compared}
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def print_plan(spec: SweepSpec, only: list[str] | None = None, write: Callable[[str], None] = print) -> None:

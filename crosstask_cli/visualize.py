@@ -45,20 +45,27 @@ def _depth_axis(fig, ax, depth: np.ndarray, kind: str, unit: str, title: str, vr
     cb.ax.tick_params(labelsize=7)
 
 
+def _task_axis(fig, ax, spec, array: np.ndarray, image: np.ndarray, ctx, title: str, vrange=None) -> None:
+    """One prediction (or target) of a task drawn on ``ax``: segmentation as an overlay on the image, depth with
+    its colour bar, normals as (n + 1)/2 RGB."""
+    if spec.name == "seg":
+        ax.imshow(overlay(image, spec.colorize(array, ctx)))
+        ax.set_title(title, fontsize=10)
+    elif spec.name == "depth":
+        _depth_axis(fig, ax, array, ctx.depth_kind, "depth", title, vrange)
+    else:
+        ax.imshow(spec.colorize(array, ctx))
+        ax.set_title(title, fontsize=10)
+    ax.axis("off")
+
+
 def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None = None) -> list[Path]:
-    """One PNG panel per prediction in ``pred_dir`` (image | seg overlay | depth, plus transferred maps when
-    present), written under ``out`` as ``<id>_panel.png``. Input images are found via predictions.json."""
-    from crosstask_cli.data.labels import colorize
+    """One PNG panel per prediction in ``pred_dir`` (image | each task's prediction, plus the transferred ones and
+    the energy map when present), written under ``out`` as ``<id>_panel.png``. Input images are found via
+    predictions.json."""
     from crosstask_cli.images import read_image
-    from crosstask_cli.predictions import (
-        TRANSFER_TAG,
-        depth_name,
-        energy_name,
-        read_depth,
-        read_manifest,
-        read_seg,
-        seg_name,
-    )
+    from crosstask_cli.predictions import energy_name, read_depth, read_manifest
+    from crosstask_cli.tasks import TaskContext, get_task, ordered, transfer_file_tag
 
     plt = pyplot()
     pred_dir, out = Path(pred_dir), Path(out)
@@ -69,40 +76,38 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
             "format (`crosstask predict` without --format)"
         )
     names, palette, kind = manifest.class_names, manifest.palette, manifest.depth_kind
+    ctx = TaskContext(len(names), 255, tuple(names), tuple(tuple(c) for c in palette), kind)
+    tasks = ordered(manifest.tasks)
     written = []
     for rel, src in list(manifest.inputs.items())[:limit]:
-        labels = read_seg(pred_dir / seg_name(rel))
-        depth = read_depth(pred_dir / depth_name(rel))
+        arrays = {(t, ""): get_task(t).read_prediction(pred_dir / get_task(t).prediction_file(rel))
+                  for t in tasks}  # fmt: skip
+        for s_, t in manifest.transferred:
+            tag = transfer_file_tag(s_, t)
+            path = pred_dir / get_task(t).prediction_file(rel, tag)
+            if path.is_file():
+                arrays[(t, tag)] = get_task(t).read_prediction(path)
+        shape = next(iter(arrays.values())).shape[:2]
         try:
             image = read_image(Path(src))
         except (OSError, ValueError):
-            image = np.zeros((*labels.shape, 3), np.uint8)
-        has_t = (pred_dir / seg_name(rel, TRANSFER_TAG)).is_file()
+            image = np.zeros((*shape, 3), np.uint8)
         energy_file = pred_dir / energy_name(rel)
         energy = read_depth(energy_file) if energy_file.is_file() else None  # an H×W float32 array too
-        cols = (5 if has_t else 3) + (energy is not None)
-        fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 4.2 * labels.shape[0] / labels.shape[1] + 1.0))
+        cols = 1 + len(arrays) + (energy is not None)
+        fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 4.2 * shape[0] / shape[1] + 1.0))
         axes[0].imshow(image)
         axes[0].set_title(Path(src).name, fontsize=10)
-        axes[1].imshow(overlay(image, colorize(labels, palette)))
-        axes[1].set_title("segmentation", fontsize=10)
-        vr = depth_range(depth, kind)
-        _depth_axis(fig, axes[2], depth, kind, "depth", "depth", vr)
-        present = set(np.unique(labels).tolist())
-        if has_t:
-            t_labels = read_seg(pred_dir / seg_name(rel, TRANSFER_TAG))
-            axes[3].imshow(overlay(image, colorize(t_labels, palette)))
-            axes[3].set_title("segmentation from depth (transferred)", fontsize=10)
-            _depth_axis(
-                fig,
-                axes[4],
-                read_depth(pred_dir / depth_name(rel, TRANSFER_TAG)),
-                kind,
-                "depth",
-                "depth from segmentation (transferred)",
-                vr,
-            )
-            present |= set(np.unique(t_labels).tolist())
+        axes[0].axis("off")
+        vr = depth_range(arrays[("depth", "")], kind) if ("depth", "") in arrays else None
+        present: set[int] = set()
+        sources = {transfer_file_tag(s_, t): s_ for s_, t in manifest.transferred}
+        for ax, ((t, tag), array) in zip(axes[1:], arrays.items(), strict=False):
+            spec = get_task(t)
+            title = spec.title if not tag else f"{spec.title} from {get_task(sources[tag]).title} (transferred)"
+            _task_axis(fig, ax, spec, array, image, ctx, title, vr)
+            if t == "seg":
+                present |= set(np.unique(array).tolist())
         if energy is not None:
             top = float(np.percentile(energy, 99)) or None
             im = axes[-1].imshow(energy, cmap="magma", vmin=0, vmax=top)
@@ -110,10 +115,10 @@ def prediction_panels(pred_dir: str | Path, out: str | Path, limit: int | None =
             axes[-1].set_title(
                 "consistency energy" + (f" (mean {value:.3g})" if value is not None else ""), fontsize=10
             )
+            axes[-1].axis("off")
             fig.colorbar(im, ax=axes[-1], fraction=0.046, pad=0.02)
-        for ax in axes:
-            ax.axis("off")
-        _legend(fig, names, palette, present)
+        if "seg" in tasks:
+            _legend(fig, names, palette, present)
         fig.tight_layout(rect=(0, 0.06, 1, 1))
         path = out / f"{rel}_panel.png"
         written.append(save_png(fig, path))
@@ -130,17 +135,18 @@ def sample_grid(
     device: str = "cpu",
     seed: int | None = None,
 ) -> Path:
-    """A grid of ``count`` dataset samples. Without a checkpoint: image, ground-truth seg and depth. With one:
-    image, GT seg, predicted seg, transferred seg, GT depth, predicted depth, transferred depth, |depth error|."""
+    """A grid of ``count`` dataset samples. Without a checkpoint: the image and each task's ground truth. With
+    one: per task the ground truth, the model's prediction and its transferred predictions, and |depth error|."""
     import torch
 
     from crosstask_cli.data.dataset import PreparedDataset, normalise
-    from crosstask_cli.data.labels import colorize
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from crosstask_cli.tasks import get_task, ordered
 
     plt = pyplot()
     ds = PreparedDataset(data, split)
     meta = ds.meta
+    ctx = meta.context
     names, palette, kind, unit = meta.class_names, meta.palette, meta.depth_kind, meta.depth_unit
     n = min(count, len(ds))
     idx = (
@@ -154,43 +160,48 @@ def sample_grid(
         if c["dataset"]["num_classes"] != meta.num_classes:
             raise InputError(f"{ckpt}: model has {c['dataset']['num_classes']} classes, {data} has {meta.num_classes}")
         model = model_from_checkpoint(c, ckpt).to(device)
-    cols = 8 if model is not None else 3
+    tasks = meta.tasks if model is None else ordered(set(meta.tasks) | set(model.config.tasks))
+    pairs = () if model is None else model.config.pairs
+    columns = [(t, None) for t in tasks] if model is None else [
+        (t, kind_) for t in tasks for kind_ in ("gt", "pred", *(("transfer", s) for s, x in pairs if x == t))
+    ]  # fmt: skip
+    with_error = model is not None and "depth" in tasks
+    cols = 1 + len(columns) + with_error
     h, w = meta.height, meta.width
     fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols * w / h * 0.5 + 1, 2.6 * n * 0.5 * 2 + 0.8), squeeze=False)
     for r, i in enumerate(idx):
-        image, labels, depth = ds.load(i)
-        vr = depth_range(depth, kind)
-        cells = [("image", image), ("ground truth seg", overlay(image, colorize(labels, palette)))]
-        depth_cells = [("ground truth depth", depth)]
+        image, targets = ds.load_sample(i)
+        vr = depth_range(targets["depth"], kind) if "depth" in targets else None
+        p = None
         if model is not None:
             x = normalise(torch.from_numpy(image))  # the sample already loaded above, not read again
             with torch.inference_mode():
                 p = model(x[None].to(device))
-            dep_p = _depth_cell(p.depth, depth.shape)
-            cells += [
-                ("predicted seg", _seg_cell(p.seg, image, palette)),
-                ("transferred seg", _seg_cell(p.seg_from_depth, image, palette)),
-            ]
-            depth_cells += [
-                ("predicted depth", dep_p),
-                ("transferred depth", _depth_cell(p.depth_from_seg, depth.shape)),
-            ]
-        for c_i, (title, img) in enumerate(cells):
-            axes[r, c_i].imshow(img)
-            axes[r, c_i].set_title(title if r == 0 else "", fontsize=9)
-            axes[r, c_i].axis("off")
-        for d_i, (title, dmap) in enumerate(depth_cells):
-            ax = axes[r, len(cells) + d_i]
-            ax.imshow(colorize_depth(dmap, kind, vr, mark_invalid=d_i == 0))
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_title("image" if r == 0 else "", fontsize=9)
+        axes[r, 0].axis("off")
+        for c_i, (t, what) in enumerate(columns, start=1):
+            ax, spec = axes[r, c_i], get_task(t)
+            title, array = _grid_cell(spec, what, targets, p, image)
+            if array is None:
+                ax.imshow(np.full_like(image, 255))
+            elif t == "seg":
+                ax.imshow(overlay(image, spec.colorize(array, ctx)))
+            elif t == "depth":
+                ax.imshow(colorize_depth(array, kind, vr, mark_invalid=what in ("gt", None)))
+            else:
+                ax.imshow(spec.colorize(array, ctx))
             ax.set_title(title if r == 0 else "", fontsize=9)
             ax.axis("off")
-        if model is not None:
+        if with_error:
             ax = axes[r, -1]
-            # no depth head (a segmentation-only model): nothing to compare, leave the tile blank
+            depth = targets.get("depth")
+            dep_p = None if p is None or p.depth is None else _depth_cell(p.depth, image.shape[:2])
+            # no depth head (a segmentation-only model) or no depth target: nothing to compare, a blank tile
             error = (
                 np.where(depth > 0, np.abs(dep_p - depth), np.nan)
-                if p.depth is not None
-                else np.full(depth.shape, np.nan)
+                if dep_p is not None and depth is not None
+                else np.full(image.shape[:2], np.nan)
             )
             im = ax.imshow(error, cmap="viridis")
             ax.set_title("|depth error| (GT valid)" if r == 0 else "", fontsize=9)
@@ -200,7 +211,8 @@ def sample_grid(
         axes[r, 0].text(
             -0.02, 0.5, ds.files[i], transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=7
         )
-    _legend(fig, names, palette)
+    if "seg" in tasks:
+        _legend(fig, names, palette)
     fig.suptitle(f"{meta.dataset} · {split} · depth in {unit}: bright = near, grey = no ground truth", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(out)
@@ -209,14 +221,30 @@ def sample_grid(
     return path
 
 
-def _seg_cell(logits, image: np.ndarray, palette) -> np.ndarray:
-    """Overlay of a predicted segmentation, or a blank tile for a model without that output."""
-    from crosstask_cli.data.labels import colorize
+def _grid_cell(spec, what, targets: dict, pred, image: np.ndarray) -> tuple[str, np.ndarray | None]:
+    """(title, array) of one cell of a sample grid: the ground truth, the prediction or a transferred one (None:
+    a blank tile, for a model without that output or data without that target)."""
+    from crosstask_cli.tasks import get_task
+
+    t = spec.name
+    if what in (None, "gt"):
+        return f"ground truth {spec.title}", targets.get(t)
+    tensor = pred.direct.get(t) if what == "pred" else pred.transferred.get((what[1], t))
+    title = f"predicted {spec.title}" if what == "pred" else f"{spec.title} from {get_task(what[1]).title}"
+    if tensor is None:
+        return title, None
+    return title, _prediction_array(spec, tensor, image.shape[:2])
+
+
+def _prediction_array(spec, tensor, shape) -> np.ndarray:
+    """A 1×C×h×w prediction → the array drawn: class ids, depth (clamped at 0), or H×W×3 normals."""
     from crosstask_cli.ops import class_labels
 
-    if logits is None:
-        return np.full_like(image, 255)
-    return overlay(image, colorize(class_labels(logits)[0].cpu().numpy().astype(np.uint8), palette))
+    if spec.name == "seg":
+        return class_labels(tensor)[0].cpu().numpy().astype(np.uint8)
+    if spec.name == "depth":
+        return _depth_cell(tensor, shape)
+    return tensor[0].permute(1, 2, 0).float().cpu().numpy()
 
 
 def _depth_cell(depth, shape) -> np.ndarray:

@@ -13,7 +13,21 @@ PACKAGE = Path(crosstask_cli.__file__).parent
 # Lowest first. A module may import its own layer and the layers before it, never a later one.
 LAYERS = [
     ("base", {"errors", "atomic", "outputs", "ops", "colormaps", "images", "plotting"}),
-    ("core", {"data", "models", "losses", "weighting", "metrics", "predictions", "energy", "cityscapes_scores"}),
+    (
+        "core",
+        {
+            "tasks",
+            "data",
+            "models",
+            "losses",
+            "objective",
+            "weighting",
+            "metrics",
+            "predictions",
+            "energy",
+            "cityscapes_scores",
+        },
+    ),
     ("engine", {"engine"}),
     ("app", {"predict", "visualize", "export", "compare", "bench", "demo", "sweep"}),
     ("cli", {"cli", "__main__"}),

@@ -229,7 +229,7 @@ def test_plain_multitask_and_pcgrad_run(synthetic_raw, tmp_path):
     ckpt = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)
     assert ckpt["model_config"]["transfer"] is False and not any(k.startswith("seg_to_depth") for k in ckpt["model"])
     r = run_cli("train", "synthetic", "--data", synthetic_raw, "--run-dir", tmp_path / "bad", "--tasks", "seg,normals")
-    assert r.exit_code == 1 and "--tasks must be" in r.output
+    assert r.exit_code == 1 and "--tasks: unknown task(s) normals; known tasks: seg, depth, normal" in r.output
     r = run_cli("train", "synthetic", "--data", synthetic_raw, "--run-dir", tmp_path / "bad", "--tasks", "depth",
                 "--select-metric", "miou")  # fmt: skip
     assert r.exit_code == 1 and "--select-metric miou needs the seg task" in r.output

@@ -328,22 +328,28 @@ def test_prepare_synthetic_refuses_existing_output(tmp_path):
 
 
 def _block_dataset(tmp_path, kind):
-    """Prepared data whose image red channel and depth both encode the label, in 8×8 blocks."""
+    """Prepared data whose image red channel and depth both encode the label, in 8×8 blocks; the green channel
+    ramps up from left to right (so a flip shows), and every normal is (0.6, 0, 0.8) but for an invalid strip."""
     from crosstask_cli.data.prepared import PreparedWriter
 
     h, w = 32, 64
     labels = (np.arange(h)[:, None] // 8 * 8 + np.arange(w)[None, :] // 8) % 7
+    tasks = ("seg", "depth", "normal")
     with PreparedWriter(tmp_path / kind) as wr:
         for split in ("train", "val"):
-            a = wr.new_split(split, 2, h, w)
+            a = wr.new_split(split, 2, h, w, tasks)
             a["labels"][:] = labels
             a["images"][:] = 0
             a["images"][..., 0] = labels * 30
+            a["images"][..., 1] = np.arange(w)[None, :] * 4
             a["depth"][:] = 0.1 if kind == "inverse" else 10.0
             a["depth"][:, :, :8] = 0  # invalid strip
+            a["normals"][:] = (0.6, 0.0, 0.8)
+            a["normals"][:, :, :8] = 0
             wr.finish_split(split, ["a", "b"])
         wr.write_meta({"dataset": "synthetic", "num_classes": 7, "class_names": list("abcdefg"), "palette": [[0, 0, 0]] * 7,
-                       "ignore_index": 255, "height": h, "width": w, "depth": {"kind": kind, "unit": "x", "max": 1}})  # fmt: skip
+                       "ignore_index": 255, "height": h, "width": w, "depth": {"kind": kind, "unit": "x", "max": 1},
+                       "tasks": list(tasks)})  # fmt: skip
     return tmp_path / kind
 
 
@@ -353,10 +359,11 @@ def test_augmentation_keeps_alignment_and_scales_depth(tmp_path, kind):
     ds = PreparedDataset(root, "train", augment=True, seed=5)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    scales_seen = set()
+    scales_seen, flips_seen = set(), set()
     for epoch in range(6):
         for i in range(2):
-            img, seg, depth, _ = ds[(epoch, i)]
+            img, targets, _ = ds[(epoch, i)]
+            seg, depth = targets["seg"], targets["depth"]
             red = ((img * std + mean)[0] * 255).round()
             # bilinear image resizing blends block edges; wherever the 3×3 label neighbourhood is uniform the
             # image must match exactly, which fails for any one-pixel misalignment
@@ -371,10 +378,19 @@ def test_augmentation_keeps_alignment_and_scales_depth(tmp_path, kind):
             s = values.item() / 0.1 if kind == "inverse" else 10.0 / values.item()
             assert min(abs(s - c) for c in (1.0, 1.2, 1.5)) < 1e-5
             scales_seen.add(round(s, 3))
-    assert len(scales_seen) > 1
+            # normals: unchanged by the scale, x negated by a flip, the invalid zero vectors where depth is invalid
+            normal = targets["normal"]
+            green = img[1]
+            flipped = bool(green[0, 0] > green[0, -1])
+            flips_seen.add(flipped)
+            has = (normal != 0).any(0)
+            assert torch.equal(has, valid)
+            expected = torch.tensor([-0.6 if flipped else 0.6, 0.0, 0.8])
+            assert torch.allclose(normal[:, has].T, expected.expand(int(has.sum()), 3))
+    assert len(scales_seen) > 1 and flips_seen == {True, False}
     # same (seed, epoch, index) → same sample; a different epoch → different augmentation somewhere
     a, b = ds[(2, 1)], ds[(2, 1)]
-    assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3], strict=True))
+    assert torch.equal(a[0], b[0]) and all(torch.equal(a[1][t], b[1][t]) for t in a[1])
 
 
 def test_loader_is_identical_with_and_without_workers(synthetic_prepared):
@@ -389,8 +405,9 @@ def test_loader_is_identical_with_and_without_workers(synthetic_prepared):
         loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers)
         return [b for b in loader]
 
-    for x, y in zip(batches(0), batches(2), strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(x, y, strict=True))
+    for (x_img, x_t, x_i), (y_img, y_t, y_i) in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(x_img, y_img) and torch.equal(x_i, y_i)
+        assert set(x_t) == {"seg", "depth", "normal"} and all(torch.equal(x_t[t], y_t[t]) for t in x_t)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.int64])

@@ -51,10 +51,10 @@ def _ddp_worker(rank: int, world: int, port: int, prepared: str, out: str) -> No
     trainer.setup(Path(prepared))
     trainer.model.train()
     trainer.sampler.set_epoch(0)
-    for i, (x, s, d, ids) in enumerate(trainer.loader):
+    for i, (x, t, ids) in enumerate(trainer.loader):
         if i == STEPS:
             break
-        assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), s, d, ids) is not None
+        assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), t, ids) is not None
     torch.save(_trained_state(trainer), Path(out) / f"rank{rank}.pt")
     ddp.cleanup(info)
 
@@ -88,8 +88,8 @@ def test_ddp_ranks_agree_and_match_a_single_process(synthetic_prepared, tmp_path
     for step in range(STEPS):
         ref.optimizer.zero_grad(set_to_none=True)
         for rank in range(2):
-            x, s, d, _ = halves[rank][step]
-            losses = ref.loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), s, d)
+            x, t, _ = halves[rank][step]
+            losses = ref.loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), t)
             (ref.weighting.combine({k: losses[k] for k in ref.weighting.tasks}, ref.model) / 2).backward()
         ref.optimizer.step()
         ref.weighting.after_step()
@@ -167,11 +167,11 @@ def _gradnorm_worker(rank: int, world: int, port: int, prepared: str, out: str) 
     trainer.setup(Path(prepared))
     trainer.model.train()
     trainer.sampler.set_epoch(0)
-    x, s, d, ids = next(iter(trainer.loader))
+    x, t, ids = next(iter(trainer.loader))
     with torch.no_grad():
-        losses = trainer.loss_fn(trainer.model(x.contiguous(memory_format=trainer.fmt)), s, d)
+        losses = trainer.loss_fn(trainer.model(x.contiguous(memory_format=trainer.fmt)), t)
     local = torch.stack([losses[t] for t in trainer.weighting.tasks]).float()
-    assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), s, d, ids) is not None
+    assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), t, ids) is not None
     torch.save({"local": local, "initial": trainer.weighting.initial_losses.clone()}, Path(out) / f"gn{rank}.pt")
     ddp.cleanup(info)
 
@@ -225,11 +225,11 @@ def _method_worker(rank: int, world: int, port: int, prepared: str, out: str, na
     trainer.model.train()
     trainer.sampler.set_epoch(0)
     weights, before, grads = [], [], []
-    for i, (x, s, d, ids) in enumerate(trainer.loader):
+    for i, (x, t, ids) in enumerate(trainer.loader):
         if i == STEPS:
             break
         before.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
-        assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), s, d, ids) is not None
+        assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), t, ids) is not None
         weights.append(list(trainer.weighting.weights().values()))
         grads.append({k: p.grad.clone() for k, p in trainer.model.named_parameters()})
     torch.save({**_trained_state(trainer), "weights": torch.tensor(weights), "before": before, "grads": grads},
@@ -285,8 +285,8 @@ def _reference_upgrad_grads(ref: Trainer, batches) -> tuple[list[float], dict[st
     capture.attach(ref.model)
     loss_fn = ConflictingTasks(ref.loss_fn, capture)
     halves = []
-    for x, s, d, _ in batches:
-        losses = loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), s, d)
+    for x, t, _ in batches:
+        losses = loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), t)
         task_losses = [losses[t] for t in ref.weighting.tasks]
         G, _ = task_gramian(task_losses, capture._features)
         halves.append((task_losses, G))
@@ -317,8 +317,8 @@ def ct_build(name: str):
 def _reference_famo_step(ref: Trainer, batches) -> list[float]:
     """One FAMO step on the global batch: the method (single process) sees the mean of the halves' losses."""
     per_half = []
-    for x, s, d, _ in batches:
-        losses = ref.loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), s, d)
+    for x, t, _ in batches:
+        losses = ref.loss_fn(ref.model(x.contiguous(memory_format=ref.fmt)), t)
         per_half.append(losses)
     mean = {t: (per_half[0][t] + per_half[1][t]) / 2 for t in ref.weighting.tasks}
     total = ref.weighting.combine(mean, ref.model)

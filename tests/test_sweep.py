@@ -52,7 +52,7 @@ def write_spec(tmp_path: Path, data: Path, epochs: int = 2, variants: str | None
         ('[sweep]\ndataset = "synthetic"\nout = "o"\nseeds = [0]\n[variants.a]\nweighting = "magic"\n',
          "variant 'a': --weighting must be one of"),
         ('[sweep]\ndataset = "synthetic"\nout = "o"\nseeds = [0]\n[variants.a]\ntasks = "seg"\nconsistency = "xtsc"\n',
-         "variant 'a': --consistency xtsc needs both tasks"),
+         "variant 'a': --consistency xtsc needs two tasks or more"),
         ('[sweep]\ndataset = "synthetic"\nout = "o"\nseeds = [0]\n[evaluation]\n[variants.a]\n', "unknown table"),
         ("[sweep\n", "not valid TOML"),
     ],

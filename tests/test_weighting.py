@@ -222,9 +222,9 @@ def test_gradnorm_step_differentiates_each_part_once(synthetic_prepared, monkeyp
     traversed = []
     for name in ("seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"):
         getattr(trainer.model, name).register_full_backward_hook(lambda *a, n=name: traversed.append(n))
-    images, seg, depth, ids = next(iter(trainer.loader))
+    images, targets, ids = next(iter(trainer.loader))
     before = trainer.weighting.task_weights.detach().clone()
-    assert trainer._train_step(images, seg, depth, ids) is not None
+    assert trainer._train_step(images, targets, ids) is not None
     assert len(backward_calls) == 1 and len(backward_calls[0]) == 5  # from the encoder's five outputs
     assert sorted(traversed) == sorted(["seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"])  # once each
     shared = trainer.model.encoder.layer4[-1].conv2.weight

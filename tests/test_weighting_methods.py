@@ -287,8 +287,8 @@ def test_feature_space_step_traverses_each_part_once(synthetic_prepared, monkeyp
     traversed = []
     for name in ("seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"):
         getattr(trainer.model, name).register_full_backward_hook(lambda *a, n=name: traversed.append(n))
-    images, seg, depth, ids = next(iter(trainer.loader))
-    assert trainer._train_step(images, seg, depth, ids) is not None
+    images, targets, ids = next(iter(trainer.loader))
+    assert trainer._train_step(images, targets, ids) is not None
     assert len(forwards) == 1 and len(grads) == 2 and len(backwards) == 1
     assert sorted(traversed) == sorted(["seg_decoder", "depth_decoder", "seg_to_depth", "depth_to_seg"])  # once each
     encoder = {id(p) for p in trainer.model.encoder.parameters()}
@@ -314,8 +314,8 @@ def test_each_method_trains_the_network(name, synthetic_prepared, tmp_path):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     loader = iter(trainer.loader)
     for _ in range(2):
-        x, s, d, ids = next(loader)
-        out = trainer._train_step(x.contiguous(memory_format=trainer.fmt), s, d, ids)
+        x, t, ids = next(loader)
+        out = trainer._train_step(x.contiguous(memory_format=trainer.fmt), t, ids)
         assert out is not None and math.isfinite(float(out["total"]))
     w = trainer.weighting.weights()
     assert set(w) == {"seg_task", "depth_task"} and all(math.isfinite(v) and v > 0 for v in w.values())

@@ -18,7 +18,8 @@ and the evaluator's metric update from logits (standard and original protocol, a
 original method's per-image, per-class loop, after checking that both give the same numbers. Prints how each
 figure compares with the project's targets."""
 
-PARTS = ("model", "metrics", "energy", "loader")
+PARTS = ("model", "metrics", "energy", "loader", "tasks")
+DEFAULT_PARTS = PARTS[:4]
 
 
 @handle_errors
@@ -49,7 +50,9 @@ def bench_command(
     parts: list[str] = typer.Option(
         None,
         "--part",
-        help="What to measure: model, metrics, energy (what the consistency-energy report adds to eval), loader (repeatable; default all four).",
+        help="What to measure: model, metrics, energy (what the consistency-energy report adds to eval), loader, "
+        "tasks (the training step of the 2-task model against the 3-task one with no and with six TaskTransferNets) "
+        "(repeatable; default the first four).",
     ),
     compare: str = typer.Option(
         None,
@@ -86,7 +89,7 @@ def bench_command(
     methods = _parse_weightings(weighting) if weighting is not None else None
     if methods is not None and (parts or compare is not None):
         raise CLIError("--weighting times the training step of each method; --part and --compare do not apply")
-    parts = parts or list(PARTS)
+    parts = parts or list(DEFAULT_PARTS)
     compared = _parse_compare(compare) if compare is not None else None
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -154,6 +157,11 @@ def bench_command(
         e = f["energy"]
         t.add_row("eval batch (full forward, metrics, consistency) / energy report update",
                   f"{e['eval_batch']['median_s'] * 1000:.0f} / {e['energy_update']['median_s'] * 1000:.1f} ms", "")  # fmt: skip
+    if "tasks" in f:
+        for name, row in f["tasks"]["settings"].items():
+            t.add_row(f"training step, {name}",
+                      f"{row['median_s'] * 1000:.0f} ms · {row['ratio_vs_two_tasks']:.3f}× · "
+                      f"{row['parameters'] / 1e6:.1f} M params · {row['train_flops_per_image'] / 1e9:.1f} GFLOPs", "")  # fmt: skip
     out.print(t)
     tt = Table(title="targets", title_justify="left")
     for col in ("ratio", "measured", "target", ""):

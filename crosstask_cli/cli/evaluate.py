@@ -26,8 +26,10 @@ a prepared copy and adds the official evaluator's scores: class IoU, category Io
 
 
 def render_results(res) -> None:
-    """Print an EvalResult as two tables (metrics, per-class IoU)."""
-    seg, dep = res.segmentation, res.depth
+    """Print an EvalResult as tables (each task's metrics, consistency, energy, per-class IoU)."""
+    from crosstask_cli.tasks import get_task, ordered
+
+    seg = res.segmentation
     t = Table(
         title=f"{res.dataset or ''} {res.split} · {res.num_images} images · {res.protocol} protocol"
         + (f" · {'fp32' if res.precision == 'off' else res.precision + ' autocast'}" if res.precision else ""),
@@ -35,35 +37,23 @@ def render_results(res) -> None:
     )
     t.add_column("metric")
     t.add_column("value", justify="right")
-    if seg:
-        t.add_row("mIoU", fmt(seg["miou"]))
-        t.add_row("pixel accuracy", fmt(seg["pixel_acc"]))
-        if seg.get("missed_pixels"):
-            t.add_row("pixels predicted as no class (misses)", str(seg["missed_pixels"]))
-    for k, name in (
-        ("abs_err", "abs err"),
-        ("rel_err", "abs rel err"),
-        ("sq_rel", "sq rel err"),
-        ("rmse", "RMSE"),
-        ("rmse_log", "RMSE log"),
-        ("irmse", "iRMSE (reciprocal units)"),
-        ("delta1", "δ < 1.25"),
-        ("delta2", "δ < 1.25²"),
-        ("delta3", "δ < 1.25³"),
-    ):
-        if k in dep:
-            t.add_row(name, fmt(dep[k]))
-    if res.consistency:
-        t.add_row("seg agreement (direct vs transferred)", fmt(res.consistency["seg_agreement"]))
-        t.add_row("depth gap |direct − transferred|", fmt(res.consistency["depth_gap"]))
+    for task in ordered(res.metrics):
+        values, spec = res.metrics[task], get_task(task)
+        for k, name in spec.report_titles.items():
+            if k in values:
+                t.add_row(name, fmt(values[k]))
+        if task == "seg" and values.get("missed_pixels"):
+            t.add_row("pixels predicted as no class (misses)", str(values["missed_pixels"]))
+    for key, value in (res.consistency or {}).items():
+        t.add_row(consistency_title(key), fmt(value))
     out.print(t)
     if res.cityscapes:
         render_official(res.cityscapes)
     if res.energy:
         render_energy(res.energy, res.corruption)
-    if res.tasks is not None and len(res.tasks) < 2:
-        out.print(f"scored: {', '.join(res.tasks)} only (no prediction files for the other task)")
-    if not seg:
+    if res.tasks is not None:
+        out.print(f"scored: {', '.join(res.tasks)} only (no predictions or targets of the other tasks)")
+    if not seg or "per_class_iou" not in seg:
         return
     pc = Table(title="per-class IoU", title_justify="left")
     pc.add_column("class")
@@ -73,45 +63,47 @@ def render_results(res) -> None:
     out.print(pc)
 
 
+def consistency_title(key: str) -> str:
+    """The row title of a consistency figure: ``seg_agreement`` → "seg agreement (…)"; a pair other than the
+    original's two adds its source ("… from normal")."""
+    from crosstask_cli.tasks import all_specs
+
+    for spec in all_specs():
+        if key == spec.agreement:
+            return spec.agreement_title
+        if key.startswith(spec.agreement + "_from_"):
+            return f"{spec.agreement_title}, from {key[len(spec.agreement) + 6 :]}"
+    return key
+
+
 def render_energy(energy: dict, corruption: dict | None = None) -> None:
     """The consistency-energy report (and the out-of-distribution check)."""
     t = Table(title="consistency energy (no labels needed) and how well it predicts error", title_justify="left")
     t.add_column("")
     t.add_column("value", justify="right")
     m = energy["mean"]
-    t.add_row(
-        "mean energy: seg (nats) / depth / combined", f"{fmt(m['seg'])} / {fmt(m['depth'])} / {fmt(m['combined'])}"
-    )
-    tr = energy["transferred"]
-    t.add_row("transferred seg-from-depth: mIoU / pixel acc",
-              f"{fmt(tr['seg_from_depth']['miou'])} / {fmt(tr['seg_from_depth']['pixel_acc'])}")  # fmt: skip
-    t.add_row("transferred depth-from-seg: abs / rel err",
-              f"{fmt(tr['depth_from_seg']['abs_err'])} / {fmt(tr['depth_from_seg']['rel_err'])}")  # fmt: skip
-    sp = energy["spearman"]
-    t.add_row("Spearman: seg energy vs 1 − image mIoU", fmt(sp["seg_energy_vs_1_minus_miou"]))
-    t.add_row("Spearman: depth energy vs image abs err", fmt(sp["depth_energy_vs_abs_err"]))
-    t.add_row("Spearman: combined vs 1 − mIoU / abs err",
-              f"{fmt(sp['combined_vs_1_minus_miou'])} / {fmt(sp['combined_vs_abs_err'])}")  # fmt: skip
-    for key, label in (
-        ("pixels_seg_error_by_seg_energy", "sparsification, pixels, seg error"),
-        ("pixels_abs_err_by_depth_energy", "sparsification, pixels, abs err"),
-        ("images_1_minus_miou_by_combined", "sparsification, images, 1 − mIoU"),
-        ("images_abs_err_by_combined", "sparsification, images, abs err"),
-    ):
-        s = energy["sparsification"][key]
+    t.add_row("mean energy: " + " / ".join(k if k != "seg" else "seg (nats)" for k in m),
+              " / ".join(fmt(v) for v in m.values()))  # fmt: skip
+    for pair, values in energy["transferred"].items():
         t.add_row(
-            f"{label}: AUSC / oracle / random", f"{fmt(s['ausc'])} / {fmt(s['oracle_ausc'])} / {fmt(s['random'])}"
+            f"transferred {pair.replace('_', '-')}: " + " / ".join(values), " / ".join(fmt(v) for v in values.values())
+        )
+    for key, value in energy["spearman"].items():
+        t.add_row(f"Spearman: {key.replace('_vs_', ' vs ').replace('_', ' ')}", fmt(value))
+    for key, s in energy["sparsification"].items():
+        t.add_row(
+            f"sparsification, {key.replace('_by_', ' by ').replace('_', ' ')}: AUSC / oracle / random",
+            f"{fmt(s['ausc'])} / {fmt(s['oracle_ausc'])} / {fmt(s['random'])}",
         )
     if corruption:
         c, k = corruption, corruption["clean"]
-        t.add_row(f"[bold]{c['kind']}:{c['severity']}[/] clean → corrupted: mIoU",
-                  f"{fmt(k['miou'])} → {fmt(c['corrupted']['miou'])}")  # fmt: skip
-        t.add_row("clean → corrupted: abs err", f"{fmt(k['abs_err'])} → {fmt(c['corrupted']['abs_err'])}")
+        for metric in (x for x in k if x != "energy"):
+            t.add_row(f"[bold]{c['kind']}:{c['severity']}[/] clean → corrupted: {metric}",
+                      f"{fmt(k[metric])} → {fmt(c['corrupted'][metric])}")  # fmt: skip
         t.add_row("clean → corrupted: mean combined energy",
                   f"{fmt(k['energy']['combined'])} → {fmt(c['corrupted']['energy']['combined'])}")  # fmt: skip
         a = c["auroc"]
-        t.add_row("AUROC corrupted vs clean by energy: combined / seg / depth",
-                  f"{fmt(a['combined'])} / {fmt(a['seg'])} / {fmt(a['depth'])}")  # fmt: skip
+        t.add_row("AUROC corrupted vs clean by energy: " + " / ".join(a), " / ".join(fmt(v) for v in a.values()))
     out.print(t)
 
 
@@ -269,7 +261,10 @@ def eval_command(
             energy = model.config.has_transfer or bool(corrupt or sparsification_png)
         if energy and not model.config.has_transfer:
             raise CLIError(f"{ckpt}: {NEEDS_BOTH}")
-        ds = PreparedDataset(prepared, split, verify=verify)
+        from crosstask_cli.data.prepared import read_meta
+        from crosstask_cli.engine.evaluator import evaluation_tasks
+
+        ds = PreparedDataset(prepared, split, verify=verify, tasks=evaluation_tasks(model, read_meta(prepared)))
         kw = dict(batch_size=batch_size, device=dev, protocol=protocol, workers=workers, amp=amp)
         with Progress(*progress_columns(), console=err, transient=True) as prog:
             passes = 2 if corruption else 1

@@ -30,9 +30,9 @@ def export_command(
     from crosstask_cli.export import export_onnx
 
     res = export_onnx(ckpt, onnx_file, verify=verify)
-    out.print(f"[green]exported[/] [bold]{esc(res.path)}[/] (inputs 'image' B×3×H×W; outputs 'seg_logits', 'depth')")
-    if res.max_abs_diff_seg is not None:
+    outputs = ", ".join(f"'{n}'" for n in res.outputs)
+    out.print(f"[green]exported[/] [bold]{esc(res.path)}[/] (input 'image' B×3×H×W; outputs {outputs})")
+    if res.max_abs_diff:
         shapes = ", ".join("×".join(map(str, s)) for s in res.checked_shapes or [])
-        out.print(
-            f"verified with onnxruntime on {shapes}: max |Δ| seg {res.max_abs_diff_seg:.1e}, depth {res.max_abs_diff_depth:.1e}"
-        )
+        diffs = ", ".join(f"{name} {v:.1e}" for name, v in res.max_abs_diff.items())
+        out.print(f"verified with onnxruntime on {shapes}: max |Δ| {diffs}")

@@ -25,6 +25,16 @@ def info_command(ckpt: Path = typer.Argument(..., help="A crosstask checkpoint (
         + (", TTNet BN" if mc["ttnet_batch_norm"] else "")
         + (", wider TTNet" if mc["wider_ttnet"] else ""),
     )
+    from crosstask_cli.errors import CrosstaskError
+    from crosstask_cli.models.network import ModelConfig
+
+    try:
+        config = ModelConfig(**{k: v for k, v in mc.items() if k in ModelConfig.__dataclass_fields__})
+        table.add_row("tasks", ", ".join(config.tasks))
+        nets = ", ".join(f"{s}→{t}" for s, t in config.pairs) or "none"
+        table.add_row("TaskTransferNets", nets)
+    except (CrosstaskError, TypeError, ValueError):
+        pass  # the description does not build; `eval`/`predict` say why
     table.add_row(
         "parameters",
         f"{sum(v.numel() for k, v in c['model'].items() if 'running' not in k and 'num_batches' not in k):,}",

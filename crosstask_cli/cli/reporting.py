@@ -7,6 +7,29 @@ from rich.table import Table
 from crosstask_cli.cli.common import err, esc, fmt_sig
 
 
+def epoch_columns(record) -> list[tuple[str, float | None, float | None]]:
+    """The columns of the per-epoch table as (heading, train value, validation value): each task's direct loss,
+    the transferred losses (each, for up to two; their sum ``transfer`` beyond), the total loss, and two compared
+    metrics of each trained task. For seg and depth: seg, depth, tseg, tdepth, loss, mIoU, pixacc, abs, absrel."""
+    from crosstask_cli.tasks import all_specs, get_task, is_transfer_loss
+
+    tasks = [s.name for s in all_specs() if s.name in record.train]
+    transfers = [k for k in record.train if is_transfer_loss(k)]
+    cols = [(t, record.train.get(t), record.val.get(t)) for t in tasks]
+    if len(transfers) <= 2:
+        cols += [(k, record.train.get(k), record.val.get(k)) for k in transfers]
+    else:
+        cols.append(
+            ("transfer", sum(record.train[k] for k in transfers), sum(record.val.get(k, 0.0) for k in transfers))
+        )
+    cols.append(("loss", record.train.get("total"), record.val.get("loss")))
+    short = {"miou": "mIoU", "pixel_acc": "pixacc", "abs_err": "abs", "rel_err": "absrel"}
+    for t in tasks:
+        for m in get_task(t).compared[:2]:
+            cols.append((short.get(m, get_task(t).titles.get(m, m)), None, record.val.get(m)))
+    return cols
+
+
 def rich_train_reporter():
     """A TrainReporter that draws Rich progress bars and a table per epoch on stderr (train and demo)."""
     from rich.progress import Progress
@@ -54,12 +77,11 @@ def rich_train_reporter():
                 " · [bold green]★ best[/]" if record.best else ""
             )
             t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-            losses = ("seg", "depth", "tseg", "tdepth")
-            for name in ("", *losses, "loss", "mIoU", "pixacc", "abs", "absrel"):
+            columns = epoch_columns(record)
+            for name in ("", *(c[0] for c in columns)):
                 t.add_column(name, justify="right" if name else "left", no_wrap=True)
-            t.add_row("train", *(fmt_sig(record.train[k]) for k in losses), fmt_sig(record.train["total"]))
-            val = [record.val.get(k) for k in (*losses, "loss", "miou", "pixel_acc", "abs_err", "rel_err")]
-            t.add_row(record.val_split, *(fmt_sig(float(v)) if v is not None else "" for v in val))
+            t.add_row("train", *(fmt_sig(float(c[1])) if c[1] is not None else "" for c in columns))
+            t.add_row(record.val_split, *(fmt_sig(float(c[2])) if c[2] is not None else "" for c in columns))
             self.progress.console.print(t)
 
         def message(self, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ from crosstask_cli.cli.common import CLIError, esc, fmt, handle_errors, out
 from crosstask_cli.cli.reporting import rich_train_reporter
 from crosstask_cli.engine.config import FIELDS, FieldInfo
 
-HELP = """Train CrossTaskNet (ResNet encoder, two decoders, two TaskTransferNets) with cross-task consistency.
+HELP = """Train CrossTaskNet (ResNet encoder, a decoder per task, a TaskTransferNet per ordered pair of tasks) with
+cross-task consistency: seg and depth by default; `--tasks seg,depth,normal` on nyu or synthetic adds surface
+normals (6 TaskTransferNets; `--transfer-pairs` chooses fewer).
 
 Unset options take the paper's defaults for the dataset: cityscapes 128×256, 250 epochs, batch 8, StepLR 80/0.5,
 α = γ = 0.01, 7 classes; nyu 288×384, 100 epochs, batch 6, StepLR 60/0.5, α = γ = 1e-4; synthetic as cityscapes with
@@ -71,8 +74,8 @@ def _from_cli(info: FieldInfo, value: Any) -> Any:
         return None
     if info.cli_type is Path:
         return str(value)
-    if info.kwarg == "tasks":
-        return tuple(t.strip() for t in str(value).split(","))
+    if info.cli_type is str and typing.get_origin(info.type) is tuple:  # a comma list: --tasks seg,depth,normal
+        return tuple(t.strip() for t in str(value).split(",") if t.strip())
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 

@@ -69,10 +69,10 @@ def samples(
 
             prepared = resolve_eval_data(load_checkpoint(ckpt), data)
         else:
-            layout = detect_layout(data)
-            classes = 13 if layout == "nyu-mtan" else 7
-            name = "nyu" if layout == "nyu-mtan" else "cityscapes"
-            prepared = resolve_data(name, data, height or 128, width or 256, classes)
+            from crosstask_cli.data.datasets import dataset_for_layout
+
+            info = dataset_for_layout(detect_layout(data))
+            prepared = resolve_data(info.name, data, height or 128, width or 256, info.default_classes)
     path = sample_grid(prepared, out_file, split, count, ckpt, device, seed)
     out.print(f"[green]wrote[/] [bold]{esc(path)}[/]")
 

@@ -2,7 +2,8 @@
 
 Raw files: ``leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png``, ``gtFine/{split}/{city}/{stem}_gtFine_labelIds.png``,
 ``disparity/{split}/{city}/{stem}_disparity.png`` (uint16) and optionally ``camera/{split}/{city}/{stem}_camera.json``,
-paired by stem ``{city}_{seq}_{frame}``.
+paired by stem ``{city}_{seq}_{frame}``. crosstask's synthetic scenes add ``normal/{split}/{city}/{stem}_normal.png``
+(16-bit RGB surface normals, see :func:`read_normal_png`); a dataset has the normal task when every sample has one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class RawSample:
     label: Path
     disparity: Path
     camera: Path | None
+    normal: Path | None = None
 
 
 def is_raw_layout(src: Path) -> bool:
@@ -51,11 +53,13 @@ def find_raw_samples(src: Path, split: str) -> list[RawSample]:
         label = src / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
         disp = src / "disparity" / split / city / f"{stem}_disparity.png"
         camera = src / "camera" / split / city / f"{stem}_camera.json"
+        normal = src / "normal" / split / city / f"{stem}_normal.png"
         absent = [p for p in (label, disp) if not p.is_file()]
         if absent:
             missing.extend(str(p) for p in absent)
             continue
-        samples.append(RawSample(stem, img, label, disp, camera if camera.is_file() else None))
+        samples.append(RawSample(stem, img, label, disp, camera if camera.is_file() else None,
+                                 normal if normal.is_file() else None))  # fmt: skip
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DatasetError(
@@ -158,6 +162,30 @@ def read_raw_sample(
     return rgb, ids, disparity_to_depth(disp, depth_kind, baseline, focal, scale)
 
 
+def raw_tasks(samples: list[RawSample]) -> tuple[str, ...]:
+    """The tasks raw samples hold: seg and depth, and normal when every sample has a normal file."""
+    if samples and all(s.normal is not None for s in samples):
+        return ("seg", "depth", "normal")
+    return ("seg", "depth")
+
+
+def read_normal_png(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A ``*_normal.png`` (16-bit RGB, each component n stored as round((n + 1)/2·65534) + 1, all three 0 where
+    invalid) → H×W×3 float32 unit normals with zero vectors where invalid (decoded vectors renormalised)."""
+    import cv2
+
+    data = read_png(path, cv2.IMREAD_UNCHANGED, "normal", np.uint16)
+    if data.ndim != 3 or data.shape[2] != 3:
+        raise DatasetError(f"{path}: expected a 16-bit RGB normal image, got shape {data.shape}")
+    if shape is not None and data.shape[:2] != shape:
+        raise DatasetError(f"{path}: normals {data.shape[:2]} and labels {shape} differ in size")
+    rgb = cv2.cvtColor(data, cv2.COLOR_BGR2RGB).astype(np.float64)
+    valid = (rgb > 0).all(-1, keepdims=True)
+    n = (rgb - 1) / 65534 * 2 - 1
+    length = np.sqrt(np.square(n).sum(-1, keepdims=True))
+    return np.where(valid & (length > 0), n / np.maximum(length, 1e-12), 0.0).astype(np.float32)
+
+
 def read_instances(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A ``*_gtFine_instanceIds.png`` → H×W int32 (labelId·1000 + k for instances, else the labelId)."""
     import cv2
@@ -182,13 +210,30 @@ def convert_raw_sample(
     """Read one raw sample and return (image H×W×3 uint8 RGB, labels H×W uint8, depth H×W float32) at height×width;
     ``categories``: the 7-class mapping (:func:`~crosstask_cli.data.labels.cityscapes_lookup`); ``scale``: see
     :func:`disparity_scale`."""
+    image, targets = convert_raw_targets(sample, height, width, num_classes, depth_kind, categories, scale)
+    return image, targets["seg"], targets["depth"]
+
+
+def convert_raw_targets(
+    sample: RawSample,
+    height: int,
+    width: int,
+    num_classes: int,
+    depth_kind: str,
+    categories: str = "original",
+    scale: float = 1.0,
+    tasks: tuple[str, ...] = ("seg", "depth"),
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`convert_raw_sample` for ``tasks``: (image, {task: array}) at height×width, normals (H×W×3) read from
+    the sample's normal file and resized by the nearest pixel centre, as labels and depth."""
     rgb, ids, depth = read_raw_sample(sample, depth_kind, scale)
     labels = cityscapes_lookup(num_classes, categories)[ids]
-    return (
-        resize_image(rgb, height, width),
-        resize_nearest(labels, height, width),
-        resize_nearest(depth, height, width),
-    )
+    targets = {"seg": resize_nearest(labels, height, width), "depth": resize_nearest(depth, height, width)}
+    if "normal" in tasks:
+        if sample.normal is None:
+            raise DatasetError(f"{sample.image}: no normal file for this sample (normal/…/{sample.stem}_normal.png)")
+        targets["normal"] = resize_nearest(read_normal_png(sample.normal, ids.shape), height, width)
+    return resize_image(rgb, height, width), {t: targets[t] for t in tasks}
 
 
 def depth_meta(kind: str) -> dict:

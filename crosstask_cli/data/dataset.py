@@ -1,13 +1,16 @@
 """Torch dataset over a prepared split, with the method's augmentation.
 
-Returns (image 3×H×W float32 normalised with ImageNet statistics, seg H×W int64 with 255 = ignore,
-depth 1×H×W float32 in dataset units with 0 = invalid, index).
+Returns (image 3×H×W float32 normalised with ImageNet statistics, {task: target}, index): each task's target as
+its spec makes it (seg H×W int64 with 255 = ignore, depth 1×H×W float32 in dataset units with 0 = invalid,
+normal 3×H×W float32 unit vectors with the zero vector = invalid). A DataLoader batches them into
+(B×3×H×W, {task: B×…}, B indices).
 
-Augmentation (as the original, see README "Differences from the original"): random scale s ∈ {1.0, 1.2, 1.5}: crop an (H/s)×(W/s) window at a random place and
-resize it back (image bilinear, labels and depth nearest at pixel centres); metric depth is divided by s,
-inverse depth multiplied by s (the object appears s times closer). Then a horizontal flip with p = 0.5.
-Randomness comes from a generator seeded by (seed, epoch, index), so results are identical whatever the
-number of DataLoader workers or their order.
+Augmentation (as the original, see README "Differences from the original"): random scale s ∈ {1.0, 1.2, 1.5}:
+crop an (H/s)×(W/s) window at a random place and resize it back (image bilinear, targets nearest at pixel
+centres); each task rescales its values as its spec says (metric depth is divided by s, inverse depth
+multiplied by s: the object appears s times closer; normals do not change). Then a horizontal flip with p = 0.5
+(normals negate their x component). Randomness comes from a generator seeded by (seed, epoch, index), so results
+are identical whatever the number of DataLoader workers or their order.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from torch.utils.data import Dataset
 
 from crosstask_cli.data.prepared import PreparedSplit, open_split, read_meta, verify_split
 from crosstask_cli.data.resize import resize_nearest
+from crosstask_cli.errors import DatasetError
+from crosstask_cli.tasks import TaskContext, get_task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,30 +48,60 @@ def normalise(images_uint8: torch.Tensor) -> torch.Tensor:
 def scale_crop(
     image: np.ndarray, labels: np.ndarray, depth: np.ndarray, scale: float, top: float, left: float, depth_kind: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop a 1/scale window whose corner is at fractions (top, left) of the free range and resize it back."""
+    """Crop a 1/scale window whose corner is at fractions (top, left) of the free range and resize it back (image,
+    seg labels and depth; :func:`scale_crop_targets` does it for any tasks)."""
+    image, targets = scale_crop_targets(image, {"seg": labels, "depth": depth}, scale, top, left,
+                                        TaskContext(depth_kind=depth_kind))  # fmt: skip
+    return image, targets["seg"], targets["depth"]
+
+
+def scale_crop_targets(
+    image: np.ndarray, targets: dict[str, np.ndarray], scale: float, top: float, left: float, ctx: TaskContext
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The scale augmentation of one sample: the same 1/scale window of the image (bilinear) and of every task's
+    array (nearest at pixel centres), values rescaled by each task's spec."""
     import cv2
 
-    h, w = labels.shape
+    h, w = image.shape[:2]
     ch, cw = int(round(h / scale)), int(round(w / scale))
     y0, x0 = int(round(top * (h - ch))), int(round(left * (w - cw)))
     img = cv2.resize(np.ascontiguousarray(image[y0 : y0 + ch, x0 : x0 + cw]), (w, h), interpolation=cv2.INTER_LINEAR)
-    lab = resize_nearest(labels[y0 : y0 + ch, x0 : x0 + cw], h, w)
-    dep = resize_nearest(depth[y0 : y0 + ch, x0 : x0 + cw], h, w)
-    dep = dep / scale if depth_kind == "metric" else dep * scale
-    return img, lab, dep.astype(np.float32)
+    out = {}
+    for task, array in targets.items():
+        crop = resize_nearest(array[y0 : y0 + ch, x0 : x0 + cw], h, w)
+        out[task] = get_task(task).rescale(crop, scale, ctx)
+    return img, out
 
 
 class PreparedDataset(Dataset):
     """A split of a prepared dataset (see :mod:`crosstask_cli.data.prepared`)."""
 
     def __init__(
-        self, root: str | Path, split: str = "train", augment: bool = False, seed: int = 0, verify: bool = False
+        self,
+        root: str | Path,
+        split: str = "train",
+        augment: bool = False,
+        seed: int = 0,
+        verify: bool = False,
+        tasks: tuple[str, ...] | None = None,
     ) -> None:
         """Opening checks the split (:func:`~crosstask_cli.data.prepared.verify_split`): a sample of its values, or
-        every value with ``verify``."""
+        every value with ``verify``. ``tasks``: the targets to load (default: every task the dataset has); a task
+        the dataset lacks is a DatasetError naming it."""
         self.root = Path(root)
         self.meta = read_meta(self.root)
         self.split_name = split
+        if tasks is None:
+            tasks = self.meta.tasks
+        lacking = [t for t in tasks if t not in self.meta.tasks]
+        if lacking:
+            names = ", ".join(get_task(t).title for t in lacking)
+            raise DatasetError(
+                f"{self.root}: this {self.meta.dataset} dataset has no {names} targets (its tasks: "
+                f"{', '.join(self.meta.tasks)}); prepare it again with this crosstask, or train other tasks"
+            )
+        self.tasks = tuple(tasks)
+        self.ctx = self.meta.context
         self._split: PreparedSplit | None = None
         verify_split(self.split, self.meta, full=verify)
         self.length = len(self.split)
@@ -99,29 +134,35 @@ class PreparedDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(image, seg labels, depth) of one sample as stored (None for a task the dataset lacks)."""
         s = self.split
-        return np.array(s.images[index]), np.array(s.labels[index]), np.array(s.depth[index])
+        return (np.array(s.images[index]), None if s.labels is None else np.array(s.labels[index]),
+                None if s.depth is None else np.array(s.depth[index]))  # fmt: skip
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def load_sample(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(image H×W×3 uint8, {task: array as stored}) of one sample, for the loaded tasks."""
+        s = self.split
+        return np.array(s.images[index]), {t: np.array(s.targets[t][index]) for t in self.tasks}
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """``key`` is an index, or (epoch, index) as yielded by :class:`EpochSampler` (so that workers that
         outlive an epoch still augment with the right epoch's randomness)."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        image, labels, depth = self.load(index)
+        image, targets = self.load_sample(index)
         if self.augment:
             rng = np.random.default_rng([self.seed, epoch, index])
             scale = float(rng.choice(SCALES))
             top, left, flip = rng.random(), rng.random(), rng.random() < 0.5
             if scale != 1.0:
-                image, labels, depth = scale_crop(image, labels, depth, scale, top, left, self.depth_kind)
+                image, targets = scale_crop_targets(image, targets, scale, top, left, self.ctx)
             if flip:
-                image, labels, depth = image[:, ::-1], labels[:, ::-1], depth[:, ::-1]
+                image = image[:, ::-1]
+                targets = {t: get_task(t).flip(a) for t, a in targets.items()}
         if self.corrupt is not None:
             image = self.corrupt(np.ascontiguousarray(image), index)
         img = normalise(torch.from_numpy(np.ascontiguousarray(image)))
-        seg = torch.from_numpy(np.ascontiguousarray(labels)).long()
-        dep = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).unsqueeze(0)
-        return img, seg, dep, index
+        return img, {t: get_task(t).target_tensor(a) for t, a in targets.items()}, index
 
 
 class EpochSampler(torch.utils.data.Sampler):

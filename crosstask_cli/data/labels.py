@@ -132,7 +132,9 @@ CATEGORY_REPRESENTATIVE = {
 
 def has_cityscapes_labels(dataset: str, num_classes: int) -> bool:
     """Whether a dataset's classes are Cityscapes trainIds (19) or categories (7): those with labelIds."""
-    return dataset in ("cityscapes", "synthetic") and num_classes in (7, 19)
+    from crosstask_cli.data.datasets import dataset_info, dataset_names
+
+    return dataset in dataset_names() and dataset_info(dataset).has_cityscapes_labels and num_classes in (7, 19)
 
 
 def class_to_label_id(num_classes: int) -> np.ndarray:
@@ -156,15 +158,18 @@ def class_to_label_id(num_classes: int) -> np.ndarray:
 
 
 def class_info(dataset: str, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """Class names and palette (RGB) for a dataset's label set."""
-    if dataset in ("cityscapes", "synthetic"):
-        if num_classes == 19:
-            return list(CITYSCAPES_19_NAMES), list(CITYSCAPES_19_PALETTE)
-        if num_classes == 7:
-            return list(CITYSCAPES_7_NAMES), list(CITYSCAPES_7_PALETTE)
-    if dataset == "nyu" and num_classes == 13:
-        return list(NYU_13_NAMES), list(NYU_13_PALETTE)
-    raise ConfigError(f"no label set for {dataset} with {num_classes} classes")
+    """Class names and palette (RGB) for a dataset's label set (its family in the dataset registry)."""
+    from crosstask_cli.data.datasets import dataset_info
+
+    tables = {
+        ("cityscapes", 19): (CITYSCAPES_19_NAMES, CITYSCAPES_19_PALETTE),
+        ("cityscapes", 7): (CITYSCAPES_7_NAMES, CITYSCAPES_7_PALETTE),
+        ("nyu", 13): (NYU_13_NAMES, NYU_13_PALETTE),
+    }
+    found = tables.get((dataset_info(dataset).labels, num_classes))
+    if found is None:
+        raise ConfigError(f"no label set for {dataset} with {num_classes} classes")
+    return list(found[0]), list(found[1])
 
 
 def colorize(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""MTAN's preprocessed NYUv2 and CityScapes (``{train,val}/{image,label*,depth}/<i>.npy``), validated on read.
+"""MTAN's preprocessed NYUv2 and CityScapes (``{train,val}/{image,label*,depth[,normal]}/<i>.npy``), validated on read.
 
 image: H×W×3 float in [0, 1]; label: H×W with −1 = ignore; depth: H×W(×1), 0 = invalid
-(metres for NYUv2, inverse depth for CityScapes).
+(metres for NYUv2, inverse depth for CityScapes); normal (NYUv2): H×W×3 (or 3×H×W) unit vectors in the camera
+frame, the zero vector = invalid.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ def is_mtan_layout(src: Path, label_dirs: tuple[str, ...]) -> bool:
     return (src / "train" / "image").is_dir() and any((src / "train" / d).is_dir() for d in label_dirs)
 
 
-def mtan_indices(src: Path, split: str, label_dir: str) -> list[str]:
-    """Sample ids (file stems, sorted numerically) present in image/, the label dir and depth/."""
+def mtan_indices(src: Path, split: str, label_dir: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Sample ids (file stems, sorted numerically) present in image/, the label dir, depth/ and the ``extra``
+    folders (``normal``)."""
     img_dir = src / split / "image"
     if not img_dir.is_dir():
         return []
@@ -30,12 +32,18 @@ def mtan_indices(src: Path, split: str, label_dir: str) -> list[str]:
     missing = [
         str(src / split / d / f"{i}.npy")
         for i in ids
-        for d in (label_dir, "depth")
+        for d in (label_dir, "depth", *extra)
         if not (src / split / d / f"{i}.npy").is_file()
     ]
     if missing:
-        raise DatasetError(f"{src}: {len(missing)} label/depth files missing in split {split!r}, e.g. {missing[:5]}")
+        what = "/".join(("label", "depth", *extra))
+        raise DatasetError(f"{src}: {len(missing)} {what} files missing in split {split!r}, e.g. {missing[:5]}")
     return ids
+
+
+def has_normals(src: Path) -> bool:
+    """Whether MTAN's layout at ``src`` has the normal folders (NYUv2 does)."""
+    return all((src / split / "normal").is_dir() for split in MTAN_SPLITS)
 
 
 # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 can break on when several threads
@@ -55,6 +63,42 @@ def convert_mtan_sample(
     src: Path, split: str, idx: str, label_dir: str, num_classes: int, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Load and validate one MTAN sample; return (image uint8 RGB, labels uint8 with 255 ignore, depth float32)."""
+    image, targets = convert_mtan_targets(src, split, idx, label_dir, num_classes, height, width)
+    return image, targets["seg"], targets["depth"]
+
+
+def _normal(path: Path, h: int, w: int) -> np.ndarray:
+    """One MTAN normal array → H×W×3 float32: checked (finite, components in [−1, 1]), the zero vector kept as the
+    invalid marker, every other vector scaled to unit length in float64 (MTAN's are unit already, to float32
+    precision, so they stay as they are up to rounding)."""
+    normal = _load(path)
+    if normal.shape == (3, h, w) and normal.shape != (h, w, 3):
+        normal = np.moveaxis(normal, 0, -1)
+    if normal.shape != (h, w, 3):
+        raise DatasetError(f"{path}: shape {normal.shape}, expected {(h, w, 3)} (or {(3, h, w)})")
+    if not np.issubdtype(normal.dtype, np.floating) or not np.isfinite(normal).all():
+        raise DatasetError(f"{path}: expected finite float normals")
+    if np.abs(normal).max(initial=0) > 1 + 1e-3:
+        raise DatasetError(
+            f"{path}: values up to {np.abs(normal).max():.3g}, expected unit-vector components in [−1, 1]"
+        )
+    n = normal.astype(np.float64)
+    length = np.sqrt(np.square(n).sum(-1, keepdims=True))
+    return np.where(length > 0, n / np.maximum(length, 1e-300), 0.0).astype(np.float32)
+
+
+def convert_mtan_targets(
+    src: Path,
+    split: str,
+    idx: str,
+    label_dir: str,
+    num_classes: int,
+    height: int,
+    width: int,
+    tasks: tuple[str, ...] = ("seg", "depth"),
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Load and validate one MTAN sample for ``tasks``: (image uint8 RGB, {"seg": labels uint8 with 255 ignore,
+    "depth": float32, "normal": H×W×3 float32}) at height×width (targets by the nearest pixel centre)."""
     ip, lp, dp = (src / split / d / f"{idx}.npy" for d in ("image", label_dir, "depth"))
     image, label, depth = _load(ip), _load(lp), _load(dp)
     for path, arr in ((ip, image), (lp, label), (dp, depth)):
@@ -86,8 +130,7 @@ def convert_mtan_sample(
         raise DatasetError(f"{dp}: negative depth values")
     labels = np.where(label == -1, 255, label).astype(np.uint8)
     depth = depth.reshape(h, w).astype(np.float32)
-    return (
-        resize_image(image, height, width),
-        resize_nearest(labels, height, width),
-        resize_nearest(depth, height, width),
-    )
+    targets = {"seg": resize_nearest(labels, height, width), "depth": resize_nearest(depth, height, width)}
+    if "normal" in tasks:
+        targets["normal"] = resize_nearest(_normal(src / split / "normal" / f"{idx}.npy", h, w), height, width)
+    return resize_image(image, height, width), {t: targets[t] for t in tasks}

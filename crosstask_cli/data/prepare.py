@@ -19,8 +19,9 @@ import numpy as np
 from crosstask_cli import __version__
 from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
+from crosstask_cli.data.datasets import known_or_default
 from crosstask_cli.data.labels import CATEGORY_MAPPINGS, class_info
-from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_sample, is_mtan_layout, mtan_indices
+from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_targets, has_normals, is_mtan_layout, mtan_indices
 from crosstask_cli.data.prepared import (
     DatasetError,
     DatasetMeta,
@@ -32,8 +33,6 @@ from crosstask_cli.data.prepared import (
 from crosstask_cli.errors import ConfigError
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-
-DEFAULT_SIZES = {"cityscapes": (128, 256), "synthetic": (128, 256), "nyu": (288, 384)}
 
 
 def _no_progress(description: str, total: int) -> Callable[[int], None]:
@@ -88,22 +87,29 @@ def _holdout(ids: list, n: int, seed: int, src: Path) -> tuple[list[int], list[i
 def _write_splits(
     writer: PreparedWriter,
     plan: dict[str, list],
-    convert: Callable[[object], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    convert: Callable[[object], tuple[np.ndarray, dict[str, np.ndarray]]],
     ident: Callable[[object], str],
     opts: PrepareOptions,
     progress: ProgressFactory,
+    tasks: tuple[str, ...] = ("seg", "depth"),
 ) -> None:
+    """Convert every sample of ``plan`` (split → items; ``convert`` gives (image, {task: array})) into the
+    writer's arrays, one array per task."""
+    from crosstask_cli.tasks import get_task
+
     ids = {split: [ident(x) for x in items] for split, items in plan.items()}
     for split, items in plan.items():
         for x, i in zip(items, ids[split], strict=True):
             check_ids([i], getattr(x, "image", None) or writer.inputs.get("--src", "the source"))
-    writer.reserve({split: len(items) for split, items in plan.items()}, opts.height, opts.width)
+    writer.reserve({split: len(items) for split, items in plan.items()}, opts.height, opts.width, tasks)
     for split, items in plan.items():
-        arrays = writer.new_split(split, len(items), opts.height, opts.width)
+        arrays = writer.new_split(split, len(items), opts.height, opts.width, tasks)
         advance = progress(f"{split}", len(items))
         with ThreadPoolExecutor(max(1, opts.workers)) as pool:
-            for i, (img, lab, dep) in enumerate(pool.map(convert, items)):
-                arrays["images"][i], arrays["labels"][i], arrays["depth"][i] = img, lab, dep
+            for i, (img, targets) in enumerate(pool.map(convert, items)):
+                arrays["images"][i] = img
+                for t in tasks:
+                    arrays[get_task(t).array][i] = targets[t]
                 advance(1)
         writer.finish_split(split, ids[split])
 
@@ -124,7 +130,7 @@ def _split_plan(splits: dict[str, list], opts: PrepareOptions, src: Path) -> dic
 
 # The folders a dataset's files live in (Cityscapes raw; MTAN's splits): other things kept beside them, such as
 # crosstask's cache or a run directory, do not make the data change.
-SOURCE_FOLDERS = ("leftImg8bit", "gtFine", "disparity", "camera", "train", "val")
+SOURCE_FOLDERS = ("leftImg8bit", "gtFine", "disparity", "camera", "normal", "train", "val")
 
 
 def source_fingerprint(src: Path) -> str:
@@ -184,8 +190,9 @@ def prepare_cityscapes(
     if layout == "cityscapes-raw":
         plan = _split_plan({s: cs.find_raw_samples(src, s) for s in cs.RAW_SPLITS}, opts, src)
         scale = cs.disparity_scale(src)
-        convert = lambda s: cs.convert_raw_sample(  # noqa: E731
-            s, opts.height, opts.width, opts.num_classes, opts.depth, opts.categories, scale
+        tasks = cs.raw_tasks([x for items in plan.values() for x in items])
+        convert = lambda s: cs.convert_raw_targets(  # noqa: E731
+            s, opts.height, opts.width, opts.num_classes, opts.depth, opts.categories, scale, tasks
         )
         ident = lambda s: s.stem  # noqa: E731
         depth = cs.depth_meta(opts.depth)
@@ -194,14 +201,17 @@ def prepare_cityscapes(
             raise DatasetError(f"{src}: MTAN CityScapes holds inverse depth only; --depth metric needs the raw layout")
         label_dir = f"label_{opts.num_classes}"
         plan = _split_plan({s: [(s, i) for i in mtan_indices(src, s, label_dir)] for s in MTAN_SPLITS}, opts, src)
-        convert = lambda x: convert_mtan_sample(src, x[0], x[1], label_dir, opts.num_classes, opts.height, opts.width)  # noqa: E731
+        tasks = ("seg", "depth")
+        convert = lambda x: convert_mtan_targets(  # noqa: E731
+            src, x[0], x[1], label_dir, opts.num_classes, opts.height, opts.width
+        )
         ident = lambda x: f"{x[0]}/{x[1]}"  # noqa: E731
         depth = cs.depth_meta("inverse")
     else:
         raise DatasetError(f"{src}: layout {layout!r} is not Cityscapes (expected the raw or the MTAN layout)")
     with PreparedWriter(out, force=opts.force, inputs={"--src": src}) as writer:
-        _write_splits(writer, plan, convert, ident, opts, progress)
-        meta = {**_base_meta(dataset, opts.num_classes, opts, src, layout), "depth": depth}
+        _write_splits(writer, plan, convert, ident, opts, progress, tasks)
+        meta = {**_base_meta(dataset, opts.num_classes, opts, src, layout), "depth": depth, "tasks": list(tasks)}
         if opts.num_classes == 7:
             meta["categories"] = opts.categories
         writer.write_meta(meta)
@@ -209,21 +219,23 @@ def prepare_cityscapes(
 
 
 def prepare_nyu(src: Path, out: Path, opts: PrepareOptions, progress: ProgressFactory = _no_progress) -> Path:
-    """MTAN's preprocessed NYUv2 (13 classes, metres) → prepared dataset at ``out``."""
+    """MTAN's preprocessed NYUv2 (13 classes, metres, and the surface normals of ``normal/`` where the folders
+    exist) → prepared dataset at ``out``."""
     src, out = Path(src), Path(out)
     layout = detect_layout(src)
     if layout != "nyu-mtan":
         raise DatasetError(
-            f"{src}: expected MTAN's NYUv2 layout {{train,val}}/{{image,label,depth}}/<i>.npy, found {layout}"
+            f"{src}: expected MTAN's NYUv2 layout {{train,val}}/{{image,label,depth,normal}}/<i>.npy, found {layout}"
         )
     opts.num_classes = 13
-    plan = _split_plan({s: [(s, i) for i in mtan_indices(src, s, "label")] for s in MTAN_SPLITS}, opts, src)
-    convert = lambda x: convert_mtan_sample(src, x[0], x[1], "label", 13, opts.height, opts.width)  # noqa: E731
+    tasks = ("seg", "depth", "normal") if has_normals(src) else ("seg", "depth")
+    extra = ("normal",) if "normal" in tasks else ()
+    plan = _split_plan({s: [(s, i) for i in mtan_indices(src, s, "label", extra)] for s in MTAN_SPLITS}, opts, src)
+    convert = lambda x: convert_mtan_targets(src, x[0], x[1], "label", 13, opts.height, opts.width, tasks)  # noqa: E731
     with PreparedWriter(out, force=opts.force, inputs={"--src": src}) as writer:
-        _write_splits(writer, plan, convert, lambda x: f"{x[0]}/{x[1]}", opts, progress)
-        writer.write_meta(
-            {**_base_meta("nyu", 13, opts, src, layout), "depth": {"kind": "metric", "unit": "m", "max": 10.0}}
-        )
+        _write_splits(writer, plan, convert, lambda x: f"{x[0]}/{x[1]}", opts, progress, tasks)
+        depth = {"kind": "metric", "unit": "m", "max": 10.0}
+        writer.write_meta({**_base_meta("nyu", 13, opts, src, layout), "depth": depth, "tasks": list(tasks)})
     return out
 
 
@@ -318,9 +330,7 @@ def resolve_data(
     opts = PrepareOptions(height, width, num_classes, depth=depth, workers=workers, force=True)
     if layout == "nyu-mtan":
         return prepare_nyu(data, cache, opts, progress)
-    return prepare_cityscapes(
-        data, cache, opts, progress, dataset="synthetic" if dataset == "synthetic" else "cityscapes"
-    )
+    return prepare_cityscapes(data, cache, opts, progress, dataset=known_or_default(dataset, "cityscapes"))
 
 
 def check_compatible(
@@ -351,10 +361,11 @@ def prepare_training_data(
     synthetic: tuple[int, int] = (400, 100),
     message: Callable[[str], None] | None = None,
     progress: ProgressFactory | None = None,
+    tasks: tuple[str, ...] = ("seg", "depth"),
 ) -> Path:
     """The prepared directory to train on: ``data`` resolved (prepared once into a cache when raw or MTAN); for
     ``synthetic``, the (train, val) scenes are rendered into ``data`` first when it does not exist. The result is
-    checked against the requested classes and size."""
+    checked against the requested classes, size and ``tasks`` (their targets must be in the data)."""
     kwargs = {"progress": progress} if progress else {}
     data = Path(data)
     if dataset == "synthetic" and not data.exists():
@@ -371,5 +382,19 @@ def prepare_training_data(
     if (meta.height, meta.width) != (height, width):
         raise DatasetError(
             f"{prepared}: prepared at {meta.height}×{meta.width}, but training asks for {height}×{width}"
+        )
+    lacking = [t for t in tasks if t not in meta.tasks]
+    if lacking:
+        from crosstask_cli.tasks import get_task
+
+        hint = (
+            "; its source holds none (synthetic scenes rendered by earlier versions have no normals: render them "
+            "again with `crosstask prepare synthetic`)"
+            if meta.dataset == "synthetic"
+            else ""
+        )
+        raise DatasetError(
+            f"{prepared}: this {meta.dataset} dataset has no {', '.join(get_task(t).title for t in lacking)} targets "
+            f"(its tasks: {', '.join(meta.tasks)}){hint}"
         )
     return prepared

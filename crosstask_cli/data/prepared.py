@@ -1,10 +1,15 @@
 """Prepared dataset format, version 1: memory-mapped arrays plus meta.json (README "Formats").
 
     DIR/meta.json
-    DIR/{split}/images.npy  uint8   N×H×W×3 RGB
-    DIR/{split}/labels.npy  uint8   N×H×W   0..C−1, 255 = ignore
-    DIR/{split}/depth.npy   float32 N×H×W   dataset depth units, 0 = invalid
-    DIR/{split}/files.txt   one source id per line
+    DIR/{split}/images.npy   uint8   N×H×W×3 RGB
+    DIR/{split}/labels.npy   uint8   N×H×W   0..C−1, 255 = ignore                        (task seg)
+    DIR/{split}/depth.npy    float32 N×H×W   dataset depth units, 0 = invalid            (task depth)
+    DIR/{split}/normals.npy  float32 N×H×W×3 unit normals, zero vector = invalid        (task normal)
+    DIR/{split}/files.txt    one source id per line
+
+One array per task, as its spec (:mod:`crosstask_cli.tasks`) names it; ``meta.json`` lists the tasks a dataset has
+(``tasks``; a dataset without the list has seg and depth, as every dataset of earlier versions) and each array's
+dtype and invalid marker (``targets``).
 
 Writing happens in a temporary sibling directory that is renamed into place only when complete, so an
 interrupted prepare never leaves a half-written dataset, and ``--force`` never loses the old one early.
@@ -24,6 +29,7 @@ import numpy as np
 from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data.labels import IGNORE_INDEX
 from crosstask_cli.errors import DatasetError
+from crosstask_cli.tasks import LEGACY_TASKS, TaskContext, get_task, ordered
 
 FORMAT = "crosstask-prepared"
 VERSION = 1
@@ -54,10 +60,16 @@ class DatasetMeta:
     source: str | None = None
     created_by: str | None = None
     categories: str | None = None  # Cityscapes 7 classes: "original" or "official" (labels.cityscapes_lookup)
+    tasks: tuple[str, ...] = LEGACY_TASKS  # the tasks whose targets the dataset holds
 
     @property
     def depth_kind(self) -> str:
         return self.depth["kind"]
+
+    @property
+    def context(self) -> TaskContext:
+        """What the task specs need to know of this dataset."""
+        return TaskContext.from_meta(self)
 
     @property
     def depth_unit(self) -> str:
@@ -70,6 +82,13 @@ class DatasetMeta:
             raise DatasetError(f"{where}: incomplete dataset description (missing {', '.join(missing)})")
         if not isinstance(meta["splits"], dict) or not isinstance(meta["depth"], dict) or "kind" not in meta["depth"]:
             raise DatasetError(f"{where}: 'splits' must map split names to sizes and 'depth' must give its 'kind'")
+        tasks = meta.get("tasks", list(LEGACY_TASKS))
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+            raise DatasetError(f'{where}: \'tasks\' must list the dataset\'s tasks, e.g. ["seg", "depth"]')
+        try:
+            tasks = ordered(tasks)
+        except ValueError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
         try:
             return cls(
                 dataset=str(meta["dataset"]),
@@ -84,6 +103,7 @@ class DatasetMeta:
                 source=meta.get("source"),
                 created_by=meta.get("created_by"),
                 categories=meta.get("categories"),
+                tasks=tasks,
             )
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{where}: a value has the wrong type ({exc})") from exc
@@ -112,21 +132,34 @@ def read_meta(path: Path) -> DatasetMeta:
 
 @dataclass
 class PreparedSplit:
-    """One split of a prepared dataset, arrays memory-mapped read-only."""
+    """One split of a prepared dataset, arrays memory-mapped read-only; ``targets`` maps each task of the dataset
+    to its array (``labels``/``depth`` are the seg and depth ones, None where the dataset lacks them)."""
 
     root: Path
     name: str
     images: np.ndarray
-    labels: np.ndarray
-    depth: np.ndarray
+    targets: dict[str, np.ndarray]
     files: list[str]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.targets.get("seg")
+
+    @property
+    def depth(self) -> np.ndarray | None:
+        return self.targets.get("depth")
 
     def __len__(self) -> int:
         return len(self.files)
 
 
-DTYPES = {"images": np.uint8, "labels": np.uint8, "depth": np.float32}
 SAMPLE_CHECKS = 16  # samples whose values every opening checks (spread over the split)
+
+
+def array_shape(task: str, n: int, height: int, width: int) -> tuple[int, ...]:
+    """The shape of a task's prepared array: N×H×W, or N×H×W×C for a task with vector targets (normals)."""
+    channels = get_task(task).array_channels
+    return (n, height, width, channels) if channels else (n, height, width)
 
 
 def open_split(root: Path, split: str) -> PreparedSplit:
@@ -137,37 +170,43 @@ def open_split(root: Path, split: str) -> PreparedSplit:
     if split not in meta.splits:
         raise DatasetError(f"{root}: no split {split!r}; available: {', '.join(meta.splits)}")
     d = root / split
+    n = meta.splits[split]
+    h, w = meta.height, meta.width
+    arrays = {"images": ("images", np.uint8, (n, h, w, 3))}
+    for t in meta.tasks:
+        spec = get_task(t)
+        arrays[t] = (spec.array, np.dtype(spec.dtype), array_shape(t, n, h, w))
+    loaded = {}
     try:
-        images = np.load(d / "images.npy", mmap_mode="r")
-        labels = np.load(d / "labels.npy", mmap_mode="r")
-        depth = np.load(d / "depth.npy", mmap_mode="r")
+        for key, (name, _, _) in arrays.items():
+            loaded[key] = np.load(d / f"{name}.npy", mmap_mode="r")
         files = (d / "files.txt").read_text().split("\n")
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{d}: cannot read prepared split ({exc})") from exc
     if files and files[-1] == "":
         files.pop()  # the final line break
-    n = meta.splits[split]
-    h, w = meta.height, meta.width
-    expected = {"images": (n, h, w, 3), "labels": (n, h, w), "depth": (n, h, w)}
-    for name, arr in (("images", images), ("labels", labels), ("depth", depth)):
-        if arr.dtype != DTYPES[name]:
+    for key, (name, dtype, shape) in arrays.items():
+        arr = loaded[key]
+        if arr.dtype != dtype:
             raise DatasetError(
-                f"{d / (name + '.npy')}: dtype {arr.dtype}, the prepared format stores {np.dtype(DTYPES[name])}"
+                f"{d / (name + '.npy')}: dtype {arr.dtype}, the prepared format stores {np.dtype(dtype)}"
                 + (" (images are bytes 0..255, not floats in [0, 1])" if name == "images" else "")
             )
-        if arr.shape != expected[name]:
-            raise DatasetError(f"{d / (name + '.npy')}: shape {arr.shape}, meta.json says {expected[name]}")
+        if arr.shape != shape:
+            raise DatasetError(f"{d / (name + '.npy')}: shape {arr.shape}, meta.json says {shape}")
     if len(files) != n:
         raise DatasetError(f"{d / 'files.txt'}: {len(files)} lines, expected {n}")
     if any("\r" in f or not f for f in files):
         raise DatasetError(f"{d / 'files.txt'}: empty lines or carriage returns among the sample ids")
-    return PreparedSplit(root, split, images, labels, depth, files)
+    images = loaded.pop("images")
+    return PreparedSplit(root, split, images, loaded, files)
 
 
 def verify_split(s: PreparedSplit, meta: DatasetMeta, full: bool = False, chunk: int = 32) -> None:
-    """Check the values: labels in 0..C−1 or the ignore index, depth finite and ≥ 0. ``full`` checks every sample
-    (reads the whole split); otherwise :data:`SAMPLE_CHECKS` samples spread over it. The first violation is raised
-    as one line naming the file and the sample."""
+    """Check the values of every task's array (its spec's check: labels in 0..C−1 or the ignore index, depth
+    finite and ≥ 0, normals finite unit vectors or zero). ``full`` checks every sample (reads the whole split);
+    otherwise :data:`SAMPLE_CHECKS` samples spread over it. The first violation is raised as one line naming the
+    file and the sample."""
     n = len(s)
     if n == 0:
         return
@@ -175,30 +214,22 @@ def verify_split(s: PreparedSplit, meta: DatasetMeta, full: bool = False, chunk:
         blocks = [range(i, min(i + chunk, n)) for i in range(0, n, chunk)]
     else:
         blocks = [sorted(set(np.linspace(0, n - 1, min(n, SAMPLE_CHECKS)).round().astype(int).tolist()))]
-    c, ignore = meta.num_classes, meta.ignore_index
+    ctx = meta.context
     d = s.root / s.name
     for block in blocks:
         idx = list(block)
-        labels = np.asarray(s.labels[idx[0] : idx[-1] + 1] if full else s.labels[idx])
-        bad = (labels >= c) & (labels != ignore)
-        if bad.any():
-            i = idx[int(np.argwhere(bad.reshape(len(idx), -1).any(1))[0, 0])]
-            values = sorted(set(np.unique(labels[bad]).tolist()))[:5]
-            raise DatasetError(
-                f"{d / 'labels.npy'}: sample {i} ({s.files[i]}) holds class id(s) {values}, expected 0..{c - 1} or "
-                f"{ignore} (ignore)"
-            )
-        depth = np.asarray(s.depth[idx[0] : idx[-1] + 1] if full else s.depth[idx])
-        bad = ~np.isfinite(depth) | (depth < 0)
-        if bad.any():
-            i = idx[int(np.argwhere(bad.reshape(len(idx), -1).any(1))[0, 0])]
-            what = "NaN" if np.isnan(depth[bad]).any() else "inf" if np.isinf(depth[bad]).any() else "negative values"
-            raise DatasetError(
-                f"{d / 'depth.npy'}: sample {i} ({s.files[i]}) holds {what}; depth must be finite and ≥ 0 (0 = invalid)"
-            )
+        for task, array in s.targets.items():
+            spec = get_task(task)
+            values = np.asarray(array[idx[0] : idx[-1] + 1] if full else array[idx])
+            problem = spec.check_array(values, ctx)
+            if problem is not None:
+                i = idx[problem[0]]
+                raise DatasetError(f"{d / (spec.array + '.npy')}: sample {i} ({s.files[i]}) {problem[1]}")
 
 
-SAMPLE_BYTES_PER_PIXEL = 3 + 1 + 4  # RGB uint8, label uint8, depth float32
+def sample_bytes_per_pixel(tasks) -> int:
+    """Bytes one pixel of a sample takes in the prepared arrays (RGB and each task's target)."""
+    return 3 + sum(np.dtype(get_task(t).dtype).itemsize * max(get_task(t).array_channels, 1) for t in tasks)
 
 
 def check_ids(ids: list[str], where: object) -> None:
@@ -265,10 +296,10 @@ class PreparedWriter:
             ) from exc
         return self
 
-    def reserve(self, sizes: dict[str, int], height: int, width: int) -> None:
+    def reserve(self, sizes: dict[str, int], height: int, width: int, tasks=LEGACY_TASKS) -> None:
         """Refuse up front when the splits' arrays (``sizes``: split → samples) cannot fit on the output's disk."""
         assert self.tmp is not None
-        need = sum(sizes.values()) * height * width * SAMPLE_BYTES_PER_PIXEL + 64 * 1024
+        need = sum(sizes.values()) * height * width * sample_bytes_per_pixel(tasks) + 64 * 1024
         free = shutil.disk_usage(self.tmp).free
         if need > free:
             raise OSError(
@@ -277,17 +308,17 @@ class PreparedWriter:
                 "that disk; nothing was written",
             )
 
-    def new_split(self, split: str, n: int, height: int, width: int) -> dict[str, np.ndarray]:
+    def new_split(self, split: str, n: int, height: int, width: int, tasks=LEGACY_TASKS) -> dict[str, np.ndarray]:
+        """Writable memory maps of one split: ``images`` and one array per task, by the spec's array name
+        (``labels``, ``depth``, ``normals``)."""
         assert self.tmp is not None
         d = self.tmp / split
         d.mkdir()
         fmt = np.lib.format.open_memmap
         arrays = {}
-        for name, dtype, shape in (
-            ("images", np.uint8, (n, height, width, 3)),
-            ("labels", np.uint8, (n, height, width)),
-            ("depth", np.float32, (n, height, width)),
-        ):
+        layout = [("images", np.uint8, (n, height, width, 3))]
+        layout += [(get_task(t).array, np.dtype(get_task(t).dtype), array_shape(t, n, height, width)) for t in tasks]
+        for name, dtype, shape in layout:
             path = d / f"{name}.npy"
             _allocate(path, shape, dtype)
             arrays[name] = fmt(path, mode="r+")
@@ -308,8 +339,14 @@ class PreparedWriter:
         self.splits[split] = n
 
     def write_meta(self, meta: dict) -> None:
+        """``meta.json``: the given description, the splits and, for the tasks listed in ``meta["tasks"]`` (seg and
+        depth when absent), each array's file, dtype and invalid marker."""
         assert self.tmp is not None
-        meta = {"format": FORMAT, "version": VERSION, **meta, "splits": dict(self.splits)}
+        tasks = meta.get("tasks", list(LEGACY_TASKS))
+        targets = {t: {"array": f"{get_task(t).array}.npy", "dtype": get_task(t).dtype, "invalid": get_task(t).invalid}
+                   for t in tasks}  # fmt: skip
+        meta = {"format": FORMAT, "version": VERSION, **meta, "tasks": list(tasks), "targets": targets,
+                "splits": dict(self.splits)}  # fmt: skip
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     def __exit__(self, exc_type, exc, tb) -> None:

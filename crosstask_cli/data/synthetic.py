@@ -4,7 +4,9 @@ World frame: x right, y up, z forward (metres); a pinhole camera at car height l
 pitch. Each primitive (ground plane, boxes, spheres) is intersected only with the rays inside its projected
 screen rectangle, and a z-buffer keeps the nearest hit, so classes and depth are exact and consistent:
 objects occlude what is behind them and the road's depth grows towards the horizon. Depth is z-depth
-(distance along the optical axis), the quantity the stereo disparity encodes.
+(distance along the optical axis), the quantity the stereo disparity encodes. Surface normals are the exact
+normals of the surfaces hit, turned into the camera frame in NYUv2's convention (x right, y down, z towards the
+camera); sky has none (the zero vector).
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ class Camera:
     @property
     def origin(self) -> np.ndarray:
         return np.array([self.lateral, self.cam_height, 0.0], dtype=np.float32)
+
+    def to_camera_normals(self, normals: np.ndarray) -> np.ndarray:
+        """H×W×3 world-frame unit normals → the camera frame in NYUv2's convention: x right, y down, z towards the
+        camera (the camera's axes in the world: right (1, 0, 0), up (0, cos p, sin p), forward (0, −sin p,
+        cos p) for pitch p). Zero vectors stay zero."""
+        c, s = np.cos(self.pitch), np.sin(self.pitch)
+        right = normals[..., 0]
+        up = normals[..., 1] * c + normals[..., 2] * s
+        forward = -normals[..., 1] * s + normals[..., 2] * c
+        return np.stack([right, -up, -forward], axis=-1).astype(np.float32)
 
     def project(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World points N×3 → (u, v, camera z)."""
@@ -332,14 +344,16 @@ def _populate(r: Renderer, rng: np.random.Generator) -> dict:
 @dataclass
 class Scene:
     """One rendered scene: RGB uint8 H×W×3, Cityscapes labelIds uint8 H×W, instanceIds int32 H×W (labelId·1000 + k
-    for objects of classes with instances, else the labelId), z-depth float32 H×W in metres (inf for sky), and
-    the camera it was seen with."""
+    for objects of classes with instances, else the labelId), z-depth float32 H×W in metres (inf for sky), unit
+    surface normals float32 H×W×3 in the camera frame (NYUv2's convention; zero for sky), and the camera it was
+    seen with."""
 
     rgb: np.ndarray
     ids: np.ndarray
     instances: np.ndarray
     depth: np.ndarray
     camera: Camera
+    normals: np.ndarray | None = None
 
 
 def render_scene(
@@ -387,7 +401,19 @@ def render_scene_full(seed_seq: list[int] | int, height: int = 256, width: int =
     color = np.where(sky[..., None], sky_color, color * haze + horizon * (1 - haze))
     color = color + rng.normal(0, rng.uniform(0.005, 0.02), color.shape)
     rgb = (np.clip(color, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return Scene(rgb, f.ids, f.instances, np.where(sky, np.inf, f.depth).astype(np.float32), cam)
+    length = np.linalg.norm(f.normal, axis=-1, keepdims=True)
+    world = np.where(length > 0, f.normal / np.maximum(length, 1e-12), 0.0)
+    normals = np.where(sky[..., None], 0.0, cam.to_camera_normals(world)).astype(np.float32)
+    return Scene(rgb, f.ids, f.instances, np.where(sky, np.inf, f.depth).astype(np.float32), cam, normals)
+
+
+def normals_to_png(normals: np.ndarray) -> np.ndarray:
+    """H×W×3 unit normals (zero = invalid) → the 16-bit RGB values of a ``*_normal.png``: each component n as
+    round((n + 1)/2 · 65534) + 1 (1..65535, about 3e-5 per step), all three 0 where invalid. Decoded by
+    :func:`crosstask_cli.data.cityscapes.read_normal_png`."""
+    valid = (normals != 0).any(-1, keepdims=True)
+    p = np.rint((np.clip(normals, -1, 1) + 1) / 2 * 65534) + 1
+    return np.where(valid, p, 0).astype(np.uint16)
 
 
 def depth_to_disparity_png(depth: np.ndarray, focal: float = FOCAL_PX) -> np.ndarray:
@@ -428,12 +454,14 @@ def render_split_to_raw(
     seed: int,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Render ``count`` scenes of one split into ``out`` in the official Cityscapes raw layout."""
+    """Render ``count`` scenes of one split into ``out`` in the official Cityscapes raw layout, plus the surface
+    normals as ``normal/{split}/{city}/{stem}_normal.png`` (16-bit RGB, :func:`normals_to_png`), a folder the
+    official layout does not have."""
     import cv2
 
     city = SPLIT_CITIES.get(split, f"synth{split}")
     split_code = {"train": 0, "val": 1}.get(split, 2)
-    dirs = {k: out / k / split / city for k in ("leftImg8bit", "gtFine", "disparity", "camera")}
+    dirs = {k: out / k / split / city for k in ("leftImg8bit", "gtFine", "disparity", "camera", "normal")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -444,6 +472,7 @@ def render_split_to_raw(
             (dirs["gtFine"] / f"{stem}_gtFine_labelIds.png", scene.ids),
             (dirs["gtFine"] / f"{stem}_gtFine_instanceIds.png", scene.instances.astype(np.uint16)),
             (dirs["disparity"] / f"{stem}_disparity.png", depth_to_disparity_png(scene.depth, scene.camera.f)),
+            (dirs["normal"] / f"{stem}_normal.png", cv2.cvtColor(normals_to_png(scene.normals), cv2.COLOR_RGB2BGR)),
         ):
             if not cv2.imwrite(str(path), data):
                 raise OSError(f"could not write {path}")

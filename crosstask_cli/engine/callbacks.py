@@ -172,19 +172,19 @@ class TensorBoardLog(Callback):
 
 
 def validation_panels(trainer: Trainer, count: int) -> list:
-    """The first ``count`` validation images side by side with the model's direct segmentation and depth
-    (uint8 H×3W×3 each; a task the model does not have is left black)."""
+    """The first ``count`` validation images side by side with the model's direct prediction of each task
+    (segmentation colours, depth, normals as (n + 1)/2; uint8 H×(1+T)W×3 each)."""
     import numpy as np
     import torch
 
-    from crosstask_cli.colormaps import colorize_depth
     from crosstask_cli.data.dataset import normalise
-    from crosstask_cli.data.labels import colorize
+    from crosstask_cli.ops import class_labels
+    from crosstask_cli.tasks import get_task
 
     n = min(count, len(trainer.val_ds))
     if n == 0:
         return []
-    images = np.stack([trainer.val_ds.load(i)[0] for i in range(n)])
+    images = np.stack([trainer.val_ds.load_sample(i)[0] for i in range(n)])
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -193,15 +193,18 @@ def validation_panels(trainer: Trainer, count: int) -> list:
             pred = model(normalise(torch.from_numpy(images)).to(trainer.device), direct_only=True)
     finally:
         model.train(was_training)
-    palette = [tuple(c) for c in trainer.meta.palette]
+    ctx = trainer.meta.context
     panels = []
     for i in range(n):
-        h, w = images.shape[1:3]
-        seg = np.zeros((h, w, 3), np.uint8)
-        depth = np.zeros((h, w, 3), np.uint8)
-        if pred.seg is not None:
-            seg = colorize(pred.seg[i].float().argmax(0).to(torch.uint8).cpu().numpy(), palette)
-        if pred.depth is not None:
-            depth = colorize_depth(pred.depth[i, 0].float().clamp(min=0).cpu().numpy(), trainer.meta.depth_kind)
-        panels.append(np.concatenate([images[i], seg, depth], axis=1))
+        tiles = [images[i]]
+        for t, value in pred.direct.items():
+            v = value[i : i + 1].float()
+            if t == "seg":
+                array = class_labels(v)[0].to(torch.uint8).cpu().numpy()
+            elif t == "depth":
+                array = v[0, 0].clamp(min=0).cpu().numpy()
+            else:
+                array = v[0].permute(1, 2, 0).cpu().numpy()
+            tiles.append(get_task(t).colorize(array, ctx))
+        panels.append(np.concatenate(tiles, axis=1))
     return panels

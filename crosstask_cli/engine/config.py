@@ -19,22 +19,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosstask_cli.data.datasets import dataset_info, dataset_names, paper_defaults
 from crosstask_cli.engine.records import SELECT_DIRECTION
 from crosstask_cli.errors import ConfigError
+from crosstask_cli.tasks import all_specs, get_task, parse_pairs, parse_tasks
+from crosstask_cli.weighting.catalog import HYPERPARAMETERS, method_info, weighting_help, weighting_names
 
-DATASETS = ("cityscapes", "nyu", "synthetic")
+DATASETS = dataset_names()
 OPTIMIZERS = ("adam", "sgd")
 
-# The reference implementation's flag table (Cityscapes / NYUv2), by flat keyword; synthetic follows
-# Cityscapes with a schedule short enough for a CPU.
-PAPER_DEFAULTS: dict[str, dict] = {
-    "cityscapes": dict(height=128, width=256, epochs=250, batch_size=8, scheduler_step_size=80, alpha=0.01,
-                       gamma=0.01, num_classes=7, data="data/cityscapes"),
-    "nyu": dict(height=288, width=384, epochs=100, batch_size=6, scheduler_step_size=60, alpha=1e-4, gamma=1e-4,
-                num_classes=13, data="data/nyu"),
-    "synthetic": dict(height=128, width=256, epochs=30, batch_size=8, scheduler_step_size=20, alpha=0.01,
-                      gamma=0.01, num_classes=7, data="data/synthetic"),
-}  # fmt: skip
+# The reference implementation's flag table (Cityscapes / NYUv2), by flat keyword (data.datasets holds them).
+PAPER_DEFAULTS: dict[str, dict] = {name: paper_defaults(name) for name in DATASETS}
 
 
 def option(default: Any, help: str, *, flag: str | None = "", kwarg: str | None = None, cli_type: Any = None):
@@ -48,7 +43,7 @@ def option(default: Any, help: str, *, flag: str | None = "", kwarg: str | None 
 
 @dataclass(frozen=True, kw_only=True)
 class DataOptions:
-    name: str = option("cityscapes", "cityscapes | nyu | synthetic", flag=None, kwarg="dataset")
+    name: str = option("cityscapes", " | ".join(DATASETS), flag=None, kwarg="dataset")
     root: str | None = option(
         None,
         "Dataset directory (raw, MTAN or prepared). Default: data/<dataset>; synthetic data is generated there if missing.",
@@ -79,83 +74,87 @@ class ModelOptions:
     wider_ttnet: bool = option(False, "Double the TaskTransferNet channels.")
     tasks: tuple[str, ...] = option(
         ("seg", "depth"),
-        "seg,depth (default), or seg / depth alone for a single-task baseline (one decoder, no TaskTransferNets).",
+        "The tasks to train, comma-separated, from seg, depth, normal (nyu and synthetic): seg,depth (default), "
+        "seg,depth,normal (the NYUv2 3-task benchmark), or one task alone for a single-task baseline (one decoder, "
+        "no TaskTransferNets).",
+        cli_type=str,
+    )
+    transfer_pairs: tuple[str, ...] = option(
+        (),
+        "The TaskTransferNets as SOURCE:TARGET pairs, comma-separated, e.g. seg:depth,depth:seg (default: every "
+        "ordered pair of the trained tasks: 2 for two tasks, 6 for three).",
         cli_type=str,
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class LossOptions:
-    consistency: str = option(
+_LOSS_CORE = (
+    ("consistency", str, option(
         "xtsc",
         "xtsc (default, the method: transferred predictions against the detached direct ones), xtc (against the "
-        "ground truth, as the original's xtc: transferred depth with the --lp loss, transferred seg with plain "
-        "cross-entropy; --tdep-loss, --tseg-loss and --label-smoothing do not apply) or none (plain multi-task "
-        "learning, no TaskTransferNets).",
-    )
-    alpha: float = option(
+        "ground truth, as the original's xtc: each with its target task's direct loss, e.g. transferred depth with "
+        "the --lp loss, transferred seg with plain cross-entropy; --tdep-loss, --tseg-loss and --label-smoothing do "
+        "not apply) or none (plain multi-task learning, no TaskTransferNets).",
+    )),
+    ("alpha", float, option(
         0.01,
-        "Weight of the transferred-depth loss in the segmentation task loss, λ1 (cityscapes 0.01, nyu 1e-4).",
-    )
-    gamma: float = option(
+        "Weight λ_seg of the transferred losses of the nets fed by segmentation in the segmentation task loss; with "
+        "seg and depth: the transferred-depth loss, λ1 (cityscapes 0.01, nyu 1e-4).",
+    )),
+    ("gamma", float, option(
         0.01,
-        "Weight of the transferred-segmentation loss in the depth task loss, λ2 (cityscapes 0.01, nyu 1e-4).",
-    )
-    label_smoothing: float = option(0.0, "Label smoothing ε of the transferred-segmentation loss (0).")
-    lp: str = option("l1", "Direct depth loss: l1 (default), mse, logl1, smoothl1.")
-    tdep_loss: str = option("l1", "Transferred depth loss against the detached direct depth: l1 (default) or ssim.")
-    tseg_loss: str = option(
-        "ce",
-        "Transferred segmentation loss against the argmax of the detached direct seg: ce (default; label-smoothed "
-        "cross-entropy) or kl (KL from the smoothed one-hot, the original's definition); soft-kl distils the direct "
-        "softmax instead (an extension). All are summed over labelled pixels and divided by all pixels, as the "
-        "original.",
-    )
+        "Weight λ_depth of the transferred losses of the nets fed by depth in the depth task loss; with seg and "
+        "depth: the transferred-segmentation loss, λ2 (cityscapes 0.01, nyu 1e-4).",
+    )),
+)  # fmt: skip
+# The original's loss options keep their place (and config.json its key order); other tasks' options follow.
+_LEGACY_LOSS_ORDER = ("label_smoothing", "lp", "tdep_loss", "tseg_loss")
 
 
-@dataclass(frozen=True, kw_only=True)
-class OptimOptions:
-    epochs: int = option(250, "Number of epochs (cityscapes 250, nyu 100, synthetic 30).")
-    batch_size: int = option(8, "Batch size (cityscapes 8, nyu 6).")
-    optimizer: str = option("adam", "adam (default, the paper's) or sgd (momentum 0.9, the original's alternative).")
-    lr: float = option(1e-4, "Initial learning rate (1e-4).")
-    betas: tuple[float, float] = option((0.9, 0.99), "Adam betas (0.9 0.99); unused by sgd.")
-    scheduler_step_size: int = option(80, "StepLR step in epochs (cityscapes 80, nyu 60).")
-    scheduler_gamma: float = option(0.5, "StepLR decay factor (0.5).")
-    weighting: str = option(
-        "fixed",
-        "Task weighting. From loss values: fixed (default; the plain sum), uncertainty (Kendall 2018), dwa (Liu "
-        "2019), rlw (Lin 2022), famo (Liu 2023). From per-task gradients at the shared encoder: gradnorm (Chen "
-        "2018), mgda (Sener 2018), pcgrad (Yu 2020), cagrad (Liu 2021), imtl (IMTL-G, Liu 2021), nash-mtl (Navon "
-        "2022), aligned-mtl (Senushkin 2023), db-mtl (Lin 2023), upgrad (Quinton 2024), fairgrad (Ban 2024).",
-    )
-    grad_space: str = option(
-        "features",
-        "Where gradient methods (mgda … fairgrad, not gradnorm) take the per-task gradients: features (default; "
-        "the encoder's outputs, backpropagating the encoder once) or encoder (its parameters: exact, every task "
-        "backpropagated through the encoder).",
-    )
-    cagrad_c: float = option(0.4, "CAGrad's c (0.4, the paper's for NYUv2 and CityScapes).")
-    nash_update_every: int = option(1, "Nash-MTL: solve for new weights every N steps (1, the paper's).")
-    nash_iters: int = option(20, "Nash-MTL: iterations of its convex-concave solver per update (20).")
-    fairgrad_alpha: float = option(1.0, "FairGrad's α (1.0, the official scripts' default).")
-    famo_lr: float = option(0.025, "FAMO: learning rate of its task logits (0.025, the paper's).")
-    famo_decay: float = option(0.01, "FAMO: weight decay γ of its task logits (0.01, the official scripts').")
-    dbmtl_beta: float = option(0.9, "DB-MTL: moving-average factor β of the gradient norms (0.9).")
-    dbmtl_beta_sigma: float = option(0.0, "DB-MTL: β decays as β/k^σ over steps k (σ = 0).")
-    max_grad_norm: float = option(
-        1.0,
-        "nash-mtl, cagrad, famo and fairgrad clip the shared encoder's gradient to this norm after each step, as "
-        "their official code does (1.0); 0 disables.",
-    )
-    gradnorm_alpha: float = option(0.16, "GradNorm asymmetry α (0.16, the original's; the GradNorm paper used 1.5).")
-    gradnorm_params: str = option(
-        "conv",
-        "Where GradNorm measures task gradient norms: conv (default, as the original: the encoder's last conv "
-        "weight, layer4[-1].conv2) or block (every parameter of the last layer4 block). Its weights always train "
-        "with their own Adam (betas 0.9/0.999, the initial lr, no schedule).",
-    )
-    dwa_temperature: float = option(2.0, "Temperature T of --weighting dwa (2).")
+def _task_option_fields() -> list[tuple[str, type, Any]]:
+    declared = {o.name: o for spec in all_specs() for o in spec.options}
+    names = [n for n in _LEGACY_LOSS_ORDER if n in declared] + [n for n in declared if n not in _LEGACY_LOSS_ORDER]
+    return [(n, declared[n].type, option(declared[n].default, declared[n].help)) for n in names]
+
+
+LossOptions = dataclasses.make_dataclass(
+    "LossOptions",
+    [
+        *_LOSS_CORE,
+        *_task_option_fields(),
+        ("consistency_weights", tuple[str, ...], option(
+            (),
+            "λ of the other tasks as TASK=WEIGHT, comma-separated, e.g. normal=1e-4 (the weight of the transferred "
+            "losses of the nets a task feeds in its task loss; seg's is --alpha, depth's --gamma); default: the "
+            "dataset's α (cityscapes/synthetic 0.01, nyu 1e-4).",
+            cli_type=str,
+        )),
+    ],
+    frozen=True,
+    kw_only=True,
+    namespace={"__doc__": "The objective's options: consistency, the consistency weights λ and each task's losses "
+               "(declared by the task specs, crosstask_cli.tasks)."},
+)  # fmt: skip
+
+
+OptimOptions = dataclasses.make_dataclass(
+    "OptimOptions",
+    [
+        ("epochs", int, option(250, "Number of epochs (cityscapes 250, nyu 100, synthetic 30).")),
+        ("batch_size", int, option(8, "Batch size (cityscapes 8, nyu 6).")),
+        ("optimizer", str, option("adam", "adam (default, the paper's) or sgd (momentum 0.9, the original's "
+                                  "alternative).")),
+        ("lr", float, option(1e-4, "Initial learning rate (1e-4).")),
+        ("betas", tuple[float, float], option((0.9, 0.99), "Adam betas (0.9 0.99); unused by sgd.")),
+        ("scheduler_step_size", int, option(80, "StepLR step in epochs (cityscapes 80, nyu 60).")),
+        ("scheduler_gamma", float, option(0.5, "StepLR decay factor (0.5).")),
+        ("weighting", str, option("fixed", weighting_help())),
+        # each method's hyper-parameters, declared with it (weighting.catalog)
+        *((h.name, type(h.default), option(h.default, h.help)) for h in HYPERPARAMETERS),
+    ],
+    frozen=True,
+    kw_only=True,
+    namespace={"__doc__": "The optimizer, its schedule and the task weighting with its hyper-parameters."},
+)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,8 +253,8 @@ BY_PATH: dict[str, FieldInfo] = {f.path: f for f in FIELDS.values()}
 
 
 def default_consistency(values: dict[str, Any]) -> str:
-    """The consistency a config gets when none is given: the method's (xtsc) for two tasks, none for one (a single
-    task has nothing to be consistent with; asking for consistency with one task is an error)."""
+    """The consistency a config gets when none is given: the method's (xtsc) for two tasks or more, none for one (a
+    single task has nothing to be consistent with; asking for consistency with one task is an error)."""
     tasks = values.get("tasks") or ModelOptions().tasks
     tasks = tuple(t.strip() for t in tasks.split(",")) if isinstance(tasks, str) else tuple(tasks)
     return LossOptions().consistency if len(set(tasks)) > 1 else "none"
@@ -304,12 +303,13 @@ class TrainConfig:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def __post_init__(self) -> None:
-        model = self.model
-        if not isinstance(model.tasks, tuple):
-            model = dataclasses.replace(model, tasks=tuple(model.tasks))
-        if not isinstance(self.optim.betas, tuple):
-            object.__setattr__(self, "optim", dataclasses.replace(self.optim, betas=tuple(self.optim.betas)))
-        object.__setattr__(self, "model", model)
+        for section in SECTIONS:  # JSON gives lists where the fields hold tuples
+            options = getattr(self, section)
+            lists = {
+                f.name: tuple(v) for f in dataclasses.fields(options) if isinstance(v := getattr(options, f.name), list)
+            }
+            if lists:
+                object.__setattr__(self, section, dataclasses.replace(options, **lists))
         if isinstance(self.runtime.amp, bool):  # configs of earlier versions stored a boolean --amp
             amp = "auto" if self.runtime.amp else "off"
             object.__setattr__(self, "runtime", dataclasses.replace(self.runtime, amp=amp))
@@ -396,13 +396,31 @@ class TrainConfig:
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
+    # --- derived values -----------------------------------------------------------------------------------
+    def consistency_weights(self) -> dict[str, float]:
+        """λ of every trained task: seg's is ``alpha``, depth's ``gamma``, the others' from
+        ``consistency_weights`` (TASK=WEIGHT) or, when not given, the dataset's paper α."""
+        given = dict(_weight_entries(self.loss.consistency_weights))
+        fallback = PAPER_DEFAULTS[self.data.name]["alpha"]
+        weights = {"seg": self.loss.alpha, "depth": self.loss.gamma}
+        return {t: weights.get(t, given.get(t, fallback)) for t in self.model.tasks}
+
+    def task_options(self) -> dict[str, Any]:
+        """Every task's loss options by keyword (``lp``, ``tseg_loss``, ``normal_loss``, …)."""
+        return {o.name: getattr(self.loss, o.name) for spec in all_specs() for o in spec.options}
+
+    def transfer_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The TaskTransferNets of this run as (source, target), canonical order; () without consistency."""
+        if self.loss.consistency == "none":
+            return ()
+        return parse_pairs(self.model.transfer_pairs, self.model.tasks)
+
     # --- validation, once, in field terms ----------------------------------------------------------------
     def _validate(self) -> None:
         # imported here: the CLI reads the option table (this module) without loading torch
         from crosstask_cli.engine.device import AMP_MODES
-        from crosstask_cli.losses import CONSISTENCY, DEPTH_LOSSES, TDEPTH_LOSSES, TSEG_LOSSES
         from crosstask_cli.models.encoder import RESNET_DEPTHS
-        from crosstask_cli.weighting import GRAD_SPACES, GRADNORM_PARAMS, weighting_class, weighting_names
+        from crosstask_cli.objective import CONSISTENCY
 
         d, m, lo, o, r = self.data, self.model, self.loss, self.optim, self.runtime
 
@@ -413,26 +431,36 @@ class TrainConfig:
             if value not in choices:
                 bad(f"{flag_of(kwarg)} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
-        if d.name not in DATASETS:
-            bad(f"unknown dataset {d.name!r}; choose from {', '.join(DATASETS)}")
-        if not m.tasks or set(m.tasks) - {"seg", "depth"} or len(set(m.tasks)) != len(m.tasks):
-            bad(f"--tasks must be seg,depth, seg or depth, got {','.join(m.tasks)}")
+        info = dataset_info(d.name)
+        tasks = parse_tasks(m.tasks)
+        lacking = [t for t in tasks if t not in info.tasks]
+        if lacking:
+            bad(f"--tasks {','.join(tasks)}: {info.title} has no {', '.join(get_task(t).title for t in lacking)} "
+                f"(its tasks: {', '.join(info.tasks)})")  # fmt: skip
         one_of("consistency", lo.consistency, CONSISTENCY)
-        if len(m.tasks) == 1 and lo.consistency != "none":
+        if len(tasks) == 1 and lo.consistency != "none":
             bad(
-                f"--consistency {lo.consistency} needs both tasks; with --tasks {m.tasks[0]} there is nothing to be "
-                "consistent with (leave --consistency out, or give none)"
+                f"--consistency {lo.consistency} needs two tasks or more; with --tasks {tasks[0]} there is nothing to "
+                "be consistent with (leave --consistency out, or give none)"
             )
-        if o.dwa_temperature <= 0:
-            bad(f"--dwa-temperature must be positive, got {o.dwa_temperature}")
-        for kwarg in ("cagrad_c", "fairgrad_alpha", "famo_lr", "famo_decay", "max_grad_norm", "dbmtl_beta_sigma"):
-            if getattr(o, kwarg) < 0:
-                bad(f"{flag_of(kwarg)} must be ≥ 0, got {getattr(o, kwarg)}")
-        if not 0 <= o.dbmtl_beta < 1:
-            bad(f"--dbmtl-beta must be in [0, 1), got {o.dbmtl_beta}")
-        for kwarg in ("nash_update_every", "nash_iters"):
-            if not isinstance(getattr(o, kwarg), int) or getattr(o, kwarg) < 1:
-                bad(f"{flag_of(kwarg)} must be a positive integer, got {getattr(o, kwarg)}")
+        if m.transfer_pairs:
+            if lo.consistency == "none":
+                bad("--transfer-pairs chooses TaskTransferNets, but --consistency none trains none")
+            parse_pairs(m.transfer_pairs, tasks)
+        for name, weight in _weight_entries(lo.consistency_weights):
+            if name in ("seg", "depth"):
+                bad(
+                    f"--consistency-weights {name}=…: the weight of {name} is --{'alpha' if name == 'seg' else 'gamma'}"
+                )
+            if name not in tasks:
+                bad(f"--consistency-weights {name}=…: {name} is not trained (--tasks {','.join(tasks)})")
+            if not 0 <= weight <= 1:
+                bad(f"--consistency-weights {name}={weight}: a weight must be in [0, 1]")
+        for spec in all_specs():
+            for opt in spec.options:
+                opt.check(getattr(lo, opt.name), flag_of(opt.name))
+        for h in HYPERPARAMETERS:
+            h.check(getattr(o, h.name))
         if m.enc_layers not in RESNET_DEPTHS:
             bad(f"--enc-layers must be one of {', '.join(map(str, RESNET_DEPTHS))}, got {m.enc_layers}")
         for kwarg in ("epochs", "batch_size", "height", "width", "scheduler_step_size", "eval_batch_size"):
@@ -445,33 +473,26 @@ class TrainConfig:
                 "--height and --width must be multiples of 8 (the TaskTransferNet pools three times), "
                 f"got {d.height}×{d.width}"
             )
-        one_of("lp", lo.lp, DEPTH_LOSSES)
-        one_of("tdep_loss", lo.tdep_loss, TDEPTH_LOSSES)
-        one_of("tseg_loss", lo.tseg_loss, TSEG_LOSSES)
         one_of("weighting", o.weighting, weighting_names())
         one_of("optimizer", o.optimizer, OPTIMIZERS)
         one_of("amp", r.amp, AMP_MODES)
-        one_of("gradnorm_params", o.gradnorm_params, GRADNORM_PARAMS)
-        one_of("grad_space", o.grad_space, GRAD_SPACES)
-        if len(m.tasks) < 2 and weighting_class(o.weighting).kind == "gradient":
-            bad(f"--weighting {o.weighting} balances the gradients of two tasks; --tasks is {m.tasks[0]}")
+        if len(tasks) < 2 and method_info(o.weighting).kind == "gradient":
+            bad(f"--weighting {o.weighting} balances the gradients of two tasks; --tasks is {tasks[0]}")
         one_of("select_metric", r.select_metric, tuple(SELECT_DIRECTION))
-        needs = {"miou": "seg", "pixel_acc": "seg", "abs_err": "depth", "rel_err": "depth"}.get(r.select_metric)
-        if needs is not None and needs not in m.tasks:
-            bad(f"--select-metric {r.select_metric} needs the {needs} task, but --tasks is {','.join(m.tasks)}")
-        if o.lr <= 0:
+        needs = next((s.name for s in all_specs() if r.select_metric in s.directions), None)
+        if needs is not None and needs not in tasks:
+            bad(f"--select-metric {r.select_metric} needs the {needs} task, but --tasks is {','.join(tasks)}")
+        if not o.lr > 0:  # also refuses NaN
             bad(f"--lr must be positive, got {o.lr}")
         if not 0 < o.scheduler_gamma <= 1:
             bad(f"--scheduler-gamma must be in (0, 1], got {o.scheduler_gamma}")
-        for kwarg in ("alpha", "gamma", "label_smoothing"):
+        for kwarg in ("alpha", "gamma"):
             value = getattr(lo, kwarg)
             if not 0 <= value <= 1:
                 bad(f"{flag_of(kwarg)} must be in [0, 1], got {value}")
         one_of("depth", d.depth, ("inverse", "metric"))
-        if d.name == "nyu" and m.num_classes != 13:
-            bad(f"NYUv2 has 13 classes, got --num-classes {m.num_classes}")
-        if d.name != "nyu" and m.num_classes not in (7, 19):
-            bad(f"Cityscapes-style data has 7 or 19 classes, got --num-classes {m.num_classes}")
+        if m.num_classes not in info.classes:
+            bad(f"{info.title} has {' or '.join(map(str, info.classes))} classes, got --num-classes {m.num_classes}")
         if d.workers < 0:
             bad(f"--workers must be ≥ 0, got {d.workers}")
         if r.save_every_steps is not None and r.save_every_steps < 1:
@@ -482,6 +503,21 @@ class TrainConfig:
             bad("--max-steps-per-epoch must be ≥ 1")
         if r.device not in ("auto", "cpu", "mps") and not r.device.startswith("cuda"):
             bad(f"--device must be auto, cpu, cuda[:N] or mps, got {r.device!r}")
+
+
+def _weight_entries(entries) -> list[tuple[str, float]]:
+    """``("normal=1e-4", …)`` → [("normal", 0.0001), …]; ConfigError for an entry that is not TASK=NUMBER."""
+    out = []
+    for entry in entries:
+        name, sep, value = str(entry).partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not name.strip() or weight != weight:
+            raise ConfigError(f"--consistency-weights {entry!r}: expected TASK=WEIGHT, e.g. normal=1e-4")
+        out.append((name.strip(), weight))
+    return out
 
 
 def flat_config(d: dict, strict: bool = False) -> dict[str, Any]:

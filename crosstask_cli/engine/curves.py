@@ -23,12 +23,17 @@ def plot_training_curves(records: list[EpochRecord], out_dir: str | Path) -> lis
     def val(key: str) -> list[float]:
         return [r.val.get(key, nan) for r in records]
 
+    from crosstask_cli.tasks import all_specs, get_task, is_transfer_loss
+
+    first = records[0].train if records else {}
+    tasks = [s.name for s in all_specs() if s.name in first] or ["seg", "depth"]
+    transfers = [k for k in first if is_transfer_loss(k)]
     written = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, keys, title in (
-        (axes[0], ("seg", "depth"), "direct losses"),
-        (axes[1], ("tseg", "tdepth"), "transferred (consistency) losses"),
-        (axes[2], ("seg_task", "depth_task"), "task losses"),
+        (axes[0], tasks, "direct losses"),
+        (axes[1], transfers or ["tseg", "tdepth"], "transferred (consistency) losses"),
+        (axes[2], [f"{t}_task" for t in tasks], "task losses"),
     ):
         for k in keys:
             ax.plot(epochs, train(k), marker="o", ms=3, label=f"train {k}")
@@ -42,13 +47,14 @@ def plot_training_curves(records: list[EpochRecord], out_dir: str | Path) -> lis
     fig.tight_layout()
     written.append(save_png(fig, out_dir / "losses.png"))
 
+    long = {"miou": "mIoU", "pixel_acc": "pixel accuracy", "abs_err": "abs error", "rel_err": "abs rel error"}
     panels = [
-        ("miou", "mIoU ↑"),
-        ("pixel_acc", "pixel accuracy ↑"),
-        ("abs_err", "abs error ↓"),
-        ("rel_err", "abs rel error ↓"),
+        (m, f"{long.get(m, get_task(t).titles.get(m, m))} {'↑' if get_task(t).directions[m] > 0 else '↓'}")
+        for t in tasks
+        for m in get_task(t).compared[:2]
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.8), squeeze=False)
+    axes = axes[0]
     split = records[-1].val_split if records else "val"
     for ax, (key, title) in zip(axes, panels, strict=True):
         ax.plot(epochs, val(key), marker="o", ms=3, color="tab:green" if "↑" in title else "tab:red")

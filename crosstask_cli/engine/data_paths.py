@@ -17,13 +17,14 @@ def default_data(ckpt: dict) -> Path:
 
 
 def resolve_eval_data(ckpt: dict, data: Path | None) -> Path:
+    from crosstask_cli.data.datasets import known_or_default
     from crosstask_cli.data.prepare import check_compatible, resolve_data
     from crosstask_cli.data.prepared import read_meta
 
     ds = ckpt["dataset"]
     if data is None:
         data = default_data(ckpt)
-    name = ds["name"] if ds["name"] in ("cityscapes", "nyu", "synthetic") else "cityscapes"
+    name = known_or_default(ds["name"])
     prepared = resolve_data(name, data, ds["height"], ds["width"], ds["num_classes"], ds["depth"]["kind"])
     check_compatible(read_meta(prepared), ds["num_classes"], ds["depth"]["kind"], prepared, ds.get("class_names"))
     return prepared

@@ -1,8 +1,8 @@
-"""Evaluation of a model (or of prediction files) on a prepared split, with both metric protocols."""
+"""Evaluation of a model (or of prediction files) on a prepared split, with both metric protocols, for any tasks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +15,64 @@ from crosstask_cli.data.prepared import DatasetError, DatasetMeta, open_split, r
 from crosstask_cli.engine.device import autocast, memory_format, resolve_amp
 from crosstask_cli.engine.records import EvalResult
 from crosstask_cli.errors import ConfigError
-from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
-from crosstask_cli.metrics import (
-    PROTOCOLS,
-    ConfusionMatrix,
-    ConsistencyMetrics,
-    DepthMetrics,
-    OriginalProtocolMetrics,
+from crosstask_cli.metrics import PROTOCOLS, OriginalProtocolMetrics
+from crosstask_cli.objective import CrossTaskLoss
+from crosstask_cli.tasks import (
+    LEGACY_TASKS,
+    TaskContext,
+    agreement_name,
+    default_pairs,
+    get_task,
+    ordered,
+    transfer_order,
 )
-from crosstask_cli.ops import class_labels
+
+
+class PairAgreement:
+    """How well the transferred predictions agree with the direct ones (the method's own quantity), per pair
+    (source → target): the target task's agreement figure (seg_agreement: share of labelled pixels where
+    argmax(direct) == argmax(transferred); depth_gap: mean |direct − transferred| over valid depth pixels, dataset
+    units; normal_gap: mean angle between them over valid normal pixels, degrees). Accumulated on the device."""
+
+    def __init__(self, ctx: TaskContext, pairs=(("seg", "depth"), ("depth", "seg"))) -> None:
+        self.ctx = ctx
+        self.pairs = transfer_order(pairs)
+        self.sums = torch.zeros(2 * len(self.pairs), dtype=torch.float64)  # numerator, count per pair
+
+    @torch.no_grad()
+    def update(self, seg, seg_from_depth, depth, depth_from_seg, seg_target, depth_target) -> None:
+        """The original's two pairs, from their tensors (see :meth:`update_pairs`)."""
+        self.update_pairs({"seg": seg, "depth": depth}, {("depth", "seg"): seg_from_depth,
+                          ("seg", "depth"): depth_from_seg}, {"seg": seg_target, "depth": depth_target})  # fmt: skip
+
+    @torch.no_grad()
+    def update_pairs(self, direct: Mapping, transferred: Mapping, targets: Mapping) -> None:
+        rows = []
+        for s, t in self.pairs:
+            if (s, t) in transferred and t in targets:
+                rows.append(get_task(t).agreement_sums(direct[t], transferred[(s, t)], targets[t], self.ctx))
+            else:
+                rows.append(torch.zeros(2, dtype=torch.float64, device=next(iter(targets.values())).device))
+        row = torch.cat(rows)
+        if self.sums.device != row.device:
+            self.sums = self.sums.to(row.device)
+        self.sums += row
+
+    def compute(self) -> dict[str, float]:
+        values = self.sums.tolist()
+        return {
+            agreement_name(s, t): values[2 * i] / values[2 * i + 1] if values[2 * i + 1] else float("nan")
+            for i, (s, t) in enumerate(self.pairs)
+        }
 
 
 class MetricSet:
-    """The accumulators of one evaluation, fed together; ``result(protocol)`` builds the JSON dict.
+    """The accumulators of one evaluation, fed together; ``result(protocol)`` builds the EvalResult.
 
-    ``protocols``: which protocols' accumulators to feed (the per-image ones of ``original`` are only kept when
-    asked for). The confusion matrix and depth sums are always kept: both protocols report per-class IoU, and the
-    ``original`` depth averages are built from the same per-batch sums.
+    ``tasks``: the tasks evaluated (seg and depth by default); ``protocols``: which protocols' accumulators to
+    feed (the per-image ones of ``original`` are only kept when asked for; the confusion matrix and pooled depth
+    sums always are: both protocols report per-class IoU, and the ``original`` depth averages are built from the
+    same per-batch sums). ``pairs``: the TaskTransferNets whose agreement ``consistency`` accumulates.
     """
 
     def __init__(
@@ -42,75 +83,98 @@ class MetricSet:
         class_names: list[str] | None = None,
         dataset: str | None = None,
         depth_kind: str | None = None,
+        tasks: tuple[str, ...] = LEGACY_TASKS,
+        pairs: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         unknown = set(protocols) - set(PROTOCOLS)
         if unknown:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {sorted(unknown)}")
         self.dataset, self.depth_kind = dataset, depth_kind
         self.protocols = tuple(protocols)
-        self.cm = ConfusionMatrix(num_classes, ignore_index, class_names)
-        self.depth = DepthMetrics()
+        self.tasks = ordered(tasks)
+        self.ctx = TaskContext(num_classes, ignore_index, tuple(class_names or ()), (), depth_kind or "metric")
+        # seg and depth share the original protocol's sums, as the reference implementation computes them together
         self.original = OriginalProtocolMetrics(num_classes, ignore_index)
-        self.consistency = ConsistencyMetrics(ignore_index)
+        self.task_metrics = {t: get_task(t).metrics(self.protocols, self.ctx, self.original) for t in self.tasks}
+        self.consistency = PairAgreement(self.ctx, pairs if pairs is not None else default_pairs(self.tasks))
         self.has_consistency = False
         self.images = 0
 
     @classmethod
-    def for_dataset(cls, meta: DatasetMeta, protocols: tuple[str, ...] = PROTOCOLS) -> MetricSet:
-        return cls(meta.num_classes, protocols, meta.ignore_index, meta.class_names, meta.dataset, meta.depth_kind)
+    def for_dataset(
+        cls, meta: DatasetMeta, protocols: tuple[str, ...] = PROTOCOLS, tasks=None, pairs=None
+    ) -> MetricSet:
+        return cls(meta.num_classes, protocols, meta.ignore_index, meta.class_names, meta.dataset, meta.depth_kind,
+                   tasks if tasks is not None else meta.tasks, pairs)  # fmt: skip
 
-    def update(self, seg_pred, seg_target, depth_pred, depth_target) -> None:
-        """Predictions may be None for a task a single-task model does not have (its metrics stay NaN)."""
-        original = "original" in self.protocols
-        if seg_pred is not None:
-            if original and seg_pred.ndim == seg_target.ndim + 1:
-                seg_pred = class_labels(seg_pred)  # once for both accumulators
-            self.cm.update(seg_pred, seg_target)  # from logits it needs no range clamp
-            if original:
-                self.original.update(seg_pred, seg_target, None, depth_target)
-        if depth_pred is not None:
-            sums = self.depth.update(depth_pred, depth_target)
-            if original:
-                self.original.add_depth_sums(sums, depth_target.shape[0])
-        self.images += seg_target.shape[0]
+    @property
+    def cm(self):
+        return self.task_metrics["seg"].cm
+
+    @property
+    def depth(self):
+        return self.task_metrics["depth"].pooled
+
+    def update(self, *args) -> None:
+        """``update(preds, targets)`` with {task: tensor} dicts, or the original's
+        ``update(seg_pred, seg_target, depth_pred, depth_target)``. A prediction may be missing (None) for a task a
+        model does not predict (its metrics stay NaN)."""
+        if len(args) == 4:
+            preds, targets = {"seg": args[0], "depth": args[2]}, {"seg": args[1], "depth": args[3]}
+        elif len(args) == 2:
+            preds, targets = args
+        else:
+            raise TypeError(
+                "MetricSet.update(preds, targets) or update(seg_pred, seg_target, depth_pred, depth_target)"
+            )
+        for t, metrics in self.task_metrics.items():
+            if preds.get(t) is not None:
+                metrics.update(preds[t], targets[t])
+        self.images += next(v for v in targets.values() if v is not None).shape[0]
 
     def reduce(self, dist, device: torch.device) -> None:
         """Sum every accumulator over the processes of a distributed run (each evaluated a shard)."""
         from crosstask_cli.engine.distributed import all_reduce_sum_
 
-        self.cm.check_targets()
-        o = self.original
-        scalars = torch.tensor([o.images, self.images, float(self.has_consistency)], dtype=torch.float64)
-        parts = [self.cm.matrix.double(), self.cm.misses.double(), self.depth.sums, self.consistency.sums, o.sums]
-        parts.append(scalars)
-        flat = all_reduce_sum_(torch.cat([t.to(device).flatten() for t in parts]), dist).cpu()
-        sizes = [t.numel() for t in parts]
-        cm, misses, depth, cons, orig, sc = torch.split(flat, sizes)
-        self.cm.matrix = cm.round().long().view_as(self.cm.matrix)
-        self.cm.misses = misses.round().long()
-        self.depth.sums, self.consistency.sums, o.sums = depth.clone(), cons.clone(), orig.clone()
-        images_o, images, has_c = sc.tolist()
-        o.images, self.images, self.has_consistency = int(images_o), int(images), has_c > 0
+        parts = [part for m in self.task_metrics.values() for part in m.state()]
+        parts += [self.consistency.sums, torch.tensor([self.images, float(self.has_consistency)], dtype=torch.float64)]
+        flat = all_reduce_sum_(torch.cat([t.to(device).flatten().double() for t in parts]), dist).cpu()
+        pieces = list(torch.split(flat, [t.numel() for t in parts]))
+        pieces = [x.view_as(t) if t.ndim > 1 else x for x, t in zip(pieces, parts, strict=True)]
+        for m in self.task_metrics.values():
+            n = len(m.state())
+            m.load_state(pieces[:n])
+            pieces = pieces[n:]
+        self.consistency.sums = pieces[0].clone()
+        images, has_c = pieces[1].tolist()
+        self.images, self.has_consistency = int(images), has_c > 0
 
     def result(self, protocol: str, split: str) -> EvalResult:
         if protocol not in self.protocols:
             raise ConfigError(f"protocol must be one of {self.protocols} (those this MetricSet kept), got {protocol!r}")
-        seg = self.cm.compute()
-        depth = self.depth.compute()
-        if protocol == "original":
-            o = self.original.compute()
-            seg = {**seg, "miou": o["miou"], "pixel_acc": o["pixel_acc"]}
-            depth = {"abs_err": o["abs_err"], "rel_err": o["rel_err"]}
+        metrics = {t: m.compute(protocol) for t, m in self.task_metrics.items()}
+        for t in LEGACY_TASKS:  # seg and depth are always reported (NaN for a task not evaluated), as before
+            metrics.setdefault(t, get_task(t).empty_metrics(protocol, self.ctx))
         return EvalResult(
             protocol=protocol,
             split=split,
             num_images=self.images,
+            metrics={t: metrics[t] for t in ordered(metrics)},
             dataset=self.dataset,
             depth_kind=self.depth_kind,
-            segmentation=seg,
-            depth=depth,
             consistency=self.consistency.compute() if self.has_consistency else None,
         )
+
+
+def evaluation_tasks(model: torch.nn.Module, meta: DatasetMeta) -> tuple[str, ...]:
+    """The tasks a model is evaluated on: those it predicts whose targets the dataset has."""
+    tasks = tuple(t for t in model.config.tasks if t in meta.tasks)
+    if not tasks:
+        raise DatasetError(
+            f"the model predicts {', '.join(model.config.tasks)}, the dataset holds targets of "
+            f"{', '.join(meta.tasks)}: nothing to evaluate"
+        )
+    return tasks
 
 
 @torch.no_grad()
@@ -133,27 +197,39 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on a prepared split; returns an :class:`EvalResult` (``.to_dict()`` is the ``eval --json`` content).
 
-    With ``loss_fn`` the mean of each loss component over batches is added under ``"loss"``; with
-    ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``. With a
-    distributed ``dist`` each process evaluates every world_size-th image and the metrics are summed. With
+    Every task the model predicts and the dataset has targets of is scored (``result.tasks`` lists them when some
+    of the model's tasks are not). With ``loss_fn`` the mean of each loss component over batches is added under
+    ``"loss"``; with ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``.
+    With a distributed ``dist`` each process evaluates every world_size-th image and the metrics are summed. With
     ``energy`` (a model with TaskTransferNets, not distributed) the consistency-energy report under ``"energy"``
     (:class:`~crosstask_cli.energy.ConsistencyReport`); ``corrupt`` corrupts each uint8 image before it is
     normalised (:class:`~crosstask_cli.data.corruptions.Corruption`).
     """
     device = torch.device(device)
     precision = resolve_amp(amp, device)
-    ds = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split, augment=False)
+    if isinstance(data, PreparedDataset):
+        ds = data
+        tasks = evaluation_tasks(model, ds.meta) if hasattr(model, "config") else ds.tasks
+        lacking = [t for t in tasks if t not in ds.tasks]
+        if lacking:
+            raise DatasetError(f"{ds.root}: the dataset given was opened without the {', '.join(lacking)} targets")
+    else:
+        meta = read_meta(Path(data))
+        tasks = evaluation_tasks(model, meta) if hasattr(model, "config") else meta.tasks
+        ds = PreparedDataset(data, split, augment=False, tasks=tasks)
     if corrupt is not None:
         ds.corrupt = corrupt
+    pairs = tuple(p for p in getattr(getattr(model, "config", None), "pairs", ()) if set(p) <= set(tasks))
     report = None
     if energy:
         from crosstask_cli.energy import NEEDS_BOTH, ConsistencyReport
 
-        if not getattr(model, "config", None) or not model.config.has_transfer:
+        if not pairs:
             raise ConfigError(NEEDS_BOTH)
         if dist is not None and dist.enabled:
             raise ConfigError("the consistency-energy report is computed in one process, not under torchrun")
-        report = ConsistencyReport(ds.meta.num_classes, ds.meta.ignore_index, ds.meta.class_names)
+        report = ConsistencyReport(ds.meta.num_classes, ds.meta.ignore_index, ds.meta.class_names, pairs=pairs,
+                                   depth_kind=ds.meta.depth_kind)  # fmt: skip
     indices = range(len(ds) if max_batches is None else min(len(ds), max_batches * batch_size))
     if dist is not None and dist.enabled:
         indices = indices[dist.rank :: dist.world_size]
@@ -161,33 +237,30 @@ def evaluate(
     loader = DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
     )
-    metrics = MetricSet.for_dataset(ds.meta, (protocol,))
+    metrics = MetricSet.for_dataset(ds.meta, (protocol,), tasks, pairs)
     need_transfer = consistency or loss_fn is not None or energy
     loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
-    loss_keys = list(LOSS_NAMES)  # fixed, so every process reduces the same vector
+    loss_keys = list(loss_fn.names) if loss_fn is not None else []  # fixed, so every process reduces the same vector
     batches = 0
     was_training = model.training
     fmt = memory_format(device)
     model.to(memory_format=fmt)
     model.eval()
     try:
-        for images, seg_t, depth_t, _ in loader:
+        for images, targets, _ in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
-            seg_t = seg_t.to(device, non_blocking=True)
-            depth_t = depth_t.to(device, non_blocking=True)
+            targets = {t: v.to(device, non_blocking=True) for t, v in targets.items()}
             with autocast(device, precision):
                 pred = model(images, direct_only=not need_transfer)
-            pred = type(pred)(*(None if t is None else t.float() for t in pred))
-            metrics.update(pred.seg, seg_t, pred.depth, depth_t)
-            if consistency and pred.seg_from_depth is not None:
-                metrics.consistency.update(
-                    pred.seg, pred.seg_from_depth, pred.depth, pred.depth_from_seg, seg_t, depth_t
-                )
+            pred = pred.map(lambda t: t.float())
+            metrics.update(pred.direct, targets)
+            if consistency and pred.transferred:
+                metrics.consistency.update_pairs(pred.direct, pred.transferred, targets)
                 metrics.has_consistency = True
             if report is not None:
-                report.update(pred, seg_t, depth_t)
+                report.update(pred, targets)
             if loss_fn is not None:
-                losses = loss_fn(pred, seg_t, depth_t)
+                losses = loss_fn(pred, targets)
                 row = torch.stack([losses[k].detach().double() for k in loss_keys])
                 loss_sums = row if loss_sums is None else loss_sums + row
             batches += 1
@@ -209,6 +282,9 @@ def evaluate(
             loss_sums, batches = packed[:-1], int(packed[-1].item())
     out = metrics.result(protocol, ds.split_name)
     out.precision = precision
+    model_tasks = getattr(getattr(model, "config", None), "tasks", tasks)
+    if set(tasks) != set(model_tasks):
+        out.tasks = list(tasks)
     if report is not None:
         out.energy = report.compute()
     if loss_fn is not None:
@@ -227,12 +303,12 @@ def evaluate_predictions(
 ) -> EvalResult:
     """Evaluate prediction files against a prepared split: a ``crosstask predict`` output in either format (see
     :func:`~crosstask_cli.predictions.match_predictions` for how files are found), or a flat folder of
-    ``<id>_seg.png`` / ``<id>_depth.npy``. Only the tasks whose files are present are scored (``result.tasks``);
-    a predicted class id outside the dataset's classes (e.g. 255, or a labelId the dataset does not evaluate) is
-    a miss (``segmentation.missed_pixels``); non-finite depth is an error naming the file. ``verify`` checks
-    every value of the split first (else a sample)."""
+    ``<id>_seg.png`` / ``<id>_depth.npy`` / ``<id>_normal.npy``. Only the tasks whose files are present are scored
+    (``result.tasks``); a predicted class id outside the dataset's classes (e.g. 255, or a labelId the dataset does
+    not evaluate) is a miss (``segmentation.missed_pixels``); non-finite depth or normals are an error naming the
+    file. ``verify`` checks every value of the split first (else a sample)."""
     from crosstask_cli.data.labels import cityscapes_lookup, has_cityscapes_labels
-    from crosstask_cli.predictions import match_predictions, read_depth_prediction, read_seg_prediction
+    from crosstask_cli.predictions import match_predictions, read_seg_prediction
 
     pred_dir, data = Path(pred_dir), Path(data)
     if not pred_dir.is_dir():
@@ -240,7 +316,7 @@ def evaluate_predictions(
     meta = read_meta(data)
     s = open_split(data, split)
     verify_split(s, meta, full=verify)
-    files = match_predictions(pred_dir, list(s.files))
+    files = match_predictions(pred_dir, list(s.files), {t: get_task(t).file_suffixes()[0] for t in meta.tasks})
     lookup = None
     if files.format == "cityscapes":
         if not has_cityscapes_labels(meta.dataset, meta.num_classes):
@@ -248,27 +324,26 @@ def evaluate_predictions(
                 f"{pred_dir}: holds Cityscapes labelIds, but {data} is {meta.dataset} with {meta.num_classes} classes"
             )
         lookup = cityscapes_lookup(meta.num_classes, meta.categories or "original")
-    metrics = MetricSet.for_dataset(meta, (protocol,))
+    tasks = ordered(files.tasks)
+    metrics = MetricSet.for_dataset(meta, (protocol,), tasks)
     h, w = meta.height, meta.width
     for start in range(0, len(s), batch_size):
         ids = s.files[start : start + batch_size]
         stop = start + len(ids)
-        seg_t = torch.from_numpy(np.array(s.labels[start:stop], dtype=np.int64))
-        dep_t = torch.from_numpy(np.array(s.depth[start:stop], dtype=np.float32))
-        seg_p = dep_p = None
-        if files.seg is not None:
-            segs = [read_seg_prediction(files.seg[i], files.format, lookup, h, w) for i in ids]
-            seg_p = torch.from_numpy(np.stack(segs).astype(np.int64))
-        if files.depth is not None:
-            dep_p = torch.from_numpy(np.stack([read_depth_prediction(files.depth[i], h, w) for i in ids]))
-        metrics.update(seg_p, seg_t, dep_p, dep_t)
+        preds, targets = {}, {}
+        for t in tasks:
+            spec = get_task(t)
+            targets[t] = torch.stack([spec.target_tensor(np.asarray(a)) for a in s.targets[t][start:stop]])
+            if t == "seg":
+                arrays = [read_seg_prediction(files.seg[i], files.format, lookup, h, w).astype(np.int64) for i in ids]
+            else:
+                arrays = [spec.read_prediction(files.files[t][i], h, w) for i in ids]
+            preds[t] = torch.stack([spec.target_tensor(a) for a in arrays])  # a prediction file has its target's layout
+        metrics.update(preds, targets)
     result = metrics.result(protocol, split)
-    if len(files.tasks) < 2:  # scored one task: the other's metrics are not reported, rather than NaN
-        result.tasks = files.tasks
-        if files.seg is None:
-            result.segmentation = {}
-        if files.depth is None:
-            result.depth = {}
+    if set(tasks) != set(LEGACY_TASKS):  # not the original's pair: say which were scored (the others not, not NaN)
+        result.tasks = list(tasks)
+        result.metrics = {t: v for t, v in result.metrics.items() if t in tasks}
     return result
 
 
@@ -290,13 +365,9 @@ def evaluate_corruption(
     bad = evaluate(model, data, split, energy=True, corrupt=corruption, progress=progress, **kwargs)
 
     def summary(r: EvalResult) -> dict:
-        return {
-            "miou": r.segmentation.get("miou"),
-            "pixel_acc": r.segmentation.get("pixel_acc"),
-            "abs_err": r.depth.get("abs_err"),
-            "rel_err": r.depth.get("rel_err"),
-            "energy": r.energy["mean"],
-        }
+        flat = r.flat_metrics()
+        compared = {k: flat.get(k) for t in ordered(r.metrics) for k in get_task(t).compared if k in flat}
+        return {**compared, "energy": r.energy["mean"]}
 
     bad.corruption = {
         "kind": corruption.kind,
@@ -304,7 +375,8 @@ def evaluate_corruption(
         "clean": summary(clean),
         "corrupted": summary(bad),
         "auroc": {
-            k: auroc(clean.energy["per_image"][k], bad.energy["per_image"][k]) for k in ("combined", "seg", "depth")
-        },
+            k: auroc(clean.energy["per_image"][k], bad.energy["per_image"][k])
+            for k in ("combined", *(k for k in clean.energy["per_image"] if k != "combined"))
+        },  # fmt: skip
     }
     return bad

@@ -15,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from crosstask_cli.errors import InputError
+from crosstask_cli.tasks import LEGACY_TASKS, all_specs, get_task
 
-VAL_METRICS = ("miou", "pixel_acc", "abs_err", "rel_err", "rmse", "delta1")  # logged each epoch
-SELECT_DIRECTION = {"loss": "min", "miou": "max", "pixel_acc": "max", "abs_err": "min", "rel_err": "min"}
+VAL_METRICS = tuple(m for spec in all_specs() for m in spec.logged)  # logged each epoch, for the tasks trained
+# what --select-metric may choose: the validation loss or a compared metric of a task (its direction from the spec)
+SELECT_DIRECTION = {"loss": "min"} | {
+    m: "max" if spec.directions[m] > 0 else "min" for spec in all_specs() for m in spec.compared
+}
 
 
 def _number(value: Any) -> float:
@@ -122,20 +126,23 @@ def write_metrics_log(path: Path, records: list[EpochRecord]) -> None:
 
 @dataclass
 class EvalResult:
-    """One evaluation: what ``crosstask eval --json`` writes (ratios in [0, 1], depth in the dataset's units).
+    """One evaluation: what ``crosstask eval --json`` writes (ratios in [0, 1], depth in the dataset's units, angles
+    in degrees).
 
-    ``segmentation``: miou, pixel_acc, per_class_iou {name: iou}; ``depth``: abs_err, rel_err, … (see
-    ``metrics.DepthMetrics``); ``consistency`` (models with TaskTransferNets): seg_agreement, depth_gap; ``loss``:
-    mean loss components when a loss function was given; ``checkpoint``/``data``: where it came from;
+    ``metrics``: each evaluated task's metrics by task name (``seg``: miou, pixel_acc, per_class_iou {name: iou};
+    ``depth``: abs_err, rel_err, … (see ``metrics.DepthMetrics``); ``normal``: mean_angle, median_angle,
+    within_11_25, …), written under the task's ``result_key`` (``segmentation``, ``depth``, ``normal``);
+    ``segmentation`` and ``depth`` are always written (the original's keys; empty or NaN for a task not
+    predicted). ``consistency`` (models with TaskTransferNets): each pair's agreement (seg_agreement, depth_gap,
+    …); ``loss``: mean loss components when a loss function was given; ``checkpoint``/``data``: where it came from;
     ``precision``: of the model's forward pass (off = fp32, bf16, fp16); ``tasks``: the tasks scored when prediction
-    files hold one (the other's dict is empty); ``cityscapes``: ``eval --full-resolution``'s official scores.
+    files hold only some; ``cityscapes``: ``eval --full-resolution``'s official scores.
     """
 
     protocol: str
     split: str
     num_images: int
-    segmentation: dict[str, Any]
-    depth: dict[str, float]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset: str | None = None
     depth_kind: str | None = None
     consistency: dict[str, float] | None = None
@@ -143,16 +150,39 @@ class EvalResult:
     checkpoint: str | None = None
     data: str | None = None
     precision: str | None = None  # the model's forward pass: off (fp32), bf16 or fp16; metrics are always fp32
-    tasks: list[str] | None = None  # the tasks scored, when not both (prediction files of one task)
+    tasks: list[str] | None = None  # the tasks scored, when not all (prediction files of some tasks)
     cityscapes: dict[str, Any] | None = None  # eval --full-resolution: the official evaluator's scores
     energy: dict[str, Any] | None = None  # the consistency energy report (energy.ConsistencyReport)
     corruption: dict[str, Any] | None = None  # eval --corrupt: the corruption, clean scores, AUROC
 
-    KEYS = ("protocol", "split", "num_images", "dataset", "depth_kind", "segmentation", "depth")
+    KEYS = ("protocol", "split", "num_images", "dataset", "depth_kind")
     OPTIONAL = ("consistency", "loss", "checkpoint", "data", "precision", "tasks", "cityscapes", "energy", "corruption")
+
+    @property
+    def segmentation(self) -> dict[str, Any]:
+        return self.metrics.setdefault("seg", {})
+
+    @segmentation.setter
+    def segmentation(self, value: dict[str, Any]) -> None:
+        self.metrics["seg"] = value
+
+    @property
+    def depth(self) -> dict[str, Any]:
+        return self.metrics.setdefault("depth", {})
+
+    @depth.setter
+    def depth(self, value: dict[str, Any]) -> None:
+        self.metrics["depth"] = value
+
+    def flat_metrics(self) -> dict[str, Any]:
+        """Every task's metrics in one dict (metric names are unique across tasks)."""
+        return {k: v for values in self.metrics.values() for k, v in values.items()}
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.KEYS}
+        for spec in all_specs():
+            if spec.name in LEGACY_TASKS or spec.name in self.metrics:
+                d[spec.result_key] = self.metrics.get(spec.name, {})
         d.update({k: getattr(self, k) for k in self.OPTIONAL if getattr(self, k) is not None})
         return d
 
@@ -164,12 +194,18 @@ class EvalResult:
             or not isinstance(d.get("depth"), dict)
         ):
             raise InputError(f"{where}: not an evaluation result (needs 'segmentation' and 'depth')")
+        metrics = {}
+        for spec in all_specs():
+            value = d.get(spec.result_key)
+            if value is not None and not isinstance(value, dict):
+                raise InputError(f"{where}: '{spec.result_key}' must be an object of metrics")
+            if value is not None:
+                metrics[spec.name] = value
         return cls(
             protocol=str(d.get("protocol", "standard")),
             split=str(d.get("split", "val")),
             num_images=int(d.get("num_images", 0) or 0),
-            segmentation=d["segmentation"],
-            depth=d["depth"],
+            metrics=metrics,
             dataset=d.get("dataset"),
             depth_kind=d.get("depth_kind"),
             consistency=d.get("consistency"),
@@ -182,3 +218,14 @@ class EvalResult:
             energy=d.get("energy"),
             corruption=d.get("corruption"),
         )
+
+
+def task_of_metric(metric: str) -> str | None:
+    """The task that reports ``metric`` (None for a name no task reports)."""
+    return next((s.name for s in all_specs() if metric in s.directions), None)
+
+
+def metric_direction(metric: str) -> int:
+    """+1 when a higher ``metric`` is better, −1 when lower is (ConfigError-free: unknown names give 0)."""
+    task = task_of_metric(metric)
+    return 0 if task is None else get_task(task).directions[metric]

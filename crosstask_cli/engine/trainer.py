@@ -46,8 +46,9 @@ from crosstask_cli.engine.evaluator import evaluate
 from crosstask_cli.engine.records import VAL_METRICS, EpochRecord
 from crosstask_cli.engine.state import checkpoint_payload, seed_everything, set_rng_state
 from crosstask_cli.errors import ConfigError, DatasetError, NonFiniteLossError, RunDirError
-from crosstask_cli.losses import LOSS_NAMES, CrossTaskLoss
 from crosstask_cli.models.network import build_model
+from crosstask_cli.objective import CrossTaskLoss
+from crosstask_cli.tasks import get_task, task_loss_name
 from crosstask_cli.weighting import weighting_class
 
 __all__ = ["Trainer", "TrainReporter", "TrainResult", "NonFiniteLossError", "RunDirError", "train"]
@@ -75,7 +76,21 @@ def resolve_training_data(cfg: TrainConfig, reporter: TrainReporter | None = Non
         synthetic=(d.synthetic_train, d.synthetic_val),
         message=reporter.message if reporter else None,
         progress=progress,
+        tasks=cfg.model.tasks,
     )
+
+
+def build_loss(cfg: TrainConfig, ignore_index: int, pairs) -> CrossTaskLoss:
+    """The objective of a run: its tasks, the model's TaskTransferNets (``pairs``), the consistency, the consistency
+    weights λ and every task's loss options."""
+    m, lo = cfg.model, cfg.loss
+    options = {
+        k: v for k, v in cfg.task_options().items() if k not in ("lp", "tdep_loss", "tseg_loss", "label_smoothing")
+    }
+    return CrossTaskLoss(
+        m.num_classes, lo.alpha, lo.gamma, lo.lp, lo.tdep_loss, lo.tseg_loss, lo.label_smoothing, ignore_index,
+        lo.consistency, tasks=m.tasks, pairs=tuple(pairs) or None, weights=cfg.consistency_weights(), options=options,
+    )  # fmt: skip
 
 
 class Trainer:
@@ -127,9 +142,10 @@ class Trainer:
         self.prepared = prepared
         self.meta = read_meta(prepared)
         m = cfg.model
+        pairs = cfg.transfer_pairs() if m.transfer_pairs else None  # None: every ordered pair (stored as such)
         self.model = build_model(
             m.enc_layers, m.num_classes, m.pretrained, m.ttnet_batch_norm, m.wider_ttnet, m.encoder_weights,
-            tasks=m.tasks, transfer=cfg.loss.consistency != "none",
+            tasks=m.tasks, transfer=cfg.loss.consistency != "none", transfer_pairs=pairs,
         )  # fmt: skip
         self.fmt = memory_format(self.device)
         if self.dist.enabled and cfg.runtime.sync_bn:
@@ -140,16 +156,12 @@ class Trainer:
         method = weighting_class(cfg.optim.weighting)
         if self.dist.enabled and not method.supports_distributed:
             raise ConfigError(f"--weighting {cfg.optim.weighting} is not supported with several processes (torchrun)")
-        task_names = tuple(f"{t}_task" for t in m.tasks)
+        task_names = tuple(task_loss_name(t) for t in m.tasks)
         self.weighting = method.from_options(task_names, cfg.optim, seed=cfg.runtime.seed).to(self.device)
         self.weighting.attach(self.model)
         if self.dist.enabled:
             self.weighting.use_process_group(lambda t: ddp.all_reduce_mean_(t, self.dist))
-        lo = cfg.loss
-        self.loss_fn = CrossTaskLoss(
-            m.num_classes, lo.alpha, lo.gamma, lo.lp, lo.tdep_loss, lo.tseg_loss, lo.label_smoothing,
-            self.meta.ignore_index, lo.consistency,
-        )  # fmt: skip
+        self.loss_fn = build_loss(cfg, self.meta.ignore_index, self.model.config.pairs)
         params = list(self.model.parameters()) + self.weighting.model_optimizer_parameters()
         self.optimizer = build_optimizer(cfg, params)
         self.weighting_optimizers = self.weighting.configure_optimizers(cfg.optim.lr)  # GradNorm: its own Adam
@@ -169,10 +181,11 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         seed_everything(cfg.runtime.seed + self.dist.rank)  # per-rank randomness; the weights came from one seed
 
-        verify = cfg.runtime.verify
-        self.train_ds = PreparedDataset(prepared, "train", augment=True, seed=cfg.runtime.seed, verify=verify)
+        verify, tasks = cfg.runtime.verify, m.tasks
+        self.train_ds = PreparedDataset(prepared, "train", augment=True, seed=cfg.runtime.seed, verify=verify,
+                                        tasks=tasks)  # fmt: skip
         self.select_split = "holdout" if "holdout" in self.meta.splits else "val"
-        self.val_ds = PreparedDataset(prepared, self.select_split, augment=False, verify=verify)
+        self.val_ds = PreparedDataset(prepared, self.select_split, augment=False, verify=verify, tasks=tasks)
         if len(self.train_ds) == 0:
             raise DatasetError(f"{prepared}: the train split is empty")
         self.sampler = EpochSampler(
@@ -238,20 +251,21 @@ class Trainer:
         for opt in self.weighting_optimizers:
             opt.zero_grad(set_to_none=True)
 
-    def _train_step(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
+    def _train_step(self, images, targets, ids) -> dict[str, torch.Tensor] | None:
+        """One step on a batch: images B×3×H×W, targets {task: B×…}, the samples' indices."""
         # A weighting that sets the gradients itself (the per-task gradient methods) runs outside DDP's reducer and
         # averages them over the processes itself; every other step is DDP's usual backward pass.
         own_sync = self.ddp is not None and self.weighting.sets_gradients
         with self.ddp.no_sync() if own_sync else contextlib.nullcontext():
-            return self._train_step_local(images, seg_t, depth_t, ids)
+            return self._train_step_local(images, targets, ids)
 
-    def _train_step_local(self, images, seg_t, depth_t, ids) -> dict[str, torch.Tensor] | None:
+    def _train_step_local(self, images, targets, ids) -> dict[str, torch.Tensor] | None:
         self._zero_grad()
         with autocast(self.device, self.amp):
             pred = self.forward(images)
         if self.amp != "off":  # the losses (and the weighting) in fp32
-            pred = type(pred)(*(None if t is None else t.float() for t in pred))
-        losses = self.loss_fn(pred, seg_t, depth_t)
+            pred = pred.map(lambda t: t.float())
+        losses = self.loss_fn(pred, targets)
         total = self.weighting.combine({k: losses[k] for k in self.weighting.tasks}, self.model)
         # Every process must take the same decision, or DDP's collective calls would hang.
         if not ddp.all_true(bool(torch.isfinite(total)), self.device, self.dist):
@@ -297,7 +311,8 @@ class Trainer:
         full = per_rank // cfg.optim.batch_size if self.loader.drop_last else -(-per_rank // cfg.optim.batch_size)
         steps = full if cfg.runtime.max_steps_per_epoch is None else min(full, cfg.runtime.max_steps_per_epoch)
         first = 0
-        sums = torch.zeros(len(LOSS_NAMES) + 1, device=self.device)
+        names = self.loss_fn.names
+        sums = torch.zeros(len(names) + 1, device=self.device)
         done = 0
         if self.partial is not None:  # resuming inside this epoch
             first = int(self.partial["batches"])
@@ -309,15 +324,14 @@ class Trainer:
         for _ in range(first):
             self.reporter.step(None)
         start = time.perf_counter()
-        for i, (images, seg_t, depth_t, ids) in enumerate(self.loader, start=first):
+        for i, (images, targets, ids) in enumerate(self.loader, start=first):
             if i >= steps:
                 break
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
-            seg_t = seg_t.to(self.device, non_blocking=True)
-            depth_t = depth_t.to(self.device, non_blocking=True)
-            out = self._train_step(images, seg_t, depth_t, ids)
+            targets = {t: v.to(self.device, non_blocking=True) for t, v in targets.items()}
+            out = self._train_step(images, targets, ids)
             if out is not None:
-                sums += torch.stack([out[k] for k in (*LOSS_NAMES, "total")]).float()
+                sums += torch.stack([out[k] for k in (*names, "total")]).float()
                 done += 1
             show = out is not None and (i % 5 == 0 or i == steps - 1)
             self.reporter.step(float(out["total"]) if show else None)
@@ -340,7 +354,7 @@ class Trainer:
             sums, done = packed[:-1], int(packed[-1].item())
         means = (sums / max(done, 1)).tolist()
         record = EpochRecord(epoch=self.epoch, step=self.step_count, lr=lr)
-        record.train = dict(zip((*LOSS_NAMES, "total"), means, strict=True))
+        record.train = dict(zip((*names, "total"), means, strict=True))
         record.weights = self.weighting.weights()
         self.weighting.epoch_end({t: record.train[t] for t in self.weighting.tasks})  # DWA: next epoch's weights
 
@@ -363,8 +377,9 @@ class Trainer:
         )
         record.val_split = self.select_split
         record.val = {"loss": sum(ev.loss[t] for t in self.weighting.tasks), **ev.loss}
-        metrics = {**ev.segmentation, **ev.depth}
-        record.val.update({k: metrics[k] for k in VAL_METRICS})
+        for t in self.cfg.model.tasks:  # in the order of VAL_METRICS, for the trained tasks
+            values = ev.metrics.get(t, {})
+            record.val.update({k: values[k] for k in VAL_METRICS if k in get_task(t).logged})
         record.val.update(ev.consistency or {})
         record.seconds = time.perf_counter() - start
         record.train_seconds = train_seconds

@@ -1,4 +1,4 @@
-"""TaskTransferNet: a small U-Net mapping one task's prediction to the other task."""
+"""TaskTransferNet: a small U-Net mapping one task's prediction to another task."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crosstask_cli.models.init import xavier_init_
+
+OUTPUT_ACTIVATIONS = ("log_softmax", "identity", "l2")
 
 
 def _double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
@@ -22,10 +24,11 @@ def _double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
 class TaskTransferNet(nn.Module):
     """U-Net with three down and three up blocks (64/128/256 channels, ×2 when ``wider``).
 
-    Input B×in_channels×H×W with H, W multiples of 8. ``log_softmax_input`` is set for the seg→depth net,
-    whose input is segmentation logits. Output B×out_channels×H×W; for out_channels > 1 the output is
-    log-probabilities (log-softmax), usable wherever logits are. Convolutions start Xavier-normal with zero
-    bias, as the original.
+    Input B×in_channels×H×W with H, W multiples of 8. ``log_softmax_input`` is set for the nets fed by
+    segmentation, whose input is logits. Output B×out_channels×H×W through ``output_activation``: ``log_softmax``
+    (a segmentation: log-probabilities, usable wherever logits are), ``identity`` (depth), ``l2`` (unit vectors
+    per pixel: normals) or ``auto`` (log-softmax for out_channels > 1, else identity: the original's two nets).
+    Convolutions start Xavier-normal with zero bias, as the original.
     """
 
     def __init__(
@@ -35,8 +38,13 @@ class TaskTransferNet(nn.Module):
         batch_norm: bool = False,
         wider: bool = False,
         log_softmax_input: bool = False,
+        output_activation: str = "auto",
     ) -> None:
         super().__init__()
+        if output_activation == "auto":
+            output_activation = "log_softmax" if out_channels > 1 else "identity"
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}")
         c1, c2, c3 = (128, 256, 512) if wider else (64, 128, 256)
         self.down1 = _double_conv(in_channels, c1, batch_norm)
         self.down2 = _double_conv(c1, c2, batch_norm)
@@ -47,6 +55,7 @@ class TaskTransferNet(nn.Module):
         self.head = nn.Conv2d(c1, out_channels, 1, bias=False)
         self.out_channels = out_channels
         self.log_softmax_input = log_softmax_input
+        self.output_activation = output_activation
         xavier_init_(self)
 
     @staticmethod
@@ -64,4 +73,8 @@ class TaskTransferNet(nn.Module):
         y = self.up2(self._up(torch.cat((y, e2), dim=1)))
         y = self.up3(self._up(torch.cat((y, e1), dim=1)))
         y = self.head(y)
-        return F.log_softmax(y, dim=1) if self.out_channels > 1 else y
+        if self.output_activation == "log_softmax":
+            return F.log_softmax(y, dim=1)
+        if self.output_activation == "l2":
+            return F.normalize(y, p=2.0, dim=1, eps=1e-12)
+        return y

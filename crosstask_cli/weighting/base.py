@@ -16,12 +16,13 @@ Under ``torchrun`` the trainer calls :meth:`TaskWeighting.use_process_group`; a 
 or per-task gradients of the *global* batch reduces them through it, so that every process takes the same
 decision as a single process with the whole batch would.
 
-New methods register with :func:`register_weighting`; the method modules (``loss_based``, ``gradient_based``)
-are imported by the package, so the registry is complete once ``crosstask_cli.weighting`` is imported.
+New methods are declared in :mod:`.catalog` (name, kind, reference, hyper-parameters) and register their class
+with :func:`register_weighting`; :func:`weighting_class` imports the implementation module a method names.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from crosstask_cli.errors import ConfigError
+from crosstask_cli.weighting.catalog import constructor_arguments, method_info
 
 TASKS = ("seg_task", "depth_task")
 
@@ -38,16 +40,16 @@ AllReduceMean = Callable[[torch.Tensor], Any]
 
 
 def register_weighting(name: str) -> Callable[[type[TaskWeighting]], type[TaskWeighting]]:
+    """Register the implementation of the catalog's method ``name`` (its kind comes from the catalog)."""
+    info = method_info(name)
+
     def deco(cls: type[TaskWeighting]) -> type[TaskWeighting]:
         _REGISTRY[name] = cls
         cls.name = name
+        cls.kind = info.kind
         return cls
 
     return deco
-
-
-def weighting_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
 
 
 def build_weighting(name: str, tasks: tuple[str, ...] = TASKS, **kwargs: Any) -> TaskWeighting:
@@ -56,8 +58,9 @@ def build_weighting(name: str, tasks: tuple[str, ...] = TASKS, **kwargs: Any) ->
 
 
 def weighting_class(name: str) -> type[TaskWeighting]:
+    info = method_info(name)  # ConfigError for an unknown name
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown weighting {name!r}; choose from {weighting_names()}")
+        importlib.import_module(f"crosstask_cli.weighting.{info.module}")
     return _REGISTRY[name]
 
 
@@ -84,9 +87,9 @@ class TaskWeighting(nn.Module):
 
     @classmethod
     def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> TaskWeighting:
-        """Build from the training options (any object with the ``--weighting`` hyper-parameters as attributes,
-        e.g. ``TrainConfig.optim``); methods with hyper-parameters override this."""
-        return cls(tasks)
+        """Build from the training options (any object with the hyper-parameters as attributes, e.g.
+        ``TrainConfig.optim``): the catalog says which constructor argument each fills."""
+        return cls(tasks, **constructor_arguments(cls.name, options, seed))
 
     # --- wiring ------------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> Any:

@@ -37,11 +37,10 @@ from torch import nn
 
 from crosstask_cli.errors import ConfigError, MissingDependencyError
 from crosstask_cli.weighting.base import TASKS, TaskWeighting, clip_shared_grad_norm_, register_weighting
+from crosstask_cli.weighting.catalog import HYPERPARAMETERS
 
-GRAD_SPACES = ("features", "encoder")
-
-
-GRADNORM_PARAMS = ("conv", "block")
+GRAD_SPACES = next(h for h in HYPERPARAMETERS if h.name == "grad_space").choices
+GRADNORM_PARAMS = next(h for h in HYPERPARAMETERS if h.name == "gradnorm_params").choices
 
 
 @register_weighting("gradnorm")
@@ -60,7 +59,6 @@ class GradNormWeighting(TaskWeighting):
     the weights are trained by their own Adam (betas 0.9/0.999, the model's initial lr, no schedule).
     """
 
-    kind = "gradient"
     needs_features = True
     sets_gradients = True
 
@@ -76,10 +74,6 @@ class GradNormWeighting(TaskWeighting):
         self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
         self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> GradNormWeighting:
-        return cls(tasks, alpha=options.gradnorm_alpha, params=options.gradnorm_params)
 
     def _shared_params(self, model: nn.Module) -> list[nn.Parameter]:
         src = model.encoder if hasattr(model, "encoder") else model
@@ -248,7 +242,6 @@ class GramianWeighting(TaskWeighting):
     and LibMTL do.
     """
 
-    kind = "gradient"
     max_norm = 0.0
     needs_features = True
     sets_gradients = True
@@ -265,14 +258,6 @@ class GramianWeighting(TaskWeighting):
             raise ConfigError(f"--grad-space must be one of {', '.join(GRAD_SPACES)}, got {grad_space!r}")
         self.grad_space = grad_space
         self.register_buffer("last", torch.ones(len(self.tasks)))
-
-    @staticmethod
-    def _space(options: Any) -> str:
-        return getattr(options, "grad_space", "features")
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> GramianWeighting:
-        return cls(tasks, grad_space=cls._space(options))
 
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         return sum(losses[t] for t in self.tasks)  # logged; the update is Σ w·∇L with w from the gradients
@@ -372,10 +357,6 @@ class CAGradWeighting(GramianWeighting):
         self.c, self.max_norm = float(c), float(max_norm)
         self.solver = torchjd_weighting("CAGradWeighting", c=self.c)
 
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> CAGradWeighting:
-        return cls(tasks, grad_space=cls._space(options), c=options.cagrad_c, max_norm=options.max_grad_norm)
-
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         k = gramian.shape[0]
         return self.solver(gramian) * (k / (1 + self.c**2))
@@ -428,10 +409,6 @@ class FairGradWeighting(GramianWeighting):
         self.alpha, self.max_norm = float(alpha), float(max_norm)
         self.solver = torchjd_weighting("FairGradWeighting", alpha=self.alpha)
 
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> FairGradWeighting:
-        return cls(tasks, grad_space=cls._space(options), alpha=options.fairgrad_alpha, max_norm=options.max_grad_norm)
-
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return self.solver(gramian)
 
@@ -469,16 +446,6 @@ class NashMTLWeighting(GramianWeighting):
             update_weights_every=update_weights_every,
             optim_niter=optim_niter,
         ).weighting
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> NashMTLWeighting:
-        return cls(
-            tasks,
-            grad_space=cls._space(options),
-            update_weights_every=options.nash_update_every,
-            optim_niter=options.nash_iters,
-            max_norm=options.max_grad_norm,
-        )
 
     def gramian_weights(self, gramian: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         # TorchJD's Nash-MTL takes the matrix J and forms JJᵀ itself: any M with MMᵀ = G gives the same weights.
@@ -531,10 +498,6 @@ class DualBalancingWeighting(GramianWeighting):
         self.beta, self.beta_sigma = float(beta), float(beta_sigma)
         self.register_buffer("norms", torch.zeros(len(self.tasks), dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> DualBalancingWeighting:
-        return cls(tasks, grad_space=cls._space(options), beta=options.dbmtl_beta, beta_sigma=options.dbmtl_beta_sigma)
 
     def distributed_sync_(self, all_reduce_mean_, first_step: bool) -> None:
         pass  # the moving average is built from the global Gramian and losses, identically on every process

@@ -5,8 +5,6 @@ fixed, uncertainty (Kendall 2018), dwa (Liu 2019), rlw (Lin 2022) and famo (Liu 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -57,10 +55,6 @@ class DynamicWeightAverage(TaskWeighting):
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("task_weights", torch.ones(len(self.tasks)))
 
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> DynamicWeightAverage:
-        return cls(tasks, temperature=options.dwa_temperature)
-
     def combine(self, losses: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
         stacked = torch.stack([losses[t] for t in self.tasks])
         return (self.task_weights.to(stacked) * stacked).sum()
@@ -96,10 +90,6 @@ class RandomLossWeighting(TaskWeighting):
         self.seed = int(seed)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("last", torch.full((len(self.tasks),), 1.0 / len(self.tasks)))
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> RandomLossWeighting:
-        return cls(tasks, seed=seed)
 
     def draw(self, step: int) -> torch.Tensor:
         """The weights of training step ``step`` (K, summing to 1)."""
@@ -149,10 +139,6 @@ class FAMOWeighting(TaskWeighting):
             raise ConfigError(f"FAMO needs lr ≥ 0 and weight decay ≥ 0, got {lr} and {weight_decay}")
         self.famo = FAMO(len(self.tasks), lr=lr, weight_decay=weight_decay)
         self.max_norm = float(max_norm)
-
-    @classmethod
-    def from_options(cls, tasks: tuple[str, ...], options: Any, seed: int = 0) -> FAMOWeighting:
-        return cls(tasks, lr=options.famo_lr, weight_decay=options.famo_decay, max_norm=options.max_grad_norm)
 
     def model_optimizer_parameters(self) -> list[nn.Parameter]:
         return []  # ξ is stepped by FAMO's own Adam, from loss changes, never by the model's optimizer
