@@ -256,7 +256,7 @@ class ConsistencyReport:
         energy = dict(zip(self.targets, columns[:k], strict=True))
         combined = columns[k]
         scores = dict(zip(self.targets, columns[k + 1 :], strict=True))
-        errors = {t: 1 - scores[t] if t == "seg" else scores[t] for t in self.targets}  # seg's score is its mIoU
+        errors = {t: get_task(t).error_of_score(scores[t]) for t in self.targets}  # seg's score is its mIoU
         pixels = {t: torch.cat(v, 1).double().cpu().numpy() if v else np.zeros((2, 0)) for t, v in self._pixels.items()}
         specs = {t: get_task(t) for t in self.targets}
         return {

@@ -88,7 +88,7 @@ class CrossTaskLoss:
         self._options = {**legacy, **dict(self.options)}
         for name, value in self._options.items():
             if name in known:
-                known[name].check(value, "--" + name.replace("_", "-"))
+                known[name].check(value, name)  # the API's keyword (the CLI checks its flags in the config)
         lambdas = {"seg": self.alpha, "depth": self.gamma, **dict(self.weights or {})}
         for name in ("alpha", "gamma"):
             if not 0.0 <= getattr(self, name) <= 1.0:

@@ -196,7 +196,7 @@ def sample_grid(
         if with_error:
             ax = axes[r, -1]
             depth = targets.get("depth")
-            dep_p = None if p is None or p.depth is None else _depth_cell(p.depth, image.shape[:2])
+            dep_p = None if p is None or p.depth is None else get_task("depth").as_array(p.depth[0])
             # no depth head (a segmentation-only model) or no depth target: nothing to compare, a blank tile
             error = (
                 np.where(depth > 0, np.abs(dep_p - depth), np.nan)
@@ -231,24 +231,7 @@ def _grid_cell(spec, what, targets: dict, pred, image: np.ndarray) -> tuple[str,
         return f"ground truth {spec.title}", targets.get(t)
     tensor = pred.direct.get(t) if what == "pred" else pred.transferred.get((what[1], t))
     title = f"predicted {spec.title}" if what == "pred" else f"{spec.title} from {get_task(what[1]).title}"
-    if tensor is None:
-        return title, None
-    return title, _prediction_array(spec, tensor, image.shape[:2])
-
-
-def _prediction_array(spec, tensor, shape) -> np.ndarray:
-    """A 1×C×h×w prediction → the array drawn: class ids, depth (clamped at 0), or H×W×3 normals."""
-    from crosstask_cli.ops import class_labels
-
-    if spec.name == "seg":
-        return class_labels(tensor)[0].cpu().numpy().astype(np.uint8)
-    if spec.name == "depth":
-        return _depth_cell(tensor, shape)
-    return tensor[0].permute(1, 2, 0).float().cpu().numpy()
-
-
-def _depth_cell(depth, shape) -> np.ndarray:
-    return np.zeros(shape, np.float32) if depth is None else depth[0, 0].clamp(min=0).cpu().numpy()
+    return title, None if tensor is None else spec.as_array(tensor[0])
 
 
 def curves_from_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:

@@ -319,5 +319,5 @@ def test_the_objective_of_three_tasks_groups_each_transferred_loss_under_its_sou
     assert g[0] is not None and g[1] is None
     with pytest.raises(ConfigError, match="consistency weight of normal must be in"):
         ct.CrossTaskLoss(c, tasks=tasks, weights={"normal": 1.5})
-    with pytest.raises(ConfigError, match="--normal-loss must be one of cos, l1"):
+    with pytest.raises(ConfigError, match="normal_loss must be one of cos, l1"):
         ct.CrossTaskLoss(c, tasks=tasks, options={"normal_loss": "l2"})

@@ -178,7 +178,6 @@ def validation_panels(trainer: Trainer, count: int) -> list:
     import torch
 
     from crosstask_cli.data.dataset import normalise
-    from crosstask_cli.ops import class_labels
     from crosstask_cli.tasks import get_task
 
     n = min(count, len(trainer.val_ds))
@@ -198,13 +197,7 @@ def validation_panels(trainer: Trainer, count: int) -> list:
     for i in range(n):
         tiles = [images[i]]
         for t, value in pred.direct.items():
-            v = value[i : i + 1].float()
-            if t == "seg":
-                array = class_labels(v)[0].to(torch.uint8).cpu().numpy()
-            elif t == "depth":
-                array = v[0, 0].clamp(min=0).cpu().numpy()
-            else:
-                array = v[0].permute(1, 2, 0).cpu().numpy()
-            tiles.append(get_task(t).colorize(array, ctx))
+            spec = get_task(t)
+            tiles.append(spec.colorize(spec.as_array(value[i]), ctx))
         panels.append(np.concatenate(tiles, axis=1))
     return panels

@@ -249,6 +249,10 @@ class TaskSpec:
         """B×H×W per-pixel error (meaningful where :meth:`valid`)."""
         raise NotImplementedError
 
+    def error_of_score(self, score):
+        """The per-image error given the per-image score of :meth:`image_scores` (the same, unless overridden)."""
+        return score
+
     # --- files and pictures --------------------------------------------------------------------------------
     def file_suffixes(self, tag: str = "") -> tuple[str, ...]:
         """The suffixes of the files one prediction of this task writes (``tag``: '' or ``_transfer``)."""
@@ -274,6 +278,12 @@ class TaskSpec:
     def colorize(self, array: np.ndarray, ctx: TaskContext, vrange: Any = None) -> np.ndarray:
         """A prediction or target array (H×W…) → H×W×3 uint8 RGB for figures."""
         raise NotImplementedError
+
+    def as_array(self, pred: torch.Tensor) -> np.ndarray:
+        """One image's C×h×w prediction → the array its files and figures hold, at the model's size (H×W for one
+        channel, else H×W×C)."""
+        p = pred.detach().float()
+        return (p[0] if p.shape[0] == 1 else p.permute(1, 2, 0)).cpu().numpy()
 
 
 def first_bad(bad: np.ndarray) -> int:

@@ -152,6 +152,9 @@ class DepthTask(TaskSpec):
     def energy(self, direct, transferred):
         return (direct.float() - transferred.float()).abs().squeeze(1)
 
+    def as_array(self, pred):
+        return pred[0].detach().float().clamp(min=0).cpu().numpy()
+
     def pixel_errors(self, pred, target, ctx):
         shape = (pred.shape[0], *pred.shape[2:])
         return (pred.float().reshape(shape) - target.reshape(shape)).abs()

@@ -201,6 +201,16 @@ class SegmentationTask(TaskSpec):
     def image_errors(self, pred, target, ctx):
         return 1 - self._image_miou(pred, target, ctx)
 
+    def error_of_score(self, score):
+        return 1 - score
+
+    def as_array(self, pred):
+        import torch
+
+        from crosstask_cli.ops import class_labels
+
+        return class_labels(pred[None].float())[0].to(torch.uint8).cpu().numpy()
+
     def pixel_errors(self, pred, target, ctx):
         from crosstask_cli.ops import class_labels
 
