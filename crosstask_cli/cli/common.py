@@ -89,11 +89,12 @@ def progress_columns():
 
 
 @contextmanager
-def progress_factory():
-    """Yield a ``progress(description, total) -> advance(n)`` factory drawing Rich bars on stderr."""
+def progress_factory(transient: bool = False):
+    """Yield a ``progress(description, total) -> advance(n)`` factory drawing Rich bars on stderr (``transient``:
+    removed when done)."""
     from rich.progress import Progress
 
-    with Progress(*progress_columns(), console=err, transient=False) as prog:
+    with Progress(*progress_columns(), console=err, transient=transient) as prog:
 
         def factory(description: str, total: int) -> Callable[[int], None]:
             task = prog.add_task(description, total=total, info="")

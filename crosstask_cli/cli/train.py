@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import inspect
-import typing
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from crosstask_cli.cli.common import CLIError, esc, fmt, handle_errors, out
+from crosstask_cli.cli.options import from_cli, parameter, signature
 from crosstask_cli.cli.reporting import rich_train_reporter
-from crosstask_cli.engine.config import FIELDS, FieldInfo
+from crosstask_cli.engine.config import DATASETS, FIELDS
 
 HELP = """Train CrossTaskNet (ResNet encoder, a decoder per task, a TaskTransferNet per ordered pair of tasks) with
 cross-task consistency: seg and depth by default; `--tasks seg,depth,normal` on nyu or synthetic adds surface
@@ -61,45 +61,21 @@ SHORTHANDS: dict[str, tuple[Any, Any]] = {
 FIRST = ("data", "run_dir")  # shown first in --help, before the run options
 
 
-def _cli_option(info: FieldInfo) -> tuple[Any, Any]:
-    """The Typer annotation and option of one config field (every option defaults to None = the paper's)."""
-    if info.type is bool:
-        return bool, typer.Option(None, f"{info.flag}/--no-{info.flag[2:]}", help=info.help)
-    return info.cli_type, typer.Option(None, info.flag, help=info.help)
-
-
-def _from_cli(info: FieldInfo, value: Any) -> Any:
-    """A CLI value in the config field's type (paths as strings, comma lists as tuples)."""
-    if value is None:
-        return None
-    if info.cli_type is Path:
-        return str(value)
-    if info.cli_type is str and typing.get_origin(info.type) is tuple:  # a comma list: --tasks seg,depth,normal
-        return tuple(t.strip() for t in str(value).split(",") if t.strip())
-    return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
 def _signature() -> inspect.Signature:
     kw = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter(
-            "dataset", kw, annotation=str, default=typer.Argument(..., help="cityscapes | nyu | synthetic")
-        )
-    ]
+    params = [inspect.Parameter("dataset", kw, annotation=str, default=typer.Argument(..., help=" | ".join(DATASETS)))]
     fields = [f for f in FIELDS.values() if f.flag is not None]
     ordered = [f for k in FIRST for f in fields if f.kwarg == k] + [f for f in fields if f.kwarg not in FIRST]
-    for info in ordered[: len(FIRST)]:
-        ann, opt = _cli_option(info)
-        params.append(inspect.Parameter(info.kwarg, kw, annotation=ann, default=opt))
+    # every config option defaults to None: the paper's value for the dataset
+    params += [parameter(info, default=None, name=info.kwarg) for info in ordered[: len(FIRST)]]
     for name, (ann, opt) in RUN_OPTIONS.items():
         params.append(inspect.Parameter(name, kw, annotation=ann, default=opt))
     for info in ordered[len(FIRST) :]:
-        ann, opt = _cli_option(info)
-        params.append(inspect.Parameter(info.kwarg, kw, annotation=ann, default=opt))
+        params.append(parameter(info, default=None, name=info.kwarg))
         if info.kwarg == "weighting":
             for name, (ann2, opt2) in SHORTHANDS.items():
                 params.append(inspect.Parameter(name, kw, annotation=ann2, default=opt2))
-    return inspect.Signature(params, return_annotation=None)
+    return signature(params)
 
 
 def _train_command(**options: Any) -> None:
@@ -111,7 +87,7 @@ def _train_command(**options: Any) -> None:
     resume, force, config = options.pop("resume"), options.pop("force"), options.pop("config")
     assignments = list(options.pop("assignments") or [])
     uncertainty_weights, gradnorm = options.pop("uncertainty_weights"), options.pop("gradnorm")
-    given = {k: _from_cli(FIELDS[k], v) for k, v in options.items()}
+    given = {k: from_cli(FIELDS[k], v) for k, v in options.items()}
     run_dir = Path(given["run_dir"]) if given["run_dir"] else None
     if uncertainty_weights and gradnorm:
         raise CLIError("--uncertainty-weights and --gradnorm are exclusive")

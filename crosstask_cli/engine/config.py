@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from crosstask_cli.data.datasets import dataset_info, dataset_names, paper_defaults
 from crosstask_cli.engine.records import SELECT_DIRECTION
 from crosstask_cli.errors import ConfigError
+from crosstask_cli.options import FieldInfo, field_table, option, parse_value
 from crosstask_cli.tasks import all_specs, get_task, parse_pairs, parse_tasks
 from crosstask_cli.weighting.catalog import HYPERPARAMETERS, method_info, weighting_help, weighting_names
 
@@ -30,15 +29,6 @@ OPTIMIZERS = ("adam", "sgd")
 
 # The reference implementation's flag table (Cityscapes / NYUv2), by flat keyword (data.datasets holds them).
 PAPER_DEFAULTS: dict[str, dict] = {name: paper_defaults(name) for name in DATASETS}
-
-
-def option(default: Any, help: str, *, flag: str | None = "", kwarg: str | None = None, cli_type: Any = None):
-    """A config field with its CLI flag ('' = derived from the name, None = no flag) and help text.
-
-    ``kwarg``: the flat keyword (and 0.1.0 config.json key) when it differs from the field name; ``cli_type``:
-    how the CLI reads it when that differs from the field's type (paths, comma lists)."""
-    meta = {"help": help, "flag": flag, "kwarg": kwarg, "cli_type": cli_type}
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,48 +196,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass(frozen=True)
-class FieldInfo:
-    """One row of the option table: where a setting lives and how the CLI spells it."""
-
-    section: str
-    name: str
-    kwarg: str
-    flag: str | None
-    help: str
-    type: Any  # the field's type, None removed from unions
-    cli_type: Any
-    optional: bool = False  # None is a valid value (``--set …=none`` means None only then)
-
-    @property
-    def path(self) -> str:
-        return f"{self.section}.{self.name}"
-
-
-def _strip_none(tp: Any) -> Any:
-    """``int | None`` → ``int``: the CLI reads the value type; None means unset."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _field_table() -> dict[str, FieldInfo]:
-    table = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            m = f.metadata
-            kwarg = m["kwarg"] or f.name
-            flag = "--" + f.name.replace("_", "-") if m["flag"] == "" else m["flag"]
-            tp = _strip_none(hints[f.name])
-            optional = type(None) in typing.get_args(hints[f.name])
-            table[kwarg] = FieldInfo(section, f.name, kwarg, flag, m["help"], tp, m["cli_type"] or tp, optional)
-    return table
-
-
-FIELDS: dict[str, FieldInfo] = _field_table()
+FIELDS: dict[str, FieldInfo] = field_table(SECTIONS)
 """Every option by its flat keyword: the one table the CLI, ``--set`` and 0.1.0 config files map through."""
 BY_PATH: dict[str, FieldInfo] = {f.path: f for f in FIELDS.values()}
 
@@ -263,33 +212,6 @@ def default_consistency(values: dict[str, Any]) -> str:
 def flag_of(kwarg: str) -> str:
     f = FIELDS[kwarg]
     return f.flag or f.kwarg
-
-
-def parse_value(info: FieldInfo, text: str) -> Any:
-    """A ``--set`` value in the field's type: numbers, true/false, comma lists for tuples; none/null for fields that
-    may be unset (for the others, e.g. ``loss.consistency=none``, it is the string)."""
-    t = text.strip()
-    if t.lower() in ("none", "null") and (info.optional or info.type is not str):
-        return None
-    tp = info.type
-    try:
-        if tp is bool:
-            if t.lower() in ("true", "1", "yes", "on"):
-                return True
-            if t.lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(t)
-        if tp is int:
-            return int(t)
-        if tp is float:
-            return float(t)
-        if typing.get_origin(tp) is tuple:
-            items = [s.strip() for s in t.strip("()[]").split(",") if s.strip()]
-            item_type = typing.get_args(tp)[0]
-            return tuple(item_type(s) for s in items)
-    except ValueError:
-        raise ConfigError(f"--set {info.path}={text}: not a valid {getattr(tp, '__name__', tp)}") from None
-    return t
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -333,7 +333,7 @@ def evaluate_predictions(
         preds, targets = {}, {}
         for t in tasks:
             spec = get_task(t)
-            targets[t] = torch.stack([spec.target_tensor(np.asarray(a)) for a in s.targets[t][start:stop]])
+            targets[t] = torch.stack([spec.target_tensor(np.array(a)) for a in s.targets[t][start:stop]])
             if t == "seg":
                 arrays = [read_seg_prediction(files.seg[i], files.format, lookup, h, w).astype(np.int64) for i in ids]
             else:
