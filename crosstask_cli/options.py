@@ -30,14 +30,16 @@ def option(
     metavar: str | None = None,
     argument: bool = False,
     short: str | None = None,
+    required: bool = False,
 ):
     """A config field with its CLI flag ('' = derived from the name, None = no flag) and help text.
 
     ``kwarg``: the flat keyword (and 0.1.0 config.json key) when it differs from the field name; ``cli_type``: how
     the CLI reads it when that differs from the field's type (paths, comma lists); ``metavar``: how ``--help`` shows
-    its value; ``argument``: a positional argument instead of an option; ``short``: a one-letter alias (``-n``)."""
+    its value; ``argument``: a positional argument instead of an option; ``short``: a one-letter alias (``-n``);
+    ``required``: the command line must give it (the API checks it when it is used)."""
     meta = {"help": help, "flag": flag, "kwarg": kwarg, "cli_type": cli_type, "metavar": metavar,
-            "argument": argument, "short": short}  # fmt: skip
+            "argument": argument, "short": short, "required": required}  # fmt: skip
     if isinstance(default, list | dict | set):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,6 +61,7 @@ class FieldInfo:
     metavar: str | None = None
     argument: bool = False
     short: str | None = None
+    required: bool = False
 
     @property
     def path(self) -> str:
@@ -92,7 +95,8 @@ def field_table(sections: Mapping[str, type] | type) -> dict[str, FieldInfo]:
             optional = type(None) in typing.get_args(hints[f.name])
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             table[kwarg] = FieldInfo(section, f.name, kwarg, flag, m["help"], tp, m["cli_type"] or tp, optional,
-                                     default, m.get("metavar"), m.get("argument", False), m.get("short"))  # fmt: skip
+                                     default, m.get("metavar"), m.get("argument", False), m.get("short"),
+                                     m.get("required", False))  # fmt: skip
     return table
 
 

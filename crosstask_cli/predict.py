@@ -6,35 +6,31 @@ and listed. Inputs are never overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from crosstask_cli.errors import InputError
-from crosstask_cli.images import IMAGE_EXTENSIONS, read_image
-from crosstask_cli.ops import upsampled_map
-from crosstask_cli.predictions import (
-    ENERGY_SUFFIXES,
-    FORMATS,
-    LABEL_IDS_SUFFIX,
-    MANIFEST,
-    Manifest,
-    encode_energy,
-    encode_label_ids,
-    read_manifest,
-    write_files,
-    write_manifest,
-)
+from crosstask_cli.options import check_choice, check_positive_int, field_table, option
+from crosstask_cli.predictions import FORMATS
 from crosstask_cli.tasks import TaskContext, get_task, transfer_file_tag, transfer_order
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# The command line reads PredictOptions to draw its flags: this module imports nothing heavy at the top; the work
+# imports NumPy, torch, OpenCV and the file formats where it runs.
 
 
 def output_suffixes(tasks, pairs=(), fmt: str = "crosstask", energy: bool = False) -> tuple[str, ...]:
     """Every file suffix one input's predictions write: each task's files, each transferred prediction's (``pairs``,
     with ``--transfer``), the energy files; the cityscapes format writes the labelIds file only."""
+    from crosstask_cli.predictions import ENERGY_SUFFIXES, LABEL_IDS_SUFFIX
+
     if fmt == "cityscapes":
         return (LABEL_IDS_SUFFIX,)
     out = [x for t in tasks for x in get_task(t).file_suffixes()]
@@ -70,6 +66,8 @@ def collect_inputs(
     """(file, relative output stem) pairs. Folders contribute their image files (recursively if asked); their
     other files (hidden ones aside) are appended to ``unsupported`` as (path, reason). Files given explicitly are
     taken whatever their extension (and skipped later if unreadable)."""
+    from crosstask_cli.images import IMAGE_EXTENSIONS
+
     pairs: list[tuple[Path, Path]] = []
     for inp in inputs:
         inp = Path(inp)
@@ -103,6 +101,7 @@ def _check_out(
     fmt: str = "crosstask",
 ) -> None:
     from crosstask_cli.outputs import check_output_dir, contains
+    from crosstask_cli.predictions import MANIFEST, read_manifest
 
     out_r = out.resolve()
     for inp in inputs:
@@ -143,58 +142,87 @@ def _check_cityscapes_format(ds: dict, tasks: tuple[str, ...], transfer: bool, e
         raise InputError(f"--format cityscapes writes segmentation; {ckpt} is a depth-only model")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions:
+    """How ``predict`` runs (the options of ``crosstask predict`` besides its inputs, checkpoint and folder)."""
+
+    batch_size: int = option(8, "Images per forward pass.")
+    recursive: bool = option(False, "Descend into sub-folders of folder inputs.", short="-r")
+    transfer: bool = option(False, "Also write the transferred predictions (runs the TaskTransferNets).")
+    energy: bool = option(
+        False,
+        "Also write each image's consistency energy (models with TaskTransferNets): STEM_energy.npy (float32, the "
+        "combined energy per pixel: the mean over the TaskTransferNets of each target task's term, at the input's "
+        "size) and STEM_energy_color.png, its mean per image in predictions.json, and list the least reliable images "
+        "(highest energy) at the end.",
+    )
+    fmt: str = option(
+        "crosstask",
+        "crosstask: each task's files per image (class ids and colours, depth, normals). cityscapes: one PNG of "
+        "Cityscapes labelIds per image, at its size, plus predictions.json (19 classes: trainId → labelId by the "
+        "official table; 7 classes: each category → road, building, pole, vegetation, sky, person, car, which the "
+        "official category scores count exactly), for the official evaluator and benchmark submissions.",
+        flag="--format",
+    )
+    device: str = option("auto", "auto, cpu, cuda[:N] or mps.")
+    workers: int = option(
+        0,
+        "Threads that decode/resize the next images and encode/write the previous ones while the model runs; 0: one "
+        "per CPU core this process may use (at least 2). Full-size outputs cost more CPU than a GPU's forward pass, so "
+        "on a GPU machine more cores mean more images/s.",
+    )
+    amp: str = option(
+        "off",
+        "Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32; the command's default), off "
+        "(fp32; the Python API's default), bf16, fp16.",
+    )
+    force: bool = option(
+        False,
+        "Write into an existing predictions folder (one with the predictions.json of an earlier predict), replacing "
+        "same-named outputs; any other non-empty folder is refused.",
+    )
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.batch_size, "--batch-size")
+        check_positive_int(self.workers, "--workers", minimum=0)
+        check_choice(self.fmt, "--format", FORMATS)
+
+
+PREDICT_FIELDS = field_table(PredictOptions)
+
+
 def predict(
     inputs: Iterable[str | Path],
     ckpt: str | Path,
     out: str | Path,
-    batch_size: int = 8,
-    recursive: bool = False,
-    transfer: bool = False,
-    device: str = "auto",
-    force: bool = False,
+    options: PredictOptions | None = None,
+    *,
     progress: Callable[[int], None] | None = None,
-    amp: str | bool = "off",
     on_total: Callable[[int], None] | None = None,
-    workers: int = 0,
-    fmt: str = "crosstask",
-    energy: bool = False,
+    **overrides,
 ) -> PredictResult:
-    """Predict every task of a checkpoint's model for image files; see the module docstring. ``workers``
-    threads (0: one per usable CPU core, at least 2) decode the next images and encode/write the previous ones
-    while the model runs; outputs, the manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask``
-    (each task's files: class ids and colours, depth, normals) or ``cityscapes`` (one labelIds PNG per input and
-    the manifest, nothing else). ``energy`` (models with TaskTransferNets, crosstask format) also writes each
-    image's combined consistency energy map (upsampled bilinearly to the input's size) and its mean in the
-    manifest and ``result.energies``."""
-    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    """Predict every task of a checkpoint's model for image files; see the module docstring. ``options`` (or its
+    fields as keywords: ``batch_size=4, transfer=True, …``) say how: ``workers`` threads (0: one per usable CPU
+    core, at least 2) decode the next images and encode/write the previous ones while the model runs; outputs, the
+    manifest and ``written`` keep the inputs' order. ``fmt``: ``crosstask`` (each task's files: class ids and
+    colours, depth, normals) or ``cityscapes`` (one labelIds PNG per input and the manifest, nothing else).
+    ``energy`` (models with TaskTransferNets, crosstask format) also writes each image's combined consistency
+    energy map (upsampled bilinearly to the input's size) and its mean in the manifest and ``result.energies``.
+    ``progress(n)`` is called as images are done, ``on_total(n)`` once with their number."""
     from crosstask_cli.engine.device import memory_format, resolve_amp, resolve_device
+    from crosstask_cli.predictions import Manifest, write_manifest
 
-    inputs = [Path(p) for p in inputs]
-    out = Path(out)
-    if fmt not in FORMATS:
-        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if recursive and not any(p.is_dir() for p in inputs):
+    o = dataclasses.replace(options or PredictOptions(), **overrides)
+    inputs, out = [Path(p) for p in inputs], Path(out)
+    if o.recursive and not any(p.is_dir() for p in inputs):
         raise InputError("--recursive descends into folders, but every input is a file")
     unsupported: list[tuple[str, str]] = []
-    pairs = collect_inputs(inputs, recursive, unsupported)
-    c = load_checkpoint(ckpt)
-    ds = c["dataset"]
-    model = model_from_checkpoint(c, ckpt)
-    config = model.config
-    if fmt == "cityscapes":
-        _check_cityscapes_format(ds, tuple(config.tasks), transfer, energy, Path(ckpt))
-    if energy and not config.has_transfer:
-        from crosstask_cli.energy import NEEDS_BOTH
-
-        raise InputError(f"--energy: {ckpt}: {NEEDS_BOTH}")
-    if transfer and not config.has_transfer:
-        raise InputError(
-            f"--transfer: {ckpt} has no TaskTransferNets (trained with --tasks {','.join(config.tasks)}"
-            f"{'' if len(config.tasks) == 1 else ' and --consistency none'}), so there is nothing to transfer"
-        )
-    written_pairs = transfer_order(config.pairs) if transfer else ()
-    _check_out(out, pairs, inputs, force, Path(ckpt), output_suffixes(config.tasks, written_pairs, fmt, energy), fmt)
-    dev = resolve_device(device)
+    pairs = collect_inputs(inputs, o.recursive, unsupported)
+    model, ds = _model_for(ckpt, o)
+    written_pairs = transfer_order(model.config.pairs) if o.transfer else ()
+    suffixes = output_suffixes(model.config.tasks, written_pairs, o.fmt, o.energy)
+    _check_out(out, pairs, inputs, o.force, Path(ckpt), suffixes, o.fmt)
+    dev = resolve_device(o.device)
     mem_fmt = memory_format(dev)
     model = model.to(dev, memory_format=mem_fmt)
     if on_total:
@@ -202,18 +230,40 @@ def predict(
     result = PredictResult(out, skipped=list(unsupported))
     if progress and unsupported:
         progress(len(unsupported))
-    stage = _PredictStage(model, ds, dev, resolve_amp(amp, dev), mem_fmt, out, fmt, written_pairs, energy)
+    stage = _PredictStage(model, ds, dev, resolve_amp(o.amp, dev), mem_fmt, out, o.fmt, written_pairs, o.energy)
     start = time.perf_counter()
-    stage.run_all(pairs, batch_size, workers or max(2, usable_cpus()), result, progress)
+    stage.run_all(pairs, o.batch_size, o.workers or max(2, usable_cpus()), result, progress)
     result.seconds = time.perf_counter() - start
-    if energy:
+    if o.energy:
         result.energies = {rel: stage.energies[rel] for rel in result.written}
     if result.written:
-        manifest = Manifest(str(Path(ckpt).resolve()), transfer, ds["depth"]["kind"], ds["class_names"], ds["palette"],
-                            stage.manifest, fmt, result.energies if energy else None, list(config.tasks),
-                            [list(p) for p in written_pairs])  # fmt: skip
+        manifest = Manifest(str(Path(ckpt).resolve()), o.transfer, ds["depth"]["kind"], ds["class_names"],
+                            ds["palette"], stage.manifest, o.fmt, result.energies if o.energy else None,
+                            list(model.config.tasks), [list(p) for p in written_pairs])  # fmt: skip
         write_manifest(out, manifest)
     return result
+
+
+def _model_for(ckpt: str | Path, o: PredictOptions):
+    """The checkpoint's model (CPU, eval mode) and dataset description, after the checks of what ``o`` asks of it."""
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    c = load_checkpoint(ckpt)
+    ds = c["dataset"]
+    model = model_from_checkpoint(c, ckpt)
+    config = model.config
+    if o.fmt == "cityscapes":
+        _check_cityscapes_format(ds, tuple(config.tasks), o.transfer, o.energy, Path(ckpt))
+    if o.energy and not config.has_transfer:
+        from crosstask_cli.energy import NEEDS_BOTH
+
+        raise InputError(f"--energy: {ckpt}: {NEEDS_BOTH}")
+    if o.transfer and not config.has_transfer:
+        raise InputError(
+            f"--transfer: {ckpt} has no TaskTransferNets (trained with --tasks {','.join(config.tasks)}"
+            f"{'' if len(config.tasks) == 1 else ' and --consistency none'}), so there is nothing to transfer"
+        )
+    return model, ds
 
 
 class _PredictStage:
@@ -235,6 +285,7 @@ class _PredictStage:
     def load(self, f: Path) -> tuple[tuple[int, int], np.ndarray]:
         """Decode and resize to the model's size (a worker thread: OpenCV releases the GIL)."""
         from crosstask_cli.data.resize import resize_image
+        from crosstask_cli.images import read_image
 
         img = read_image(f)
         return img.shape[:2], resize_image(img, self.h, self.w)
@@ -242,11 +293,15 @@ class _PredictStage:
     def full_size(self, size: tuple[int, int], maps: dict, energy_map=None) -> tuple[dict, np.ndarray | None]:
         """One image's low-resolution outputs ({(task, tag): C×h×w on the model's device}) → the full-size arrays
         of each and the energy map at the input's size."""
+        from crosstask_cli.ops import upsampled_map
+
         full = {key: get_task(key[0]).full_size(t, size) for key, t in maps.items()}
         return full, None if energy_map is None else upsampled_map(energy_map, size)
 
     def finish(self, rel: Path, full: dict, energy_map: np.ndarray | None = None) -> None:
         """Encode and write one image's outputs (a worker thread)."""
+        from crosstask_cli.predictions import encode_energy, encode_label_ids, write_files
+
         if self.fmt == "cityscapes":
             write_files(self.out, rel, encode_label_ids(full[("seg", "")], self.ds["num_classes"]))
             return
@@ -261,6 +316,7 @@ class _PredictStage:
     def forward(self, batch: list) -> tuple[dict, object]:
         """The model on one batch: {(task, tag): B×C×h×w float} of the files to write, and the combined energy
         (B×h×w) when asked for."""
+        import numpy as np
         import torch
 
         from crosstask_cli.data.dataset import normalise

@@ -20,10 +20,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from crosstask_cli.errors import DatasetError, InputError
+
+if TYPE_CHECKING:  # NumPy is imported where files are encoded or read: predict's options read this module's names
+    import numpy as np
 
 MANIFEST = "predictions.json"
 TRANSFER_TAG = "_transfer"
@@ -45,6 +47,8 @@ def encode_energy(energy: np.ndarray) -> dict[str, bytes]:
     """H×W float32 combined consistency energy → {suffix: bytes}: the .npy array and a colour rendering (magma,
     0 to the image's 99th percentile: it shows *where* in an image energy is high; the arrays and the manifest's
     per-image values compare images)."""
+    import numpy as np
+
     from crosstask_cli.colormaps import depth_palette, unit_indices
     from crosstask_cli.images import encode_png, with_palette
 
@@ -57,6 +61,7 @@ def encode_energy(energy: np.ndarray) -> dict[str, bytes]:
 
 def encode_label_ids(labels: np.ndarray, num_classes: int) -> dict[str, bytes]:
     """H×W uint8 class ids of a Cityscapes model (7 or 19 classes) → {suffix: PNG bytes} of the labelIds map."""
+
     from crosstask_cli.data.labels import class_to_label_id
     from crosstask_cli.images import encode_png
 
@@ -66,6 +71,8 @@ def encode_label_ids(labels: np.ndarray, num_classes: int) -> dict[str, bytes]:
 def encode_seg(labels: np.ndarray, palette: list[tuple[int, int, int]], tag: str = "") -> dict[str, bytes]:
     """H×W uint8 class ids → {suffix: PNG bytes} for the id map and its colour rendering (the same compressed
     pixels with the palette attached: an indexed-colour PNG; ids past the palette, e.g. 255, are black)."""
+    import numpy as np
+
     from crosstask_cli.images import encode_png, with_palette
 
     ids = encode_png(labels)
@@ -75,6 +82,8 @@ def encode_seg(labels: np.ndarray, palette: list[tuple[int, int, int]], tag: str
 def encode_depth(depth: np.ndarray, depth_kind: str, tag: str = "") -> dict[str, bytes]:
     """H×W float32 depth (dataset units) → {suffix: bytes} for the .npy array and its colour rendering (magma,
     bright = near, an indexed-colour PNG)."""
+    import numpy as np
+
     from crosstask_cli.colormaps import depth_indices, depth_palette
     from crosstask_cli.images import encode_png, with_palette
 
@@ -175,6 +184,7 @@ def read_manifest(pred_dir: Path) -> Manifest:
 
 def read_seg(path: Path) -> np.ndarray:
     """A ``*_seg*.png`` → H×W uint8 class ids."""
+
     import cv2
 
     if not Path(path).is_file():
@@ -187,6 +197,8 @@ def read_seg(path: Path) -> np.ndarray:
 
 def read_depth(path: Path) -> np.ndarray:
     """A ``*_depth*.npy`` → H×W float32."""
+    import numpy as np
+
     try:
         depth = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -317,6 +329,8 @@ def read_seg_prediction(path: Path, fmt: str, lookup: np.ndarray | None, height:
     """One segmentation prediction → height×width uint8 class ids (nearest at pixel centres). ``cityscapes``
     files hold labelIds, turned into class ids by ``lookup`` (labelId → class, 255 for labels not evaluated).
     Ids outside the classes are kept: the metrics count them as misses."""
+    import numpy as np
+
     from crosstask_cli.data.resize import resize_nearest
 
     seg = read_seg(path)
@@ -334,6 +348,8 @@ def read_seg_prediction(path: Path, fmt: str, lookup: np.ndarray | None, height:
 
 def read_depth_prediction(path: Path, height: int, width: int) -> np.ndarray:
     """One depth prediction → height×width float32 (nearest at pixel centres); non-finite values are an error."""
+    import numpy as np
+
     from crosstask_cli.data.resize import resize_nearest
 
     depth = read_depth(path)

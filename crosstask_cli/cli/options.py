@@ -24,13 +24,18 @@ def parameter(info: FieldInfo, default: Any = UNSET, name: str | None = None) ->
     value = info.default if default is UNSET else default
     kw = inspect.Parameter.KEYWORD_ONLY
     pname = name or info.name
+    if info.required:
+        value = ...
     if info.argument:
-        required = value is None or value == ()
+        required = value is ... or value is None or value == ()
         annotation = list[info.cli_type] if typing.get_origin(info.type) in (tuple, list) else info.cli_type
         arg = typer.Argument(... if required else value, help=info.help, metavar=info.metavar, show_default=False)
         return inspect.Parameter(pname, kw, annotation=annotation, default=arg)
     if info.type is bool:
-        decls = [info.flag if "/" in info.flag else f"{info.flag}/--no-{info.flag[2:]}"]
+        # a flag; with no default ("not given" is a third state) also its --no- form
+        paired = value is None or value is True
+        decls = [info.flag if "/" in info.flag or not paired else f"{info.flag}/--no-{info.flag[2:]}"]
+        decls += [info.short] if info.short else []
         return inspect.Parameter(pname, kw, annotation=bool | None if value is None else bool,
                                  default=typer.Option(value, *decls, help=info.help))  # fmt: skip
     decls = [info.flag, *([info.short] if info.short else [])]

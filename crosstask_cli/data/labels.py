@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from crosstask_cli.data.prepare_options import CATEGORY_MAPPINGS  # declared with the prepare options
 from crosstask_cli.errors import ConfigError
 
 IGNORE_INDEX = 255
@@ -86,9 +87,6 @@ NYU_13_PALETTE = [
     (0, 0, 255), (232, 88, 47), (0, 217, 0), (148, 0, 240), (222, 241, 23), (255, 205, 205), (0, 223, 228),
     (106, 135, 204), (116, 28, 41), (240, 35, 235), (0, 166, 156), (249, 139, 0), (225, 228, 194),
 ]  # fmt: skip
-
-
-CATEGORY_MAPPINGS = ("original", "official")  # how the 7-class setting treats labels the official evaluation ignores
 
 
 def cityscapes_lookup(num_classes: int, categories: str = "original") -> np.ndarray:

@@ -11,7 +11,6 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from crosstask_cli.data import cityscapes as cs
 from crosstask_cli.data.datasets import known_or_default
 from crosstask_cli.data.labels import CATEGORY_MAPPINGS, class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_targets, has_normals, is_mtan_layout, mtan_indices
+from crosstask_cli.data.prepare_options import PrepareOptions
 from crosstask_cli.data.prepared import (
     DatasetError,
     DatasetMeta,
@@ -37,19 +37,6 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 def _no_progress(description: str, total: int) -> Callable[[int], None]:
     return lambda n: None
-
-
-@dataclass
-class PrepareOptions:
-    height: int
-    width: int
-    num_classes: int
-    depth: str = "inverse"
-    val_from_train: int = 0
-    seed: int = 0
-    workers: int = 2
-    force: bool = False
-    categories: str = "original"  # the 7-class mapping: original (every label to its category) or official
 
 
 def detect_layout(src: Path) -> str:
