@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from crosstask_cli.bench_options import MAX_OTHERS, WEIGHTING_TARGETS, BenchConfig
+
 # Targets of the speed issue (ResNet-34, 7 classes, 128×256, batch 8, CPU). "peak_rss_gb" and
 # "metrics_share_of_eval" are upper bounds, the others lower bounds.
 TARGETS = {
@@ -44,7 +46,6 @@ TARGET_TIMINGS = {
     "metrics_share_of_eval": ("metrics_standard", "forward_full"),
     "energy_share_of_eval": ("energy_update", "eval_batch"),
 }
-MAX_OTHERS = 0.3  # cores other processes may use during a timed repetition before it is dropped
 LOAD_WINDOW_S = 0.25  # shortest span the load of other processes is measured over
 
 
@@ -215,30 +216,6 @@ def peak_rss_gb() -> float:
 
 
 @dataclass
-class BenchConfig:
-    enc_layers: int = 34
-    num_classes: int = 7
-    height: int = 128
-    width: int = 256
-    batch_size: int = 8
-    device: str = "auto"
-    amp: str = "auto"  # auto, off, bf16, fp16 (engine.device.resolve_amp)
-    runs: int = 5
-    warmup: int = 2
-    matmul_n: int = 4096
-    data: str | None = None  # a prepared dataset for the loader benchmark (else a temporary synthetic one)
-    raw_samples: int = 4  # full-size (2048×1024) raw PNG samples decoded for the loader baseline; 0 = skip
-    weighting: str = "fixed"  # task weighting used in the training step
-    channels_last: bool | None = None  # default: as training uses it (engine.device.memory_format)
-    max_others: float = MAX_OTHERS  # cores others may use during a kept repetition
-    quiet_wait_s: float = 30.0  # how long to wait for a quiet machine before starting
-    compare: tuple[str, str, str] | None = None  # (setting, A, B): time A and B interleaved instead of the parts
-    weightings: tuple[str, ...] | None = None  # methods to time against fixed instead of the parts
-    tasks: tuple[str, ...] = ("seg", "depth")  # the model's tasks (every ordered pair gets a TaskTransferNet)
-    transfer: bool = True  # the TaskTransferNets (False: plain multi-task learning)
-
-
-@dataclass
 class BenchResult:
     config: dict
     device: str
@@ -344,10 +321,6 @@ def build_model_bench(cfg: BenchConfig, device: torch.device) -> ModelBench:
                 handle.remove()
 
     return ModelBench(model, forward, train_step, precision)
-
-
-# Targets of the weighting issue: step time against fixed, by kind of method (ResNet-34, 128×256, batch 8)
-WEIGHTING_TARGETS = {"loss": 1.05, "gradient": 1.3}
 
 
 def bench_weightings(cfg: BenchConfig, res: BenchResult, device: torch.device, names: tuple[str, ...]) -> None:
@@ -682,9 +655,6 @@ def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
         res.figures["loader"]["raw_png_samples_per_s"] = raw_sps
         res.figures["loader"]["raw_png"] = t_raw.to_dict()
         res.ratios["loader_vs_raw_png"] = prepared_sps / raw_sps
-
-
-COMPARABLE = ("weighting", "amp", "batch_size", "channels_last")  # settings --compare can set
 
 
 def bench_compare(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:

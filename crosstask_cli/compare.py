@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosstask_cli.errors import InputError
+from crosstask_cli.errors import ConfigError, InputError
+from crosstask_cli.options import check_positive_int, field_table, option
 from crosstask_cli.tasks import all_specs, get_task
 
 # metric → (its task's result key, +1 when higher is better, −1 when lower is better), for every compared metric
@@ -448,63 +449,17 @@ def compare_grouped(
     is a run directory or eval JSON used for every seed. ``baselines``: task → baseline for tasks other than seg
     and depth (normal). ``reference``: a variant every other is paired with, seed by seed, on Δm flat (mean
     difference, seeds where it is better, and whether all seeds agree in sign)."""
-    by_variant: dict[str, dict[int, RunMetrics]] = {}
-    for r in runs:
-        seeds = by_variant.setdefault(r.variant, {})
-        if r.seed in seeds:
-            raise InputError(
-                f"two runs of variant {r.variant!r} with seed {r.seed}: {seeds[r.seed].source}, {r.metrics.source}"
-            )
-        seeds[r.seed] = r.metrics
+    by_variant = _by_variant(runs)
     if reference is not None and reference not in by_variant:
         raise InputError(f"--reference {reference!r} is not among the variants ({', '.join(by_variant)})")
-
-    def baseline_for(spec: str | Path | None):
-        if spec is None:
-            return None
-        if str(spec) in by_variant:
-            runs_of = by_variant[str(spec)]
-            mean = {m: _mean_std([r.values.get(m, math.nan) for r in runs_of.values()])[0] for m in METRICS}
-            return lambda seed: runs_of[seed].values if seed in runs_of else mean
-        fixed = load_result(spec).values
-        return lambda seed: fixed
-
     given = {t: b for t, b in {"seg": baseline_seg, "depth": baseline_depth, **(baselines or {})}.items() if b}
     for task in given:
         get_task(task)
-    by_task = {t: baseline_for(b) for t, b in given.items()}
+    by_task = {t: _baseline_for(b, by_variant) for t, b in given.items()}
     names = {str(b) for b in given.values()}
-    stats = []
-    for variant, seeds in by_variant.items():
-        order = sorted(seeds)
-        values: dict[str, list[float]] = {k: [] for k in (*METRICS, *DELTA_KEYS)}
-        for s in order:
-            v = seeds[s].values
-            if variant in names:  # a baseline against itself says nothing: no Δm, no pairing
-                d = {"flat": math.nan, "per_task": math.nan}
-            else:
-                d = delta_m(v, baselines={t: f(s) for t, f in by_task.items()})
-            for k in METRICS:
-                values[k].append(v.get(k, math.nan))
-            values["delta_m_flat"].append(d["flat"])
-            values["delta_m_per_task"].append(d["per_task"])
-        stats.append(VariantStats(variant, order, values))
+    stats = [_variant_stats(v, seeds, by_task, v in names) for v, seeds in by_variant.items()]
     if reference is not None:
-        ref = next(s for s in stats if s.variant == reference)
-        ref_by_seed = dict(zip(ref.seeds, ref.values["delta_m_flat"], strict=True))
-        for s in stats:
-            if s is ref or s.variant in names:
-                continue
-            diffs = [v - ref_by_seed[seed] for seed, v in zip(s.seeds, s.values["delta_m_flat"], strict=True)
-                     if seed in ref_by_seed and math.isfinite(v) and math.isfinite(ref_by_seed[seed])]  # fmt: skip
-            mean, std = _mean_std(diffs)
-            s.vs_reference = {
-                "pairs": len(diffs),
-                "mean_diff": mean,
-                "std_diff": std,
-                "better": sum(d > 0 for d in diffs),
-                "consistent": len(diffs) >= 2 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)),
-            }
+        _pair_with(stats, next(s for s in stats if s.variant == reference), names)
     parts = [SIGN_CONVENTION, "mean ± sample standard deviation over seeds; Δm computed per seed"]
     if given:
         listed = ", ".join(f"{get_task(t).title} {b}" for t, b in given.items())
@@ -513,3 +468,172 @@ def compare_grouped(
         parts.append(f"paired: Δm flat minus {reference}'s on the same seed; consistent = every seed agrees in sign")
     return GroupedComparison(stats, str(baseline_seg) if baseline_seg else None,
                              str(baseline_depth) if baseline_depth else None, reference, ". ".join(parts) + ".")  # fmt: skip
+
+
+def _by_variant(runs: list[SeededRun]) -> dict[str, dict[int, RunMetrics]]:
+    by_variant: dict[str, dict[int, RunMetrics]] = {}
+    for r in runs:
+        seeds = by_variant.setdefault(r.variant, {})
+        if r.seed in seeds:
+            raise InputError(
+                f"two runs of variant {r.variant!r} with seed {r.seed}: {seeds[r.seed].source}, {r.metrics.source}"
+            )
+        seeds[r.seed] = r.metrics
+    return by_variant
+
+
+def _baseline_for(spec: str | Path, by_variant: dict[str, dict[int, RunMetrics]]):
+    """seed → the baseline's values: a variant's run of that seed (the mean of its seeds where it has none), or a
+    fixed run or eval JSON."""
+    if str(spec) in by_variant:
+        runs_of = by_variant[str(spec)]
+        mean = {m: _mean_std([r.values.get(m, math.nan) for r in runs_of.values()])[0] for m in METRICS}
+        return lambda seed: runs_of[seed].values if seed in runs_of else mean
+    fixed = load_result(spec).values
+    return lambda seed: fixed
+
+
+def _variant_stats(variant: str, seeds: dict[int, RunMetrics], by_task: dict, is_baseline: bool) -> VariantStats:
+    order = sorted(seeds)
+    values: dict[str, list[float]] = {k: [] for k in (*METRICS, *DELTA_KEYS)}
+    for s in order:
+        v = seeds[s].values
+        if is_baseline:  # a baseline against itself says nothing: no Δm, no pairing
+            d = {"flat": math.nan, "per_task": math.nan}
+        else:
+            d = delta_m(v, baselines={t: f(s) for t, f in by_task.items()})
+        for k in METRICS:
+            values[k].append(v.get(k, math.nan))
+        values["delta_m_flat"].append(d["flat"])
+        values["delta_m_per_task"].append(d["per_task"])
+    return VariantStats(variant, order, values)
+
+
+def _pair_with(stats: list[VariantStats], ref: VariantStats, baselines: set[str]) -> None:
+    """Set every other variant's ``vs_reference``: its Δm flat minus the reference's, seed by seed."""
+    ref_by_seed = dict(zip(ref.seeds, ref.values["delta_m_flat"], strict=True))
+    for s in stats:
+        if s is ref or s.variant in baselines:
+            continue
+        diffs = [v - ref_by_seed[seed] for seed, v in zip(s.seeds, s.values["delta_m_flat"], strict=True)
+                 if seed in ref_by_seed and math.isfinite(v) and math.isfinite(ref_by_seed[seed])]  # fmt: skip
+        mean, std = _mean_std(diffs)
+        s.vs_reference = {
+            "pairs": len(diffs),
+            "mean_diff": mean,
+            "std_diff": std,
+            "better": sum(d > 0 for d in diffs),
+            "consistent": len(diffs) >= 2 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)),
+        }
+
+
+# --- the command as a function ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareOptions:
+    """What ``crosstask compare`` compares and writes."""
+
+    runs: tuple[Path, ...] = option((), "Run directories or eval JSON files.", argument=True, cli_type=Path)
+    sweep: Path | None = option(
+        None, "A sweep manifest (OUT/sweep.json or OUT): its finished runs, grouped by variant."
+    )
+    group_by: str | None = option(
+        None,
+        "Group the given runs by a regular expression searched in each path: group 'variant' (or the first) names the "
+        "variant, 'seed' the seed. 'sweep' means (?P<variant>[^/]+)/seed-(?P<seed>\\d+), a sweep's layout.",
+    )
+    reference: str | None = option(
+        None, "With groups: pair every variant with this one seed by seed (Δm flat difference)."
+    )
+    last_k: int | None = option(
+        None,
+        "Use the mean of each run's last K epochs of validation metrics (metrics.csv, the run's validation split) "
+        "instead of its eval.json / selected epoch, as the Nash-MTL/FAMO protocol averages the last epochs.",
+    )
+    baseline: Path | None = option(None, "One baseline for every task.")
+    baseline_seg: str | None = option(
+        None, "Single-task segmentation baseline (mIoU, pix acc): a run or eval JSON, or with groups a variant name."
+    )
+    baseline_depth: str | None = option(
+        None, "Single-task depth baseline (abs, abs rel): a run or eval JSON, or with groups a variant name."
+    )
+    task_baselines: tuple[str, ...] = option(
+        (),
+        "A single-task baseline of another task, e.g. normal=runs/normal-only (repeatable; a run or eval JSON, or with "
+        "groups a variant name).",
+        flag="--task-baseline",
+        metavar="TASK=RUN",
+        cli_type=list[str],
+    )
+    markdown: Path | None = option(None, "Write the table as Markdown.")
+    csv_file: Path | None = option(None, "Write the table as CSV.", flag="--csv")
+    plot: Path | None = option(None, "Write a bar chart (PNG).")
+
+    def __post_init__(self) -> None:
+        from crosstask_cli.outputs import check_output_file
+
+        if self.plot is not None and Path(self.plot).suffix.lower() != ".png":
+            raise ConfigError(f"--plot {self.plot}: expected a .png file name")
+        if self.sweep is not None and (self.runs or self.group_by):
+            raise ConfigError("--sweep reads the runs from the manifest: give no run paths and no --group-by")
+        if not self.grouped and (self.reference or self.last_k):
+            raise ConfigError("--reference and --last-k apply to grouped runs (--sweep or --group-by)")
+        if not self.runs and self.sweep is None:
+            raise ConfigError("give run directories / eval JSON files, or --sweep OUT/sweep.json")
+        if self.last_k is not None:
+            check_positive_int(self.last_k, "--last-k")
+        inputs = {f"run {i}": r for i, r in enumerate(self.runs, 1)} | {"--sweep": self.sweep}
+        inputs |= {"--baseline": self.baseline, "--baseline-seg": self.baseline_seg,
+                   "--baseline-depth": self.baseline_depth}  # fmt: skip
+        inputs |= {f"--task-baseline {t}": b for t, b in self.other_baselines().items()}
+        for flag, path in (("--markdown", self.markdown), ("--csv", self.csv_file), ("--plot", self.plot)):
+            check_output_file(path, flag, inputs)
+
+    @property
+    def grouped(self) -> bool:
+        return self.sweep is not None or self.group_by is not None
+
+    def other_baselines(self) -> dict[str, str]:
+        """``--task-baseline TASK=RUN`` entries → {task: run}."""
+        out = {}
+        for entry in self.task_baselines:
+            task, sep, path = str(entry).partition("=")
+            if not sep or not path:
+                raise ConfigError(f"--task-baseline {entry!r}: expected TASK=RUN, e.g. normal=runs/normal-only")
+            get_task(task.strip())
+            out[task.strip()] = path
+        return out
+
+
+COMPARE_FIELDS = field_table(CompareOptions)
+
+
+def run_compare(opts: CompareOptions) -> Comparison | GroupedComparison:
+    """The comparison ``opts`` asks for (plain, or grouped over seeds), with its Markdown, CSV and PNG written."""
+    extra = opts.other_baselines()
+    if opts.grouped:
+        if opts.sweep is not None:
+            seeded = runs_from_sweep(opts.sweep, opts.last_k)
+        else:
+            rule = DEFAULT_GROUP_BY if opts.group_by == "sweep" else opts.group_by
+            seeded = runs_from_paths(list(opts.runs), rule, opts.last_k)
+        cmp = compare_grouped(seeded, opts.baseline_seg or opts.baseline, opts.baseline_depth or opts.baseline,
+                              opts.reference, extra)  # fmt: skip
+    else:
+        cmp = compare(list(opts.runs), opts.baseline, opts.baseline_seg, opts.baseline_depth, extra)
+    write_outputs(cmp, opts.markdown, opts.csv_file, opts.plot)
+    return cmp
+
+
+def write_outputs(cmp, markdown: Path | None, csv_file: Path | None, plot: Path | None) -> list[Path]:
+    """Write a comparison (plain or grouped) as Markdown, CSV and PNG, where asked; returns what was written."""
+    from crosstask_cli.atomic import atomic_write_text
+
+    written = []
+    for path, write in ((markdown, lambda p: atomic_write_text(p, cmp.to_markdown())),
+                        (csv_file, lambda p: atomic_write_text(p, cmp.to_csv())), (plot, cmp.plot)):  # fmt: skip
+        if path:
+            write(path)
+            written.append(Path(path))
+    return written

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from crosstask_cli.cli.common import AMP_HELP, CLIError, err, esc, handle_errors, out
-
-WEIGHTING_TARGETS = {"loss": 1.05, "gradient": 1.3}  # as crosstask_cli.bench (kept here: --help imports no torch)
+from crosstask_cli.bench_options import BENCH_FIELDS, DEFAULT_PARTS, PARTS, WEIGHTING_TARGETS, BenchConfig
+from crosstask_cli.cli.common import CLIError, err, esc, handle_errors, out
+from crosstask_cli.cli.options import parameter, signature, values
 
 HELP = """Measure speed and memory in one run: forward / training-step time (median and spread of N runs after
 warm-up), images/s, FLOPs per image (torch.utils.flop_counter), achieved GFLOP/s against an fp32 matmul timed in
@@ -18,70 +19,29 @@ and the evaluator's metric update from logits (standard and original protocol, a
 original method's per-image, per-class loop, after checking that both give the same numbers. Prints how each
 figure compares with the project's targets."""
 
-PARTS = ("model", "metrics", "energy", "loader", "tasks")
-DEFAULT_PARTS = PARTS[:4]
-
-
-@handle_errors
-def bench_command(
-    enc_layers: int = typer.Option(34, "--enc-layers", help="ResNet depth (18, 34, 50, 101, 152)."),
-    num_classes: int = typer.Option(7, "--num-classes", help="Segmentation classes."),
-    height: int = typer.Option(128, "--height", help="Input height."),
-    width: int = typer.Option(256, "--width", help="Input width."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Batch size."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda[:N] or mps."),
-    amp: str = typer.Option(
-        "auto",
-        "--amp",
-        help=AMP_HELP,
-    ),
-    runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per figure (after warm-up)."),
-    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed warm-up runs."),
-    matmul_n: int = typer.Option(4096, "--matmul-size", min=256, help="Size n of the n×n fp32 matmul reference."),
-    data: Path = typer.Option(
-        None, "--data", help="Prepared dataset for the loader figure (default: a small synthetic one)."
-    ),
-    raw_samples: int = typer.Option(
-        4,
-        "--raw-samples",
-        min=0,
-        help="Full-size 2048×1024 raw samples to decode for the loader baseline (0 skips it).",
-    ),
-    parts: list[str] = typer.Option(
-        None,
-        "--part",
+EXTRA = {  # the command's own options (what to run), beside the measured configuration's
+    "parts": (list[str], typer.Option(
+        None, "--part",
         help="What to measure: model, metrics, energy (what the consistency-energy report adds to eval), loader, "
         "tasks (the training step of the 2-task model against the 3-task one with no and with six TaskTransferNets) "
-        "(repeatable; default the first four).",
-    ),
-    compare: str = typer.Option(
-        None,
-        "--compare",
+        "(repeatable; default the first four).")),
+    "compare": (str, typer.Option(
+        None, "--compare",
         help="SETTING=A,B: time the training step with two values of one setting, interleaved in this process, "
         "and print the ratio B/A instead of the other figures. SETTING: weighting (e.g. weighting=fixed,pcgrad), "
-        "amp (e.g. amp=off,bf16), batch-size, channels-last (on/off).",
-    ),
-    max_others: float = typer.Option(
-        0.3,
-        "--max-others",
-        min=0.0,
-        help="Drop (and repeat) a timed run during which other processes used more than this many CPU cores; "
-        "too few clean runs make a figure 'noisy machine' instead of 'not met'.",
-    ),
-    quiet_wait: float = typer.Option(
-        30.0, "--quiet-wait", min=0.0, help="Seconds to wait for a quiet machine before measuring (0: no wait)."
-    ),
-    weighting: str = typer.Option(
-        None,
-        "--weighting",
+        "amp (e.g. amp=off,bf16), batch-size, channels-last (on/off).")),
+    "weighting": (str, typer.Option(
+        None, "--weighting",
         help="NAME[,NAME…] or all: instead of the other figures, time the training step with each task-weighting "
         "method against fixed, interleaved in this process, and measure each one's peak memory; the targets are "
         f"≤ {WEIGHTING_TARGETS['gradient']:g}× fixed for gradient methods and ≤ {WEIGHTING_TARGETS['loss']:g}× "
-        "for loss-based ones.",
-    ),
-    json_file: Path = typer.Option(None, "--json", help="Also write every figure as JSON."),
-) -> None:
-    from crosstask_cli.bench import BenchConfig, is_upper_bound, run_bench
+        "for loss-based ones.")),
+    "json_file": (Path, typer.Option(None, "--json", help="Also write every figure as JSON.")),
+}  # fmt: skip
+
+
+def _bench_command(parts=None, compare=None, weighting=None, json_file=None, **options) -> None:
+    from crosstask_cli.bench import run_bench
     from crosstask_cli.outputs import check_output_file
 
     if compare is not None and parts:
@@ -90,58 +50,49 @@ def bench_command(
     if methods is not None and (parts or compare is not None):
         raise CLIError("--weighting times the training step of each method; --part and --compare do not apply")
     parts = parts or list(DEFAULT_PARTS)
-    compared = _parse_compare(compare) if compare is not None else None
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise CLIError(f"--part must be one of {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")
-    for flag, value in (("--height", height), ("--width", width)):
-        if value < 8 or value % 8:
-            raise CLIError(
-                f"{flag} must be a positive multiple of 8 (the TaskTransferNet pools three times), got {value}"
-            )
-    check_output_file(json_file, "--json", {"--data": data})
-    cfg = BenchConfig(enc_layers, num_classes, height, width, batch_size, device, amp, runs, warmup, matmul_n,
-                      str(data) if data else None, raw_samples, max_others=max_others, quiet_wait_s=quiet_wait,
-                      compare=compared, weightings=methods)  # fmt: skip
+    compared = _parse_compare(compare) if compare is not None else None
+    cfg = BenchConfig(**values(BENCH_FIELDS, options), compare=compared, weightings=methods)
+    check_output_file(json_file, "--json", {"--data": cfg.data})
     res = run_bench(cfg, tuple(p for p in PARTS if p in parts), progress=lambda p: err.print(f"measuring {p}…"))
     machine = res.figures.get("machine", {})
     if machine.get("quiet_at_start") is False:
-        err.print(f"[yellow]warning:[/] other processes kept using more than {max_others:g} cores for "
+        err.print(f"[yellow]warning:[/] other processes kept using more than {cfg.max_others:g} cores for "
                   f"{machine['waited_s']:.0f} s; measuring anyway, dropping the disturbed runs")  # fmt: skip
     if compared is not None:
-        _render_compare(res, enc_layers, height, width, batch_size)
-        _write_json(res, json_file)
-        return
-    if methods is not None:
-        _render_weightings(res, enc_layers, height, width, batch_size)
-        _write_json(res, json_file)
-        return
+        _render_compare(res, cfg)
+    elif methods is not None:
+        _render_weightings(res, cfg)
+    else:
+        _render_parts(res, cfg)
+        _render_targets(res, cfg)
+    _write_json(res, json_file)
+
+
+def _signature():
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [parameter(f) for f in BENCH_FIELDS.values()]
+    params += [inspect.Parameter(name, kw, annotation=ann, default=opt) for name, (ann, opt) in EXTRA.items()]
+    return signature(params)
+
+
+bench_command = handle_errors(_bench_command)
+bench_command.__signature__ = _signature()  # Typer reads the options here
+
+
+def _render_parts(res, cfg) -> None:
+    """The figures of the measured parts, as one table."""
     f = res.figures
-    t = Table(title=f"crosstask bench · ResNet-{enc_layers}, {num_classes} classes, {height}×{width}, batch {batch_size}, "
-                    f"{res.device} {res.config.get('precision', amp).replace('off', 'fp32')}", title_justify="left")  # fmt: skip
+    t = Table(title=f"crosstask bench · ResNet-{cfg.enc_layers}, {cfg.num_classes} classes, {cfg.height}×{cfg.width}, "
+                    f"batch {cfg.batch_size}, {res.device} {res.config.get('precision', cfg.amp).replace('off', 'fp32')}",
+              title_justify="left")  # fmt: skip
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_column("spread", justify="right")
     if "train_step" in f:
-        for name, key in (
-            ("training step", "train_step"),
-            ("forward (full)", "forward_full"),
-            ("forward (direct only)", "forward_direct"),
-        ):
-            t.add_row(f"{name} median", f"{f[key]['median_s'] * 1000:.0f} ms", f"±{f[key]['spread'] * 50:.1f} %")
-        ips = f["images_per_s"]
-        t.add_row("training images/s", f"{ips['train']:.2f}", "")
-        t.add_row(
-            "predict images/s (direct) / full forward", f"{ips['predict_direct']:.2f} / {ips['forward_full']:.2f}", ""
-        )
-        fl = f["flops_per_image"]
-        t.add_row("GFLOPs per image: forward full / direct / train step",
-                  f"{fl['forward_full'] / 1e9:.1f} / {fl['forward_direct'] / 1e9:.1f} / {fl['train_step'] / 1e9:.1f}", "")  # fmt: skip
-        g = f["gflops"]
-        t.add_row("achieved GFLOP/s: train step / fp32 matmul", f"{g['train_step']:.0f} / {g['matmul_fp32']:.0f}", "")
-        t.add_row("peak RSS (process)", f"{f['peak_rss_gb']:.2f} GB", "")
-        if "peak_cuda_memory_gb" in f:
-            t.add_row("peak CUDA memory", f"{f['peak_cuda_memory_gb']:.2f} GB", "")
+        _model_rows(t, f)
     if "loader" in f:
         t.add_row(
             "loader samples/s (prepared + augmentation)", f"{f['loader']['prepared_augmented_samples_per_s']:.0f}", ""
@@ -163,20 +114,48 @@ def bench_command(
                       f"{row['median_s'] * 1000:.0f} ms · {row['ratio_vs_two_tasks']:.3f}× · "
                       f"{row['parameters'] / 1e6:.1f} M params · {row['train_flops_per_image'] / 1e9:.1f} GFLOPs", "")  # fmt: skip
     out.print(t)
+
+
+def _model_rows(t, f) -> None:
+    for name, key in (
+        ("training step", "train_step"),
+        ("forward (full)", "forward_full"),
+        ("forward (direct only)", "forward_direct"),
+    ):
+        t.add_row(f"{name} median", f"{f[key]['median_s'] * 1000:.0f} ms", f"±{f[key]['spread'] * 50:.1f} %")
+    ips = f["images_per_s"]
+    t.add_row("training images/s", f"{ips['train']:.2f}", "")
+    t.add_row(
+        "predict images/s (direct) / full forward", f"{ips['predict_direct']:.2f} / {ips['forward_full']:.2f}", ""
+    )
+    fl = f["flops_per_image"]
+    t.add_row("GFLOPs per image: forward full / direct / train step",
+              f"{fl['forward_full'] / 1e9:.1f} / {fl['forward_direct'] / 1e9:.1f} / {fl['train_step'] / 1e9:.1f}", "")  # fmt: skip
+    g = f["gflops"]
+    t.add_row("achieved GFLOP/s: train step / fp32 matmul", f"{g['train_step']:.0f} / {g['matmul_fp32']:.0f}", "")
+    t.add_row("peak RSS (process)", f"{f['peak_rss_gb']:.2f} GB", "")
+    if "peak_cuda_memory_gb" in f:
+        t.add_row("peak CUDA memory", f"{f['peak_cuda_memory_gb']:.2f} GB", "")
+
+
+def _render_targets(res, cfg) -> None:
+    from crosstask_cli.bench import is_upper_bound
+
     tt = Table(title="targets", title_justify="left")
     for col in ("ratio", "measured", "target", ""):
         tt.add_column(col, justify="right" if col in ("measured", "target") else "left")
-    styles = {"met": "[green]met[/]", "not met": "[red]not met[/]", "noisy machine": "[yellow]noisy machine[/]"}
     for name, (value, target, status) in res.targets().items():
         op = "≤" if is_upper_bound(name) else "≥"
-        tt.add_row(name, f"{value:.3g}", f"{op} {target:g}", styles[status])
+        tt.add_row(name, f"{value:.3g}", f"{op} {target:g}", STYLES[status])
     out.print(tt)
     if res.noisy:
         err.print(
-            f"[yellow]noisy machine:[/] other processes used more than {max_others:g} cores during too many runs of "
-            f"{', '.join(res.noisy)}; those figures describe the load, not crosstask (rerun on a quiet machine)"
+            f"[yellow]noisy machine:[/] other processes used more than {cfg.max_others:g} cores during too many runs "
+            f"of {', '.join(res.noisy)}; those figures describe the load, not crosstask (rerun on a quiet machine)"
         )
-    _write_json(res, json_file)
+
+
+STYLES = {"met": "[green]met[/]", "not met": "[red]not met[/]", "noisy machine": "[yellow]noisy machine[/]"}
 
 
 def _write_json(res, json_file: Path | None) -> None:
@@ -193,7 +172,7 @@ def _write_json(res, json_file: Path | None) -> None:
 
 def _parse_compare(text: str) -> tuple[str, object, object]:
     """``SETTING=A,B`` → (BenchConfig field, A, B), values in the field's type."""
-    from crosstask_cli.bench import COMPARABLE
+    from crosstask_cli.bench_options import COMPARABLE
     from crosstask_cli.engine.device import AMP_MODES
     from crosstask_cli.weighting import weighting_names
 
@@ -224,11 +203,11 @@ def _parse_compare(text: str) -> tuple[str, object, object]:
     return field, parts[0], parts[1]
 
 
-def _render_compare(res, enc_layers: int, height: int, width: int, batch_size: int) -> None:
+def _render_compare(res, cfg) -> None:
     c = res.figures["compare"]
     setting = c["setting"].replace("_", "-")
-    t = Table(title=f"crosstask bench --compare · training step · ResNet-{enc_layers}, {height}×{width}, batch "
-                    f"{batch_size}, {res.device}", title_justify="left")  # fmt: skip
+    t = Table(title=f"crosstask bench --compare · training step · ResNet-{cfg.enc_layers}, {cfg.height}×{cfg.width}, "
+                    f"batch {cfg.batch_size}, {res.device}", title_justify="left")  # fmt: skip
     t.add_column(setting)
     t.add_column("median step", justify="right")
     t.add_column("precision")
@@ -253,21 +232,20 @@ def _parse_weightings(text: str) -> tuple[str, ...]:
     return names
 
 
-def _render_weightings(res, enc_layers: int, height: int, width: int, batch_size: int) -> None:
+def _render_weightings(res, cfg) -> None:
     w = res.figures["weightings"]
     precision = w["precision"].replace("off", "fp32")
-    t = Table(title=f"crosstask bench --weighting · training step · ResNet-{enc_layers}, {height}×{width}, batch "
-                    f"{batch_size}, {res.device} {precision}", title_justify="left")  # fmt: skip
+    t = Table(title=f"crosstask bench --weighting · training step · ResNet-{cfg.enc_layers}, {cfg.height}×{cfg.width}, "
+                    f"batch {cfg.batch_size}, {res.device} {precision}", title_justify="left")  # fmt: skip
     for col in ("method", "kind", "median step", "× fixed", "target", "peak memory", "× fixed", ""):
         t.add_column(col, justify="left" if col in ("method", "kind", "") else "right")
     targets = res.targets()
-    styles = {"met": "[green]met[/]", "not met": "[red]not met[/]", "noisy machine": "[yellow]noisy machine[/]"}
     for name, row in w["methods"].items():
         target = targets.get(f"weighting_{name}_vs_fixed")
         mem = row["memory_vs_fixed"]
         t.add_row(name, row["kind"], f"{row['median_s'] * 1000:.0f} ms", f"{row['ratio_vs_fixed']:.3f}",
                   f"≤ {target[1]:g}" if target else "", f"{row['peak_memory_gb']:.2f} GB",
-                  f"{mem:.3f}" if mem is not None else "", styles[target[2]] if target else "")  # fmt: skip
+                  f"{mem:.3f}" if mem is not None else "", STYLES[target[2]] if target else "")  # fmt: skip
     out.print(t)
     verdict = "[yellow]noisy machine:[/] " if w["noisy"] else ""
     out.print(

@@ -27,9 +27,11 @@ def parameter(info: FieldInfo, default: Any = UNSET, name: str | None = None) ->
     if info.required:
         value = ...
     if info.argument:
-        required = value is ... or value is None or value == ()
-        annotation = list[info.cli_type] if typing.get_origin(info.type) in (tuple, list) else info.cli_type
-        arg = typer.Argument(... if required else value, help=info.help, metavar=info.metavar, show_default=False)
+        many = typing.get_origin(info.type) in (tuple, list)
+        annotation = list[info.cli_type] if many else info.cli_type
+        if many and value == ():
+            value = None  # no arguments given
+        arg = typer.Argument(value, help=info.help, metavar=info.metavar, show_default=False)
         return inspect.Parameter(pname, kw, annotation=annotation, default=arg)
     if info.type is bool:
         # a flag; with no default ("not given" is a third state) also its --no- form
@@ -40,7 +42,12 @@ def parameter(info: FieldInfo, default: Any = UNSET, name: str | None = None) ->
                                  default=typer.Option(value, *decls, help=info.help))  # fmt: skip
     decls = [info.flag, *([info.short] if info.short else [])]
     annotation = info.cli_type
-    if typing.get_origin(info.type) is tuple and info.cli_type is not str:
+    if info.cli_type is str and typing.get_origin(info.type) is tuple and isinstance(value, tuple):
+        value = ",".join(map(str, value))  # a comma list on the command line
+    if typing.get_origin(info.cli_type) is list:
+        annotation = info.cli_type  # a repeatable option
+        value = None if value == () else value
+    elif typing.get_origin(info.type) is tuple and info.cli_type is not str:
         annotation = info.type  # fixed-length tuples (betas): Typer reads N values
     elif typing.get_origin(info.type) is list:
         annotation = info.type
@@ -62,7 +69,7 @@ def from_cli(info: FieldInfo, value: Any) -> Any:
     if info.cli_type is str and typing.get_origin(info.type) is tuple:
         return tuple(t.strip() for t in str(value).split(",") if t.strip())
     if typing.get_origin(info.type) is tuple:
-        return tuple(value)
+        return tuple(value)  # repeated options and arguments
     return value
 
 
@@ -70,4 +77,6 @@ def values(fields: dict[str, FieldInfo], options: dict[str, Any]) -> dict[str, A
     """The options of a command call (by field name) → the config's keywords in their types (unknown names
     are left out)."""
     by_name = {f.name: f for f in fields.values()}
-    return {by_name[k].kwarg: from_cli(by_name[k], v) for k, v in options.items() if k in by_name}
+    # an option not given (None) takes the field's default: () for lists, whatever the dataclass says
+    return {by_name[k].kwarg: from_cli(by_name[k], v) for k, v in options.items()
+            if k in by_name and not (v is None and by_name[k].default is not None)}  # fmt: skip
