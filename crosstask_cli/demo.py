@@ -96,7 +96,9 @@ def run_demo(
 
     ckpt = load_checkpoint(best)
     dev = resolve_device(s.device)
-    metrics = evaluate(model_from_checkpoint(ckpt, best).to(dev), prepared, "val", 8, dev, amp=s.amp).to_dict()
+    metrics = evaluate(
+        model_from_checkpoint(ckpt, best).to(dev), prepared, "val", batch_size=8, device=dev, amp=s.amp
+    ).to_dict()
     atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2, default=float))
     res.metrics = metrics
     res.artefacts["evaluation (JSON)"] = out / "eval.json"

@@ -110,61 +110,28 @@ def _typed(path: Path, where: str, values: dict[str, Any]) -> dict[str, Any]:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec; every run's configuration is built once here, so a bad option is reported
     before anything trains. Errors name the file and the table."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: tomli is the same parser
-        import tomli as tomllib
-
-    from crosstask_cli.engine.config import DATASETS, TrainConfig
+    from crosstask_cli.engine.config import TrainConfig
 
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the sweep spec ({exc.strerror or exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    raw = _read_toml(path)
     unknown = set(raw) - _SECTIONS
     if unknown:
         raise ConfigError(
             f"{path}: unknown table(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(_SECTIONS))}"
         )
-    head = raw.get("sweep", {})
-    for key in ("dataset", "out", "seeds"):
-        if key not in head:
-            raise ConfigError(f"{path}: [sweep] needs {key!r}")
-    if head["dataset"] not in DATASETS:
-        raise ConfigError(f"{path}: [sweep] dataset must be one of {', '.join(DATASETS)}, got {head['dataset']!r}")
-    seeds = head["seeds"]
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
-        raise ConfigError(f"{path}: [sweep] seeds must be a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{path}: [sweep] seeds repeat: {seeds}")
+    head = _check_head(path, raw.get("sweep", {}))
     variants = raw.get("variants", {})
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: no [variants.NAME] tables; a sweep needs at least one variant")
     for name in variants:
         if not name or "/" in name or name.startswith(".") or name != name.strip():
             raise ConfigError(f"{path}: variant name {name!r} cannot be a folder name")
-    ev = raw.get("eval", {})
-    bad_eval = set(ev) - {"split", "checkpoint", "data"}
-    if bad_eval:
-        raise ConfigError(f"{path}: [eval] knows split, checkpoint and data, not {', '.join(sorted(bad_eval))}")
-    if ev.get("checkpoint", "best") not in ("best", "last"):
-        raise ConfigError(f"{path}: [eval] checkpoint must be best or last, got {ev['checkpoint']!r}")
-    prepare = raw.get("prepare", {})
-    bad_prep = set(prepare) - {"synthetic", "cityscapes", "nyu"}
-    if bad_prep:
-        raise ConfigError(f"{path}: [prepare] knows synthetic, cityscapes and nyu, not {', '.join(sorted(bad_prep))}")
+    ev, prepare = _check_eval_and_prepare(path, raw.get("eval", {}), raw.get("prepare", {}))
     spec = SweepSpec(
         path=path,
         dataset=head["dataset"],
         out=Path(head["out"]),
-        seeds=list(seeds),
+        seeds=list(head["seeds"]),
         base=_typed(path, "base", raw.get("base", {})),
         variants={n: _typed(path, f"variants.{n}", v) for n, v in variants.items()},
         eval_split=str(ev.get("split", "val")),
@@ -178,6 +145,50 @@ def load_spec(path: str | Path) -> SweepSpec:
         except ConfigError as exc:
             raise ConfigError(f"{path}: variant {run.variant!r}: {exc}") from None
     return spec
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomli is the same parser
+        import tomli as tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the sweep spec ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def _check_head(path: Path, head: dict) -> dict:
+    """The [sweep] table: dataset, out and a list of distinct integer seeds."""
+    from crosstask_cli.engine.config import DATASETS
+
+    for key in ("dataset", "out", "seeds"):
+        if key not in head:
+            raise ConfigError(f"{path}: [sweep] needs {key!r}")
+    if head["dataset"] not in DATASETS:
+        raise ConfigError(f"{path}: [sweep] dataset must be one of {', '.join(DATASETS)}, got {head['dataset']!r}")
+    seeds = head["seeds"]
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not integers or not seeds:
+        raise ConfigError(f"{path}: [sweep] seeds must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: [sweep] seeds repeat: {seeds}")
+    return head
+
+
+def _check_eval_and_prepare(path: Path, ev: dict, prepare: dict) -> tuple[dict, dict]:
+    bad_eval = set(ev) - {"split", "checkpoint", "data"}
+    if bad_eval:
+        raise ConfigError(f"{path}: [eval] knows split, checkpoint and data, not {', '.join(sorted(bad_eval))}")
+    if ev.get("checkpoint", "best") not in ("best", "last"):
+        raise ConfigError(f"{path}: [eval] checkpoint must be best or last, got {ev['checkpoint']!r}")
+    bad_prep = set(prepare) - {"synthetic", "cityscapes", "nyu"}
+    if bad_prep:
+        raise ConfigError(f"{path}: [prepare] knows synthetic, cityscapes and nyu, not {', '.join(sorted(bad_prep))}")
+    return ev, prepare
 
 
 # --- the manifest -------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ LAYERS = [
         },
     ),
     ("engine", {"engine"}),
-    ("app", {"predict", "visualize", "export", "compare", "bench", "demo", "sweep"}),
+    ("app", {"evaluation", "predict", "visualize", "export", "compare", "bench", "bench_options", "demo", "sweep"}),
     ("cli", {"cli", "__main__"}),
 ]
 

@@ -192,7 +192,6 @@ def test_pipelined_predict_keeps_input_order_and_matches_one_image_at_a_time(
 
     import torch.nn.functional as F
 
-    import crosstask_cli.predict as predict_module
     from crosstask_cli.data.dataset import normalise
     from crosstask_cli.data.resize import resize_image
     from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -200,13 +199,15 @@ def test_pipelined_predict_keeps_input_order_and_matches_one_image_at_a_time(
     files = [odd_images / n for n in ("hopper.jpg", "gray.png", "rgba.png", "deep.png", "rotated.jpg",
                                       "sub_dir_image.bmp", "nested/small.webp", "notes.png")]  # fmt: skip
     delays = random.Random(0)
-    real_read = predict_module.read_image
+    import crosstask_cli.images as images_module
+
+    real_read = images_module.read_image
 
     def slow_read(path):
         time.sleep(delays.uniform(0, 0.05) if "hopper" not in str(path) else 0.2)  # the first one is slowest
         return real_read(path)
 
-    monkeypatch.setattr(predict_module, "read_image", slow_read)
+    monkeypatch.setattr(images_module, "read_image", slow_read)
     ckpt = tiny_run / "checkpoints/best.pt"
     res = predict(files, ckpt, tmp_path / "out", batch_size=3, transfer=True, workers=3)
     expected = [f.stem for f in files if f.name != "notes.png"]

@@ -244,7 +244,7 @@ def test_tensorboard_logs_the_metrics_log_and_panels(tmp_path, synthetic_prepare
 @pytest.mark.parametrize(
     ("name", "runs"),
     [("synthetic-quick", 30), ("synthetic-methods", 93), ("methods-cityscapes", 60), ("methods-nyu", 60),
-     ("ablation-cityscapes", 27)],
+     ("ablation-cityscapes", 27), ("synthetic-three-tasks", 18)],
 )  # fmt: skip
 def test_shipped_specs_load_and_build_every_configuration(name, runs):
     spec = load_spec(Path(__file__).parent.parent / "experiments" / f"{name}.toml")

@@ -174,3 +174,26 @@ def test_files_of_earlier_versions_read_as_seg_and_depth(tiny_run, synthetic_pre
     assert model.config.pairs == (("seg", "depth"), ("depth", "seg"))
     res = ct.evaluate(model, old)
     assert res.tasks is None and math.isfinite(res.segmentation["miou"]) and "normal" not in res.to_dict()
+    # such a dataset has no normals: asking for them is one line naming the folder, for the dataset and for training
+    from crosstask_cli.data.dataset import PreparedDataset
+    from crosstask_cli.data.prepare import TrainingData, prepare_training_data
+    from crosstask_cli.errors import DatasetError
+
+    with pytest.raises(DatasetError, match=rf"{old}: this synthetic dataset has no surface normals targets"):
+        PreparedDataset(old, "val", tasks=("seg", "depth", "normal"))
+    want = TrainingData("synthetic", old, meta["height"], meta["width"], meta["num_classes"], tasks=("normal",))
+    with pytest.raises(DatasetError, match=r"has no surface normals targets.*render them again"):
+        prepare_training_data(want)
+
+
+def test_sweep_summaries_hold_every_task_compared_metric(tmp_path):
+    from crosstask_cli.engine.records import EvalResult
+    from crosstask_cli.sweep import _summary
+
+    res = EvalResult("standard", "val", 4, metrics={
+        "seg": {"miou": 0.5, "pixel_acc": 0.9, "per_class_iou": {}}, "depth": {"abs_err": 0.1, "rel_err": 0.2},
+        "normal": {"mean_angle": 20.0, "median_angle": 15.0, "within_11_25": 0.3, "within_22_5": 0.6,
+                   "within_30": float("nan")}})  # fmt: skip
+    summary = _summary(res)
+    assert summary == {"miou": 0.5, "pixel_acc": 0.9, "abs_err": 0.1, "rel_err": 0.2, "mean_angle": 20.0,
+                       "median_angle": 15.0, "within_11_25": 0.3, "within_22_5": 0.6}  # fmt: skip

@@ -18,7 +18,8 @@ class DatasetInfo:
     ``nyu``: the 13 NYUv2 classes); ``classes``: the class counts it comes in; ``tasks``: the tasks its data can
     hold (a prepared copy lists the ones it has); ``layout``: how its raw files are laid out (``cityscapes``: the
     official raw or MTAN layout; ``nyu``: MTAN's arrays); ``size``: the paper's input size; ``defaults``: the
-    paper's training settings (flat config keywords), ``data``: the default dataset folder."""
+    paper's training settings (flat config keywords), ``data``: the default dataset folder; ``generated``: crosstask
+    renders it where it is missing."""
 
     name: str
     title: str
@@ -29,6 +30,7 @@ class DatasetInfo:
     size: tuple[int, int]
     data: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    generated: bool = False  # crosstask renders it (`prepare synthetic`) where it is missing
 
     @property
     def default_classes(self) -> int:
@@ -45,40 +47,22 @@ _DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
         DatasetInfo(
-            "cityscapes",
-            "Cityscapes",
-            "cityscapes",
-            (7, 19),
-            ("seg", "depth"),
-            "cityscapes",
-            (128, 256),
-            "data/cityscapes",
-            dict(epochs=250, batch_size=8, scheduler_step_size=80, alpha=0.01, gamma=0.01),
-        ),  # fmt: skip
+            name="cityscapes", title="Cityscapes", labels="cityscapes", classes=(7, 19), tasks=("seg", "depth"),
+            layout="cityscapes", size=(128, 256), data="data/cityscapes",
+            defaults=dict(epochs=250, batch_size=8, scheduler_step_size=80, alpha=0.01, gamma=0.01),
+        ),
         DatasetInfo(
-            "nyu",
-            "NYUv2",
-            "nyu",
-            (13,),
-            ("seg", "depth", "normal"),
-            "nyu",
-            (288, 384),
-            "data/nyu",
-            dict(epochs=100, batch_size=6, scheduler_step_size=60, alpha=1e-4, gamma=1e-4),
-        ),  # fmt: skip
+            name="nyu", title="NYUv2", labels="nyu", classes=(13,), tasks=("seg", "depth", "normal"), layout="nyu",
+            size=(288, 384), data="data/nyu",
+            defaults=dict(epochs=100, batch_size=6, scheduler_step_size=60, alpha=1e-4, gamma=1e-4),
+        ),
         DatasetInfo(
-            "synthetic",
-            "synthetic street scenes",
-            "cityscapes",
-            (7, 19),
-            ("seg", "depth", "normal"),
-            "cityscapes",
-            (128, 256),
-            "data/synthetic",
-            dict(epochs=30, batch_size=8, scheduler_step_size=20, alpha=0.01, gamma=0.01),
-        ),  # fmt: skip
+            name="synthetic", title="synthetic street scenes", labels="cityscapes", classes=(7, 19),
+            tasks=("seg", "depth", "normal"), layout="cityscapes", size=(128, 256), data="data/synthetic",
+            defaults=dict(epochs=30, batch_size=8, scheduler_step_size=20, alpha=0.01, gamma=0.01), generated=True,
+        ),
     )
-}
+}  # fmt: skip
 
 
 def dataset_names() -> tuple[str, ...]:

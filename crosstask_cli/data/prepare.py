@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from crosstask_cli import __version__
 from crosstask_cli.atomic import replace_dir, temp_dir_beside
 from crosstask_cli.data import cityscapes as cs
-from crosstask_cli.data.datasets import known_or_default
+from crosstask_cli.data.datasets import dataset_info, dataset_names, known_or_default
 from crosstask_cli.data.labels import CATEGORY_MAPPINGS, class_info
 from crosstask_cli.data.mtan import MTAN_SPLITS, convert_mtan_targets, has_normals, is_mtan_layout, mtan_indices
 from crosstask_cli.data.prepare_options import PrepareOptions
@@ -337,25 +338,35 @@ def check_compatible(
         raise DatasetError(f"{where}: dataset depth is {meta.depth_kind}, the model predicts {depth_kind}")
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training run asks of its data: the dataset, its folder, the size, classes and depth encoding, the
+    tasks whose targets it needs, and for synthetic data the (train, val) scenes to render when the folder is
+    missing."""
+
+    dataset: str
+    root: Path
+    height: int
+    width: int
+    num_classes: int
+    depth: str = "inverse"
+    tasks: tuple[str, ...] = ("seg", "depth")
+    synthetic: tuple[int, int] = (400, 100)
+
+
 def prepare_training_data(
-    dataset: str,
-    data: Path,
-    height: int,
-    width: int,
-    num_classes: int,
-    depth: str = "inverse",
+    request: TrainingData,
     workers: int = 2,
-    synthetic: tuple[int, int] = (400, 100),
     message: Callable[[str], None] | None = None,
     progress: ProgressFactory | None = None,
-    tasks: tuple[str, ...] = ("seg", "depth"),
 ) -> Path:
-    """The prepared directory to train on: ``data`` resolved (prepared once into a cache when raw or MTAN); for
-    ``synthetic``, the (train, val) scenes are rendered into ``data`` first when it does not exist. The result is
-    checked against the requested classes, size and ``tasks`` (their targets must be in the data)."""
+    """The prepared directory to train on: the request's folder resolved (prepared once into a cache when raw or
+    MTAN); for ``synthetic``, the scenes are rendered into it first when it does not exist. The result is checked
+    against the requested classes, size and tasks (their targets must be in the data)."""
+    dataset, data, height, width = request.dataset, Path(request.root), request.height, request.width
+    num_classes, depth, tasks, synthetic = request.num_classes, request.depth, request.tasks, request.synthetic
     kwargs = {"progress": progress} if progress else {}
-    data = Path(data)
-    if dataset == "synthetic" and not data.exists():
+    if dataset_info(dataset).generated and not data.exists():
         if message:
             message(f"generating the synthetic dataset in {data} ({synthetic[0]}+{synthetic[1]} images)")
         prepare_synthetic(data, train=synthetic[0], val=synthetic[1], height=256, width=512, seed=0, **kwargs)
@@ -377,7 +388,7 @@ def prepare_training_data(
         hint = (
             "; its source holds none (synthetic scenes rendered by earlier versions have no normals: render them "
             "again with `crosstask prepare synthetic`)"
-            if meta.dataset == "synthetic"
+            if meta.dataset in dataset_names() and dataset_info(meta.dataset).generated
             else ""
         )
         raise DatasetError(

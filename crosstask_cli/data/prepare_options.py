@@ -44,7 +44,7 @@ class PrepareOptions:
         for flag, value in (("--height", self.height), ("--width", self.width)):
             check_positive_int(value, flag)
         check_positive_int(self.val_from_train, "--val-from-train", minimum=0)
-        check_positive_int(self.workers, "--workers")
+        check_positive_int(self.workers, "--workers", minimum=0)  # 0: one thread
         check_choice(self.depth, "--depth", ("inverse", "metric"))
         check_choice(self.categories, "--categories", CATEGORY_MAPPINGS)
 

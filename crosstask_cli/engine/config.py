@@ -339,92 +339,101 @@ class TrainConfig:
 
     # --- validation, once, in field terms ----------------------------------------------------------------
     def _validate(self) -> None:
-        # imported here: the CLI reads the option table (this module) without loading torch
-        from crosstask_cli.engine.device import AMP_MODES
-        from crosstask_cli.models.encoder import RESNET_DEPTHS
+        """Every check, in field terms, each ConfigError naming the flag. Split by what is checked: the tasks and the
+        objective, the components' own options, the sizes and counts, the rest of each section."""
+        tasks = parse_tasks(self.model.tasks)
+        self._validate_tasks(tasks)
+        for spec in all_specs():
+            for opt in spec.options:
+                opt.check(getattr(self.loss, opt.name), flag_of(opt.name))
+        for h in HYPERPARAMETERS:
+            h.check(getattr(self.optim, h.name))
+        self._validate_counts()
+        self._validate_choices(tasks)
+
+    def _validate_tasks(self, tasks: tuple[str, ...]) -> None:
         from crosstask_cli.objective import CONSISTENCY
 
-        d, m, lo, o, r = self.data, self.model, self.loss, self.optim, self.runtime
-
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
-        def one_of(kwarg: str, value: Any, choices) -> None:
-            if value not in choices:
-                bad(f"{flag_of(kwarg)} must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-        info = dataset_info(d.name)
-        tasks = parse_tasks(m.tasks)
+        info, m, lo = dataset_info(self.data.name), self.model, self.loss
         lacking = [t for t in tasks if t not in info.tasks]
         if lacking:
-            bad(f"--tasks {','.join(tasks)}: {info.title} has no {', '.join(get_task(t).title for t in lacking)} "
-                f"(its tasks: {', '.join(info.tasks)})")  # fmt: skip
-        one_of("consistency", lo.consistency, CONSISTENCY)
+            raise ConfigError(f"--tasks {','.join(tasks)}: {info.title} has no "
+                              f"{', '.join(get_task(t).title for t in lacking)} (its tasks: {', '.join(info.tasks)})")  # fmt: skip
+        _one_of("consistency", lo.consistency, CONSISTENCY)
         if len(tasks) == 1 and lo.consistency != "none":
-            bad(
+            raise ConfigError(
                 f"--consistency {lo.consistency} needs two tasks or more; with --tasks {tasks[0]} there is nothing to "
                 "be consistent with (leave --consistency out, or give none)"
             )
         if m.transfer_pairs:
             if lo.consistency == "none":
-                bad("--transfer-pairs chooses TaskTransferNets, but --consistency none trains none")
+                raise ConfigError("--transfer-pairs chooses TaskTransferNets, but --consistency none trains none")
             parse_pairs(m.transfer_pairs, tasks)
         for name, weight in _weight_entries(lo.consistency_weights):
             if name in ("seg", "depth"):
-                bad(
-                    f"--consistency-weights {name}=…: the weight of {name} is --{'alpha' if name == 'seg' else 'gamma'}"
-                )
+                own = "--alpha" if name == "seg" else "--gamma"
+                raise ConfigError(f"--consistency-weights {name}=…: the weight of {name} is {own}")
             if name not in tasks:
-                bad(f"--consistency-weights {name}=…: {name} is not trained (--tasks {','.join(tasks)})")
+                raise ConfigError(f"--consistency-weights {name}=…: {name} is not trained (--tasks {','.join(tasks)})")
             if not 0 <= weight <= 1:
-                bad(f"--consistency-weights {name}={weight}: a weight must be in [0, 1]")
-        for spec in all_specs():
-            for opt in spec.options:
-                opt.check(getattr(lo, opt.name), flag_of(opt.name))
-        for h in HYPERPARAMETERS:
-            h.check(getattr(o, h.name))
-        if m.enc_layers not in RESNET_DEPTHS:
-            bad(f"--enc-layers must be one of {', '.join(map(str, RESNET_DEPTHS))}, got {m.enc_layers}")
+                raise ConfigError(f"--consistency-weights {name}={weight}: a weight must be in [0, 1]")
+        for kwarg in ("alpha", "gamma"):
+            value = getattr(lo, kwarg)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{flag_of(kwarg)} must be in [0, 1], got {value}")
+        if len(tasks) < 2 and method_info(self.optim.weighting).kind == "gradient":
+            raise ConfigError(f"--weighting {self.optim.weighting} balances the gradients of two tasks; --tasks is "
+                              f"{tasks[0]}")  # fmt: skip
+
+    def _validate_counts(self) -> None:
+        d, o, r = self.data, self.optim, self.runtime
         for kwarg in ("epochs", "batch_size", "height", "width", "scheduler_step_size", "eval_batch_size"):
             f = FIELDS[kwarg]
             value = getattr(getattr(self, f.section), f.name)
             if not isinstance(value, int) or value < 1:
-                bad(f"{flag_of(kwarg)} must be a positive integer, got {value}")
+                raise ConfigError(f"{flag_of(kwarg)} must be a positive integer, got {value}")
         if d.height % 8 or d.width % 8:
-            bad(
-                "--height and --width must be multiples of 8 (the TaskTransferNet pools three times), "
-                f"got {d.height}×{d.width}"
-            )
-        one_of("weighting", o.weighting, weighting_names())
-        one_of("optimizer", o.optimizer, OPTIMIZERS)
-        one_of("amp", r.amp, AMP_MODES)
-        if len(tasks) < 2 and method_info(o.weighting).kind == "gradient":
-            bad(f"--weighting {o.weighting} balances the gradients of two tasks; --tasks is {tasks[0]}")
-        one_of("select_metric", r.select_metric, tuple(SELECT_DIRECTION))
+            raise ConfigError("--height and --width must be multiples of 8 (the TaskTransferNet pools three times), "
+                              f"got {d.height}×{d.width}")  # fmt: skip
+        if not o.lr > 0:  # also refuses NaN
+            raise ConfigError(f"--lr must be positive, got {o.lr}")
+        if not 0 < o.scheduler_gamma <= 1:
+            raise ConfigError(f"--scheduler-gamma must be in (0, 1], got {o.scheduler_gamma}")
+        if d.workers < 0:
+            raise ConfigError(f"--workers must be ≥ 0, got {d.workers}")
+        for kwarg, value, low in (("save_every_steps", r.save_every_steps, 1), ("skip_nonfinite", r.skip_nonfinite, 0),
+                                  ("max_steps_per_epoch", r.max_steps_per_epoch, 1)):  # fmt: skip
+            if value is not None and value < low:
+                raise ConfigError(f"{flag_of(kwarg)} must be ≥ {low}")
+
+    def _validate_choices(self, tasks: tuple[str, ...]) -> None:
+        # imported here: the CLI reads the option table (this module) without loading torch
+        from crosstask_cli.engine.device import AMP_MODES
+        from crosstask_cli.models.encoder import RESNET_DEPTHS
+
+        d, m, o, r = self.data, self.model, self.optim, self.runtime
+        if m.enc_layers not in RESNET_DEPTHS:
+            raise ConfigError(f"--enc-layers must be one of {', '.join(map(str, RESNET_DEPTHS))}, got {m.enc_layers}")
+        _one_of("weighting", o.weighting, weighting_names())
+        _one_of("optimizer", o.optimizer, OPTIMIZERS)
+        _one_of("amp", r.amp, AMP_MODES)
+        _one_of("select_metric", r.select_metric, tuple(SELECT_DIRECTION))
         needs = next((s.name for s in all_specs() if r.select_metric in s.directions), None)
         if needs is not None and needs not in tasks:
-            bad(f"--select-metric {r.select_metric} needs the {needs} task, but --tasks is {','.join(tasks)}")
-        if not o.lr > 0:  # also refuses NaN
-            bad(f"--lr must be positive, got {o.lr}")
-        if not 0 < o.scheduler_gamma <= 1:
-            bad(f"--scheduler-gamma must be in (0, 1], got {o.scheduler_gamma}")
-        for kwarg in ("alpha", "gamma"):
-            value = getattr(lo, kwarg)
-            if not 0 <= value <= 1:
-                bad(f"{flag_of(kwarg)} must be in [0, 1], got {value}")
-        one_of("depth", d.depth, ("inverse", "metric"))
+            raise ConfigError(f"--select-metric {r.select_metric} needs the {needs} task, but --tasks is "
+                              f"{','.join(tasks)}")  # fmt: skip
+        _one_of("depth", d.depth, ("inverse", "metric"))
+        info = dataset_info(d.name)
         if m.num_classes not in info.classes:
-            bad(f"{info.title} has {' or '.join(map(str, info.classes))} classes, got --num-classes {m.num_classes}")
-        if d.workers < 0:
-            bad(f"--workers must be ≥ 0, got {d.workers}")
-        if r.save_every_steps is not None and r.save_every_steps < 1:
-            bad("--save-every-steps must be ≥ 1")
-        if r.skip_nonfinite < 0:
-            bad("--skip-nonfinite must be ≥ 0")
-        if r.max_steps_per_epoch is not None and r.max_steps_per_epoch < 1:
-            bad("--max-steps-per-epoch must be ≥ 1")
+            raise ConfigError(f"{info.title} has {' or '.join(map(str, info.classes))} classes, got --num-classes "
+                              f"{m.num_classes}")  # fmt: skip
         if r.device not in ("auto", "cpu", "mps") and not r.device.startswith("cuda"):
-            bad(f"--device must be auto, cpu, cuda[:N] or mps, got {r.device!r}")
+            raise ConfigError(f"--device must be auto, cpu, cuda[:N] or mps, got {r.device!r}")
+
+
+def _one_of(kwarg: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag_of(kwarg)} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def _weight_entries(entries) -> list[tuple[str, float]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -177,71 +179,62 @@ def evaluation_tasks(model: torch.nn.Module, meta: DatasetMeta) -> tuple[str, ..
     return tasks
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How :func:`evaluate` runs: batch size, device, metric protocol, at most ``max_batches`` batches,
+    ``consistency`` (the direct-vs-transferred agreement), precision (``amp``), DataLoader ``workers``, and
+    ``energy`` (the consistency-energy report)."""
+
+    batch_size: int = 8
+    device: str | torch.device = "cpu"
+    protocol: str = "standard"
+    max_batches: int | None = None
+    consistency: bool = True
+    amp: bool | str = False
+    workers: int = 0
+    energy: bool = False
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     data: str | Path | PreparedDataset,
     split: str = "val",
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    protocol: str = "standard",
+    settings: EvalSettings | None = None,
+    *,
     loss_fn: CrossTaskLoss | None = None,
-    max_batches: int | None = None,
-    consistency: bool = True,
-    amp: bool | str = False,
-    workers: int = 0,
     progress: Callable[[int], None] | None = None,
     dist=None,
-    energy: bool = False,
     corrupt: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    **overrides,
 ) -> EvalResult:
     """Evaluate ``model`` on a prepared split; returns an :class:`EvalResult` (``.to_dict()`` is the ``eval --json`` content).
 
-    Every task the model predicts and the dataset has targets of is scored (``result.tasks`` lists them when some
-    of the model's tasks are not). With ``loss_fn`` the mean of each loss component over batches is added under
-    ``"loss"``; with ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``.
-    With a distributed ``dist`` each process evaluates every world_size-th image and the metrics are summed. With
-    ``energy`` (a model with TaskTransferNets, not distributed) the consistency-energy report under ``"energy"``
+    ``settings`` (or its fields as keywords: ``batch_size=4, protocol="original", energy=True, …``). Every task the
+    model predicts and the dataset has targets of is scored (``result.tasks`` lists them when some of the model's
+    tasks are not). With ``loss_fn`` the mean of each loss component over batches is added under ``"loss"``; with
+    ``consistency`` the agreement of direct and transferred predictions under ``"consistency"``. With a distributed
+    ``dist`` each process evaluates every world_size-th image and the metrics are summed. With ``energy`` (a model
+    with TaskTransferNets, not distributed) the consistency-energy report under ``"energy"``
     (:class:`~crosstask_cli.energy.ConsistencyReport`); ``corrupt`` corrupts each uint8 image before it is
-    normalised (:class:`~crosstask_cli.data.corruptions.Corruption`).
+    normalised (:class:`~crosstask_cli.data.corruptions.Corruption`). ``progress(n)`` after each batch of n images.
     """
-    device = torch.device(device)
-    precision = resolve_amp(amp, device)
-    if isinstance(data, PreparedDataset):
-        ds = data
-        tasks = evaluation_tasks(model, ds.meta) if hasattr(model, "config") else ds.tasks
-        lacking = [t for t in tasks if t not in ds.tasks]
-        if lacking:
-            raise DatasetError(f"{ds.root}: the dataset given was opened without the {', '.join(lacking)} targets")
-    else:
-        meta = read_meta(Path(data))
-        tasks = evaluation_tasks(model, meta) if hasattr(model, "config") else meta.tasks
-        ds = PreparedDataset(data, split, augment=False, tasks=tasks)
+    o = dataclasses.replace(settings or EvalSettings(), **overrides)
+    device = torch.device(o.device)
+    ds, tasks = _dataset_for(model, data, split)
     if corrupt is not None:
         ds.corrupt = corrupt
     pairs = tuple(p for p in getattr(getattr(model, "config", None), "pairs", ()) if set(p) <= set(tasks))
-    report = None
-    if energy:
-        from crosstask_cli.energy import NEEDS_BOTH, ConsistencyReport
-
-        if not pairs:
-            raise ConfigError(NEEDS_BOTH)
-        if dist is not None and dist.enabled:
-            raise ConfigError("the consistency-energy report is computed in one process, not under torchrun")
-        report = ConsistencyReport(ds.meta.num_classes, ds.meta.ignore_index, ds.meta.class_names, pairs=pairs,
-                                   depth_kind=ds.meta.depth_kind)  # fmt: skip
-    indices = range(len(ds) if max_batches is None else min(len(ds), max_batches * batch_size))
+    report = _energy_report(ds, pairs, dist) if o.energy else None
+    indices = range(len(ds) if o.max_batches is None else min(len(ds), o.max_batches * o.batch_size))
     if dist is not None and dist.enabled:
         indices = indices[dist.rank :: dist.world_size]
     subset = ds if len(indices) == len(ds) else Subset(ds, indices)
-    loader = DataLoader(
-        subset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
-    )
-    metrics = MetricSet.for_dataset(ds.meta, (protocol,), tasks, pairs)
-    need_transfer = consistency or loss_fn is not None or energy
-    loss_sums: torch.Tensor | None = None  # summed on the device: one host sync at the end, not one per batch
-    loss_keys = list(loss_fn.names) if loss_fn is not None else []  # fixed, so every process reduces the same vector
-    batches = 0
+    loader = DataLoader(subset, batch_size=o.batch_size, shuffle=False, num_workers=o.workers,
+                        pin_memory=device.type == "cuda")  # fmt: skip
+    metrics = MetricSet.for_dataset(ds.meta, (o.protocol,), tasks, pairs)
+    precision = resolve_amp(o.amp, device)
+    losses = _LossSums(loss_fn, device)
     was_training = model.training
     fmt = memory_format(device)
     model.to(memory_format=fmt)
@@ -251,46 +244,86 @@ def evaluate(
             images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
             targets = {t: v.to(device, non_blocking=True) for t, v in targets.items()}
             with autocast(device, precision):
-                pred = model(images, direct_only=not need_transfer)
+                pred = model(images, direct_only=not (o.consistency or loss_fn is not None or o.energy))
             pred = pred.map(lambda t: t.float())
             metrics.update(pred.direct, targets)
-            if consistency and pred.transferred:
+            if o.consistency and pred.transferred:
                 metrics.consistency.update_pairs(pred.direct, pred.transferred, targets)
                 metrics.has_consistency = True
             if report is not None:
                 report.update(pred, targets)
-            if loss_fn is not None:
-                losses = loss_fn(pred, targets)
-                row = torch.stack([losses[k].detach().double() for k in loss_keys])
-                loss_sums = row if loss_sums is None else loss_sums + row
-            batches += 1
+            losses.add(pred, targets)
             if progress:
                 progress(images.shape[0])
     finally:
         model.train(was_training)
     if dist is not None and dist.enabled:
         metrics.reduce(dist, device)
-        if loss_fn is not None:
-            from crosstask_cli.engine.distributed import all_reduce_sum_
-
-            local = (
-                loss_sums if loss_sums is not None else torch.zeros(len(loss_keys), dtype=torch.float64, device=device)
-            )
-            packed = all_reduce_sum_(
-                torch.cat([local, torch.tensor([float(batches)], dtype=torch.float64, device=device)]), dist
-            )
-            loss_sums, batches = packed[:-1], int(packed[-1].item())
-    out = metrics.result(protocol, ds.split_name)
+        losses.reduce(dist)
+    out = metrics.result(o.protocol, ds.split_name)
     out.precision = precision
-    model_tasks = getattr(getattr(model, "config", None), "tasks", tasks)
-    if set(tasks) != set(model_tasks):
+    if set(tasks) != set(getattr(getattr(model, "config", None), "tasks", tasks)):
         out.tasks = list(tasks)
     if report is not None:
         out.energy = report.compute()
-    if loss_fn is not None:
-        sums = loss_sums.tolist() if loss_sums is not None else [0.0] * len(loss_keys)
-        out.loss = {k: v / max(batches, 1) for k, v in zip(loss_keys, sums, strict=True)}
+    out.loss = losses.means()
     return out
+
+
+def _dataset_for(model, data, split: str) -> tuple[PreparedDataset, tuple[str, ...]]:
+    """The split to evaluate on and the tasks scored (those the model predicts and the data has targets of)."""
+    if isinstance(data, PreparedDataset):
+        tasks = evaluation_tasks(model, data.meta) if hasattr(model, "config") else data.tasks
+        lacking = [t for t in tasks if t not in data.tasks]
+        if lacking:
+            raise DatasetError(f"{data.root}: the dataset given was opened without the {', '.join(lacking)} targets")
+        return data, tasks
+    meta = read_meta(Path(data))
+    tasks = evaluation_tasks(model, meta) if hasattr(model, "config") else meta.tasks
+    return PreparedDataset(data, split, augment=False, tasks=tasks), tasks
+
+
+def _energy_report(ds: PreparedDataset, pairs, dist):
+    from crosstask_cli.energy import NEEDS_BOTH, ConsistencyReport
+
+    if not pairs:
+        raise ConfigError(NEEDS_BOTH)
+    if dist is not None and dist.enabled:
+        raise ConfigError("the consistency-energy report is computed in one process, not under torchrun")
+    m = ds.meta
+    return ConsistencyReport(m.num_classes, m.ignore_index, m.class_names, pairs=pairs, depth_kind=m.depth_kind)
+
+
+class _LossSums:
+    """The sums of every loss component over an evaluation's batches, kept on the device (one host read at the end);
+    a fixed vector, so that every process of a distributed run reduces the same one."""
+
+    def __init__(self, loss_fn: CrossTaskLoss | None, device: torch.device) -> None:
+        self.loss_fn, self.device = loss_fn, device
+        self.keys = list(loss_fn.names) if loss_fn is not None else []
+        self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
+        self.batches = 0
+
+    def add(self, pred, targets) -> None:
+        if self.loss_fn is None:
+            return
+        losses = self.loss_fn(pred, targets)
+        self.sums += torch.stack([losses[k].detach().double() for k in self.keys])
+        self.batches += 1
+
+    def reduce(self, dist) -> None:
+        if self.loss_fn is None:
+            return
+        from crosstask_cli.engine.distributed import all_reduce_sum_
+
+        count = torch.tensor([float(self.batches)], dtype=torch.float64, device=self.device)
+        packed = all_reduce_sum_(torch.cat([self.sums, count]), dist)
+        self.sums, self.batches = packed[:-1], int(packed[-1].item())
+
+    def means(self) -> dict[str, float] | None:
+        if self.loss_fn is None:
+            return None
+        return {k: v / max(self.batches, 1) for k, v in zip(self.keys, self.sums.tolist(), strict=True)}
 
 
 def evaluate_predictions(

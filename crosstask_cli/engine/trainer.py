@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crosstask_cli.data.dataset import EpochSampler, PreparedDataset, normalisation
-from crosstask_cli.data.prepare import prepare_training_data
+from crosstask_cli.data.prepare import TrainingData, prepare_training_data
 from crosstask_cli.data.prepared import read_meta
 from crosstask_cli.engine import distributed as ddp
 from crosstask_cli.engine import rundir
@@ -65,19 +65,9 @@ def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch
 def resolve_training_data(cfg: TrainConfig, reporter: TrainReporter | None = None, progress=None) -> Path:
     """The prepared directory for ``cfg`` (its data, or the dataset's default folder)."""
     d = cfg.data
-    return prepare_training_data(
-        d.name,
-        Path(d.root or PAPER_DEFAULTS[d.name]["data"]),
-        d.height,
-        d.width,
-        cfg.model.num_classes,
-        d.depth,
-        workers=d.workers,
-        synthetic=(d.synthetic_train, d.synthetic_val),
-        message=reporter.message if reporter else None,
-        progress=progress,
-        tasks=cfg.model.tasks,
-    )
+    request = TrainingData(d.name, Path(d.root or PAPER_DEFAULTS[d.name]["data"]), d.height, d.width,
+                           cfg.model.num_classes, d.depth, cfg.model.tasks, (d.synthetic_train, d.synthetic_val))  # fmt: skip
+    return prepare_training_data(request, d.workers, reporter.message if reporter else None, progress)
 
 
 def build_loss(cfg: TrainConfig, ignore_index: int, pairs) -> CrossTaskLoss:
