@@ -707,6 +707,28 @@ def bench_compare(cfg: BenchConfig, res: BenchResult, device: torch.device) -> N
     res.ratios["compare_b_over_a"] = ratio
 
 
+def describe_machine(device: torch.device) -> dict:
+    """Where and when figures were measured: the CPU model (``/proc/cpuinfo`` on Linux, else the platform's
+    name), its logical cores, the GPU's name on CUDA, and the UTC date and time."""
+    import datetime
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "logical_cores": os.cpu_count(),
+           "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
 def run_bench(
     cfg: BenchConfig, parts: tuple[str, ...] = ("model", "metrics", "energy", "loader"), progress=None
 ) -> BenchResult:
@@ -719,7 +741,7 @@ def run_bench(
     res = BenchResult(config={**cfg.__dict__}, device=str(device), probe=LoadProbe())
     res.config["torch"] = torch.__version__
     res.config["threads"] = torch.get_num_threads()
-    machine = {"load_probe": res.probe.available, "max_others_cores": cfg.max_others}
+    machine = {**describe_machine(device), "load_probe": res.probe.available, "max_others_cores": cfg.max_others}
     if res.probe.available and cfg.quiet_wait_s > 0:
         if progress:
             progress("waiting for a quiet machine")

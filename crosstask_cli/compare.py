@@ -173,14 +173,13 @@ class Comparison:
         metrics = self.metrics
         with_delta = any(math.isfinite(r["delta_m_flat"]) for r in rows)  # no Δm panel without baselines
         panels = len(metrics) + with_delta
-        fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2 + 0.15 * len(names)), squeeze=False)
-        axes = axes[0]
+        fig, axes, first = panel_grid(plt, panels, 3.2 + 0.15 * len(names))
         y = np.arange(len(names))
         for ax, key in zip(axes, metrics, strict=False):
             title = metric_title(key)
             ax.barh(y, [r[key] for r in rows], color="tab:blue" if "↑" in title else "tab:red")
             ax.set_title(title, fontsize=10)
-            ax.set_yticks(y, names if ax is axes[0] else [""] * len(names), fontsize=8)
+            ax.set_yticks(y, names if ax in first else [""] * len(names), fontsize=8)
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
         if with_delta:
@@ -189,7 +188,7 @@ class Comparison:
             ax.barh(y + 0.2, [r["delta_m_per_task"] for r in rows], height=0.4, label="per task (LibMTL)")
             ax.axvline(0, color="black", lw=0.8)
             ax.set_title("Δm (%) ↑ positive = better", fontsize=10)
-            ax.set_yticks(y, [""] * len(names))
+            ax.set_yticks(y, names if ax in first else [""] * len(names), fontsize=8)
             ax.invert_yaxis()
             ax.legend(fontsize=7)
             ax.grid(axis="x", alpha=0.3)
@@ -404,8 +403,7 @@ class GroupedComparison:
         panels = [(m, metric_title(m)) for m in self.metrics]
         if any(math.isfinite(x) for v in self.variants for x in v.values["delta_m_flat"]):
             panels.append(("delta_m_flat", "Δm flat (%) ↑"))  # no Δm panel without baselines
-        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2 + 0.18 * len(names)), squeeze=False)
-        axes = axes[0]
+        fig, axes, first = panel_grid(plt, len(panels), 3.2 + 0.18 * len(names))
         y = np.arange(len(names))
         for ax, (key, title) in zip(axes, panels, strict=True):
             stats = [v.mean_std(key) for v in self.variants]
@@ -418,7 +416,7 @@ class GroupedComparison:
             if key.startswith("delta"):
                 ax.axvline(0, color="black", lw=0.8)
             ax.set_title(title, fontsize=10)
-            ax.set_yticks(y, names if ax is axes[0] else [""] * len(names), fontsize=8)
+            ax.set_yticks(y, names if ax in first else [""] * len(names), fontsize=8)
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
         fig.suptitle("mean ± std over seeds (dots: single seeds)", fontsize=10)
@@ -428,9 +426,25 @@ class GroupedComparison:
         return Path(path)
 
 
+PANELS_PER_ROW = 5  # nine metrics of three tasks and Δm wrap into two rows instead of one 40-inch strip
+
+
+def panel_grid(plt, panels: int, row_height: float):
+    """A figure of ``panels`` bar panels, at most :data:`PANELS_PER_ROW` a row: (figure, the axes in reading
+    order, the axes of the first column, which carry the names)."""
+    cols = min(panels, PANELS_PER_ROW)
+    rows = -(-panels // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4 * cols, row_height * rows), squeeze=False)
+    for ax in grid.flat[panels:]:
+        ax.remove()
+    return fig, list(grid.flat[:panels]), set(grid[:, 0])
+
+
 def paired_text(p: dict | None) -> str:
     if not p:
         return "–"
+    if p.get("same_metrics") is False:
+        return "other metrics"
     if p.get("pairs", 0) == 0:
         return "no common seeds"
     verdict = "consistent" if p["consistent"] else "mixed"
@@ -465,7 +479,10 @@ def compare_grouped(
         listed = ", ".join(f"{get_task(t).title} {b}" for t, b in given.items())
         parts.append(f"baselines: {listed} (per seed when a variant of these runs, else fixed)")
     if reference is not None:
-        parts.append(f"paired: Δm flat minus {reference}'s on the same seed; consistent = every seed agrees in sign")
+        parts.append(
+            f"paired: Δm flat minus {reference}'s on the same seed, for variants with its metrics; "
+            "consistent = every seed agrees in sign"
+        )
     return GroupedComparison(stats, str(baseline_seg) if baseline_seg else None,
                              str(baseline_depth) if baseline_depth else None, reference, ". ".join(parts) + ".")  # fmt: skip
 
@@ -510,10 +527,15 @@ def _variant_stats(variant: str, seeds: dict[int, RunMetrics], by_task: dict, is
 
 
 def _pair_with(stats: list[VariantStats], ref: VariantStats, baselines: set[str]) -> None:
-    """Set every other variant's ``vs_reference``: its Δm flat minus the reference's, seed by seed."""
+    """Set every other variant's ``vs_reference``: its Δm flat minus the reference's, seed by seed. Only a variant
+    with the reference's metrics is paired: a Δm over other metrics (a 2-task variant against a 3-task reference)
+    is another average, and its difference would mean nothing."""
     ref_by_seed = dict(zip(ref.seeds, ref.values["delta_m_flat"], strict=True))
     for s in stats:
         if s is ref or s.variant in baselines:
+            continue
+        if _measured(s) != _measured(ref):
+            s.vs_reference = {"pairs": 0, "same_metrics": False}
             continue
         diffs = [v - ref_by_seed[seed] for seed, v in zip(s.seeds, s.values["delta_m_flat"], strict=True)
                  if seed in ref_by_seed and math.isfinite(v) and math.isfinite(ref_by_seed[seed])]  # fmt: skip
@@ -525,6 +547,11 @@ def _pair_with(stats: list[VariantStats], ref: VariantStats, baselines: set[str]
             "better": sum(d > 0 for d in diffs),
             "consistent": len(diffs) >= 2 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)),
         }
+
+
+def _measured(stats: VariantStats) -> frozenset[str]:
+    """The compared metrics a variant has values of (those of its tasks)."""
+    return frozenset(k for k in METRICS if any(math.isfinite(x) for x in stats.values[k]))
 
 
 # --- the command as a function ---------------------------------------------------------------------------------

@@ -146,3 +146,21 @@ def test_energy_part_times_the_report_against_an_eval_batch():
     )
     value, target, status = res.targets()["energy_share_of_eval"]
     assert target == 0.10 and status in ("met", "not met")
+
+
+def test_tasks_part_sets_the_third_task_and_its_nets_against_the_two_task_step():
+    from crosstask_cli.bench import TASK_SETS, BenchConfig, run_bench
+
+    cfg = BenchConfig(enc_layers=18, height=32, width=64, batch_size=2, runs=1, warmup=1, quiet_wait_s=0,
+                      max_others=64.0, amp="off")  # fmt: skip
+    res = run_bench(cfg, ("tasks",))
+    table = res.figures["tasks"]["settings"]
+    two, plain, six = (table[n] for n in TASK_SETS)
+    # the third decoder and four more TaskTransferNets add parameters and work to either smaller model
+    for key in ("parameters", "train_flops_per_image"):
+        assert six[key] > max(two[key], plain[key])
+    assert two["ratio_vs_two_tasks"] == 1.0 and all(t["median_s"] > 0 for t in table.values())
+    assert res.ratios["third_task_vs_two_tasks"] == plain["ratio_vs_two_tasks"]
+    assert res.ratios["three_tasks_six_nets_vs_two_tasks"] == six["ratio_vs_two_tasks"]
+    machine = res.figures["machine"]  # figures say where and when they were measured
+    assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["date_utc"].endswith("+00:00")

@@ -166,6 +166,7 @@ def test_grouped_statistics_by_hand(tmp_path):
         "depth-only": [(None, None, 0.10, 0.20), (None, None, 0.20, 0.20)],
         "a": [(0.55, 0.80, 0.09, 0.20), (0.40, 0.80, 0.20, 0.22)],
         "b": [(0.50, 0.80, 0.10, 0.20), (0.44, 0.80, 0.20, 0.20)],
+        "c": [(0.60, 0.80, None, None), (0.50, 0.80, None, None)],  # segmentation only: Δm over other metrics
     }
     for variant, rows in table.items():
         for seed, row in enumerate(rows):
@@ -184,10 +185,13 @@ def test_grouped_statistics_by_hand(tmp_path):
     assert a.vs_reference == pytest.approx(
         {"pairs": 2, "mean_diff": 0.0, "std_diff": math.sqrt(50.0), "better": 1, "consistent": False}  # diffs +5, −5
     )
+    c = next(v for v in cmp.variants if v.variant == "c")
+    assert c.values["delta_m_flat"] == pytest.approx([10.0, 12.5])
+    assert c.vs_reference == {"pairs": 0, "same_metrics": False}  # not paired with b, whose Δm has depth too
     base = next(v for v in cmp.variants if v.variant == "seg-only")
     assert all(math.isnan(x) for x in base.values["delta_m_flat"]) and base.vs_reference is None  # not vs itself
     md = cmp.to_markdown()
-    assert "| a | 2 | 0.4750 ± 0.1061 |" in md and "(1/2 seeds better, mixed)" in md
+    assert "| a | 2 | 0.4750 ± 0.1061 |" in md and "(1/2 seeds better, mixed)" in md and "other metrics" in md
     with pytest.raises(InputError, match="--reference 'z' is not among the variants"):
         compare_grouped(runs, reference="z")
 

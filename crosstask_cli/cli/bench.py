@@ -88,6 +88,10 @@ def _render_parts(res, cfg) -> None:
     t = Table(title=f"crosstask bench · ResNet-{cfg.enc_layers}, {cfg.num_classes} classes, {cfg.height}×{cfg.width}, "
                     f"batch {cfg.batch_size}, {res.device} {res.config.get('precision', cfg.amp).replace('off', 'fp32')}",
               title_justify="left")  # fmt: skip
+    m = f.get("machine", {})
+    if "cpu" in m:
+        gpu = f", {m['gpu']}" if "gpu" in m else ""
+        t.caption, t.caption_justify = f"{m['cpu']}, {m['logical_cores']} cores{gpu}, {m['date_utc']}", "left"
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_column("spread", justify="right")
@@ -147,7 +151,8 @@ def _render_targets(res, cfg) -> None:
     for name, (value, target, status) in res.targets().items():
         op = "≤" if is_upper_bound(name) else "≥"
         tt.add_row(name, f"{value:.3g}", f"{op} {target:g}", STYLES[status])
-    out.print(tt)
+    if tt.row_count:  # parts without targets (tasks, loader) print no empty table
+        out.print(tt)
     if res.noisy:
         err.print(
             f"[yellow]noisy machine:[/] other processes used more than {cfg.max_others:g} cores during too many runs "
