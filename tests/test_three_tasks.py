@@ -14,6 +14,7 @@ import torch
 from helpers import TINY, run_cli
 
 import crosstask_cli as ct
+from crosstask_cli.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,22 @@ def test_predict_writes_normals_and_the_other_tools_read_them(three_task_run, tm
     assert r.exit_code == 0, r.output
     panel = cv2.imread(str(tmp_path / "panels" / "a_panel.png"))
     assert panel is not None and panel.shape[1] > 8 * panel.shape[0]  # image, 3 tasks and 6 transferred maps
+    # float16 normal files: half the size, the same directions to within float16's rounding
+    from crosstask_cli.predict import predict
+
+    for dtype in ("float32", "float16"):  # same precision (the API's fp32) for both
+        assert len(predict([img], ckpt, tmp_path / dtype, normal_dtype=dtype, device="cpu").written) == 1
+    normal, normal16 = (np.load(tmp_path / dtype / "a_normal.npy") for dtype in ("float32", "float16"))
+    assert normal16.dtype == np.float16 and np.abs(normal16.astype(np.float32) - normal).max() <= 2.5e-4
+    # eval --predictions reads them as directions (unit length), which float16 keeps to within 0.05°
+    read = ct.get_task("normal").read_prediction(tmp_path / "float16" / "a_normal.npy")
+    assert read.dtype == np.float32 and np.allclose(np.linalg.norm(read, axis=-1), 1, atol=1e-6)
+    a, b = read.astype(np.float64), normal.astype(np.float64)
+    angle = np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), (a * b).sum(-1)))  # exact near 0°
+    assert angle.max() < 0.05
+    with pytest.raises(ConfigError, match="--normal-dtype must be one of float32, float16, got 'int8'"):
+        predict([img], ckpt, tmp_path / "p8", normal_dtype="int8")
+    assert not (tmp_path / "p8").exists()
 
 
 def test_eval_predictions_scores_normal_files(synthetic_prepared, tmp_path):

@@ -162,6 +162,7 @@ class TaskSpec:
     pixel_error: str = ""
     transfer_input: str = "identity"
     transfer_output: str = "identity"
+    file_dtypes: tuple[str, ...] = ()  # dtypes its .npy prediction files may be written in (first: the default)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -262,8 +263,9 @@ class TaskSpec:
         """One image's C×h×w prediction → the array written at the input's ``size`` (H, W)."""
         raise NotImplementedError
 
-    def encode(self, array: np.ndarray, ctx: TaskContext, tag: str = "") -> dict[str, bytes]:
-        """A full-size prediction array → {suffix: file bytes}."""
+    def encode(self, array: np.ndarray, ctx: TaskContext, tag: str = "", dtype: str | None = None) -> dict[str, bytes]:
+        """A full-size prediction array → {suffix: file bytes}; ``dtype``: one of :attr:`file_dtypes` for its
+        .npy file (None: the first)."""
         raise NotImplementedError
 
     def read_prediction(self, path: Any, height: int | None = None, width: int | None = None) -> np.ndarray:

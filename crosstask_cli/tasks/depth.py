@@ -66,6 +66,7 @@ class DepthTask(TaskSpec):
     onnx_output = "depth"
     array = "depth"
     dtype = "float32"
+    file_dtypes = ("float32",)
     invalid = 0
     options = (
         TaskOption("lp", "l1", "Direct depth loss: l1 (default), mse, logl1, smoothl1.", choices=DEPTH_LOSSES),
@@ -175,7 +176,7 @@ class DepthTask(TaskSpec):
 
         return upsampled_map(pred[0], size)
 
-    def encode(self, array, ctx, tag=""):
+    def encode(self, array, ctx, tag="", dtype=None):
         import numpy as np
 
         from crosstask_cli.predictions import encode_depth

@@ -111,6 +111,7 @@ class NormalTask(TaskSpec):
     image_error = "mean_angle"
     pixel_error = "angle"
     transfer_output = "l2"
+    file_dtypes = ("float32", "float16")
     energy_over_valid = True
 
     def channels(self, ctx: TaskContext) -> int:
@@ -200,7 +201,7 @@ class NormalTask(TaskSpec):
         up = F.interpolate(pred[None].float(), size=size, mode="bilinear", align_corners=False)
         return unit(up)[0].permute(1, 2, 0).cpu().numpy()
 
-    def encode(self, array, ctx, tag=""):
+    def encode(self, array, ctx, tag="", dtype=None):
         import io
 
         import numpy as np
@@ -208,13 +209,15 @@ class NormalTask(TaskSpec):
         from crosstask_cli.images import encode_png
 
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+        np.save(buf, np.ascontiguousarray(array, dtype=dtype or self.file_dtypes[0]), allow_pickle=False)
         suffix_npy, suffix_png = self.file_suffixes(tag)
         return {suffix_npy: buf.getvalue(), suffix_png: encode_png(self.colorize(array, ctx))}
 
     def read_prediction(self, path, height=None, width=None):
-        """A ``*_normal.npy`` (H×W×3, or 3×H×W) → float32 H×W×3, at height×width (nearest pixel centres) when
-        given."""
+        """A ``*_normal.npy`` (H×W×3, or 3×H×W; any float dtype) → float32 H×W×3 with every non-zero vector scaled
+        to unit length (a float16 file, or another tool's, is a direction to within rounding; the angle metrics take
+        p·t as the cosine, where a length of 1 − 3e-4 alone would read as 1.4°), at height×width (nearest pixel
+        centres) when given."""
         import numpy as np
 
         from crosstask_cli.data.resize import resize_nearest
@@ -231,7 +234,9 @@ class NormalTask(TaskSpec):
         finite = np.isfinite(normal)
         if not finite.all():
             raise InputError(f"{path}: {int((~finite).sum())} normal value(s) are NaN or infinite")
-        normal = normal.astype(np.float32, copy=False)
+        wide = normal.astype(np.float64)
+        length = np.linalg.norm(wide, axis=-1, keepdims=True)
+        normal = np.where(length > 0, wide / np.where(length > 0, length, 1), 0).astype(np.float32)
         return normal if height is None else resize_nearest(normal, height, width)
 
     def colorize(self, array, ctx=None, vrange=None):

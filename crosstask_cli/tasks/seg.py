@@ -225,7 +225,7 @@ class SegmentationTask(TaskSpec):
 
         return upsampled_class_ids(pred, size)
 
-    def encode(self, array, ctx, tag=""):
+    def encode(self, array, ctx, tag="", dtype=None):
         from crosstask_cli.predictions import encode_seg
 
         return encode_seg(array, [tuple(c) for c in ctx.palette], tag)
