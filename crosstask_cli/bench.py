@@ -9,6 +9,7 @@ per-class loop (kept here as the baseline).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -323,6 +324,53 @@ def build_model_bench(cfg: BenchConfig, device: torch.device) -> ModelBench:
     return ModelBench(model, forward, train_step, precision)
 
 
+@dataclass
+class Interleaved:
+    """Step times of several settings measured in rounds ({name: seconds} each): ``every`` round, the ``kept``
+    ones (others' load within the limit during all of its steps), others' peak load (cores) per round."""
+
+    kept: list[dict[str, float]]
+    every: list[dict[str, float]]
+    loads: list[float]
+    noisy: bool
+
+    def used(self, runs: int) -> list[dict[str, float]]:
+        """The rounds to report: the kept ones, or every round when fewer than min(3, runs) were kept (the
+        figure is then marked noisy)."""
+        return self.kept if len(self.kept) >= min(3, runs) else self.every
+
+
+def interleave(steps: dict[str, Callable[[], object]], cfg: BenchConfig, res: BenchResult, device: torch.device,
+               label: str) -> Interleaved:  # fmt: skip
+    """Warm every step up, then time rounds that run each once (order rotated each round, so none always runs
+    first) until ``cfg.runs`` rounds are kept or 3 × runs were tried; ``label`` goes to ``res.noisy`` when too
+    few were kept."""
+    for step in steps.values():
+        for _ in range(max(cfg.warmup, 1)):
+            step()
+    _sync(device)
+    names = list(steps)
+    kept, every, loads = [], [], []
+    while len(kept) < cfg.runs and len(every) < 3 * cfg.runs:
+        shift = len(every) % len(names)
+        times, load = {}, 0.0
+        for n in names[shift:] + names[:shift]:
+            mark = res.probe.mark() if res.probe else None
+            start = time.perf_counter()
+            steps[n]()
+            _sync(device)
+            times[n] = time.perf_counter() - start
+            load = max(load, res.probe.others_since(mark) if res.probe else 0.0)
+        every.append(times)
+        loads.append(load)
+        if load <= cfg.max_others:
+            kept.append(times)
+    noisy = len(kept) < cfg.runs
+    if noisy:
+        res.noisy.append(label)
+    return Interleaved(kept, every, loads, noisy)
+
+
 def bench_weightings(cfg: BenchConfig, res: BenchResult, device: torch.device, names: tuple[str, ...]) -> None:
     """Each method's training step against ``fixed`` on one shared model: rounds that run every method once
     (order rotated each round), a round dropped when others' load exceeded the limit during any of its steps;
@@ -336,29 +384,8 @@ def bench_weightings(cfg: BenchConfig, res: BenchResult, device: torch.device, n
     task_names = tuple(task_loss_name(t) for t in cfg.tasks)
     methods = {n: ct.build_weighting(n, task_names).to(device) for n in names}
     mb.model.train()
-    for n in names:
-        for _ in range(max(cfg.warmup, 1)):
-            mb.train_step(methods[n])
-    _sync(device)
-    rounds, every, attempts = [], [], 0
-    while len(rounds) < cfg.runs and attempts < 3 * cfg.runs:
-        order = names[attempts % len(names) :] + names[: attempts % len(names)]
-        times, load = {}, 0.0
-        for n in order:
-            mark = res.probe.mark() if res.probe else None
-            start = time.perf_counter()
-            mb.train_step(methods[n])
-            _sync(device)
-            times[n] = time.perf_counter() - start
-            load = max(load, res.probe.others_since(mark) if res.probe else 0.0)
-        attempts += 1
-        every.append(times)
-        if load <= cfg.max_others:
-            rounds.append(times)
-    noisy = len(rounds) < cfg.runs
-    if noisy:
-        res.noisy.append("weightings")
-    use = rounds if len(rounds) >= min(3, cfg.runs) else every
+    timed = interleave({n: functools.partial(mb.train_step, methods[n]) for n in names}, cfg, res, device, "weightings")
+    use = timed.used(cfg.runs)
     memory = {n: _peak_step_memory(cfg, device, n) for n in names}
     table = {}
     for n in names:
@@ -374,9 +401,9 @@ def bench_weightings(cfg: BenchConfig, res: BenchResult, device: torch.device, n
             res.ratios[f"weighting_{n}_vs_fixed"] = ratio
     res.figures["weightings"] = {
         "methods": table,
-        "rounds_kept": len(rounds),
-        "attempts": attempts,
-        "noisy": noisy,
+        "rounds_kept": len(timed.kept),
+        "attempts": len(timed.every),
+        "noisy": timed.noisy,
         "precision": mb.precision,
         "memory": "cuda allocator peak" if device.type == "cuda" else "peak RSS of a process running the method",
     }
@@ -578,27 +605,8 @@ def bench_tasks(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
     for n, mb in benches.items():
         mb.model.train()
         flops[n] = count_flops(mb.train_step) / cfg.batch_size
-        for _ in range(max(cfg.warmup, 1)):
-            mb.train_step()
-    _sync(device)
-    rounds, every, attempts = [], [], 0
-    while len(rounds) < cfg.runs and attempts < 3 * cfg.runs:
-        order = names[attempts % len(names) :] + names[: attempts % len(names)]
-        times, load = {}, 0.0
-        for n in order:
-            mark = res.probe.mark() if res.probe else None
-            start = time.perf_counter()
-            benches[n].train_step()
-            _sync(device)
-            times[n] = time.perf_counter() - start
-            load = max(load, res.probe.others_since(mark) if res.probe else 0.0)
-        attempts += 1
-        every.append(times)
-        if load <= cfg.max_others:
-            rounds.append(times)
-    if len(rounds) < cfg.runs:
-        res.noisy.append("tasks")
-    use = rounds if len(rounds) >= min(3, cfg.runs) else every
+    timed = interleave({n: mb.train_step for n, mb in benches.items()}, cfg, res, device, "tasks")
+    use = timed.used(cfg.runs)
     base = names[0]
     table = {}
     for n in names:
@@ -608,8 +616,8 @@ def bench_tasks(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
             "parameters": count_trainable_parameters(benches[n].model),
             "train_flops_per_image": flops[n],
         }
-    res.figures["tasks"] = {"settings": table, "rounds_kept": len(rounds), "attempts": attempts,
-                            "noisy": len(rounds) < cfg.runs, "precision": benches[base].precision}  # fmt: skip
+    res.figures["tasks"] = {"settings": table, "rounds_kept": len(timed.kept), "attempts": len(timed.every),
+                            "noisy": timed.noisy, "precision": benches[base].precision}  # fmt: skip
     res.ratios["third_task_vs_two_tasks"] = table[names[1]]["ratio_vs_two_tasks"]
     res.ratios["three_tasks_six_nets_vs_two_tasks"] = table[names[2]]["ratio_vs_two_tasks"]
 
@@ -641,7 +649,7 @@ def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
     if "train_step" in res.figures:
         res.ratios["loader_vs_train_step"] = prepared_sps / res.figures["images_per_s"]["train"]
     if cfg.raw_samples > 0:
-        from crosstask_cli.data.cityscapes import convert_raw_sample, find_raw_samples
+        from crosstask_cli.data.cityscapes import convert_raw_targets, find_raw_samples
         from crosstask_cli.data.prepare import prepare_synthetic
 
         # Full-size (2048×1024) Cityscapes-layout files: what the original method decodes for every sample.
@@ -649,7 +657,7 @@ def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
             workdir / "full-size-raw", train=cfg.raw_samples, val=1, height=1024, width=2048, seed=1
         )
         samples = find_raw_samples(raw, "train")
-        t_raw = res.time("raw_png", lambda: [convert_raw_sample(s, cfg.height, cfg.width, 7, "inverse")
+        t_raw = res.time("raw_png", lambda: [convert_raw_targets(s, cfg.height, cfg.width, 7, "inverse")
                                              for s in samples], 3, 1, torch.device("cpu"))  # fmt: skip
         raw_sps = len(samples) / t_raw.median
         res.figures["loader"]["raw_png_samples_per_s"] = raw_sps
@@ -661,48 +669,26 @@ def bench_compare(cfg: BenchConfig, res: BenchResult, device: torch.device) -> N
     """Time the training step under two values of one setting (``cfg.compare`` = (setting, A, B)), interleaved
     A, B, B, A, … in one process so that both see the same machine; a pair is dropped when others' load
     exceeded the limit during either step. Reports both medians and the median of the per-pair ratios B / A."""
-    import dataclasses
-
     setting, a_value, b_value = cfg.compare
-    runs, pairs, every, others = cfg.runs, [], [], []
-    benches = [build_model_bench(dataclasses.replace(cfg, **{setting: v}), device) for v in (a_value, b_value)]
-    for mb in benches:
+    benches = {k: build_model_bench(dataclasses.replace(cfg, **{setting: v}), device)
+               for k, v in (("a", a_value), ("b", b_value))}  # fmt: skip
+    for mb in benches.values():
         mb.model.train()
-        for _ in range(max(cfg.warmup, 1)):
-            mb.train_step()
-    _sync(device)
-    attempts = 0
-    while len(pairs) < runs and attempts < 3 * runs:
-        order = (0, 1) if attempts % 2 == 0 else (1, 0)
-        times, load = [0.0, 0.0], 0.0
-        for i in order:
-            mark = res.probe.mark() if res.probe else None
-            start = time.perf_counter()
-            benches[i].train_step()
-            _sync(device)
-            times[i] = time.perf_counter() - start
-            load = max(load, res.probe.others_since(mark) if res.probe else 0.0)
-        attempts += 1
-        others.append(load)
-        every.append(times)
-        if load <= cfg.max_others:
-            pairs.append(times)
-    if len(pairs) < runs:
-        res.noisy.append("compare")
-    use = pairs if len(pairs) >= min(3, runs) else every  # too few clean pairs: all of them, reported as noisy
-    ratio = statistics.median(t[1] / t[0] for t in use)
+    timed = interleave({k: mb.train_step for k, mb in benches.items()}, cfg, res, device, "compare")
+    use = timed.used(cfg.runs)
+    ratio = statistics.median(t["b"] / t["a"] for t in use)
     res.figures["compare"] = {
         "setting": setting,
         "a": a_value,
         "b": b_value,
-        "precision": [mb.precision for mb in benches],
-        "a_median_s": statistics.median(t[0] for t in use),
-        "b_median_s": statistics.median(t[1] for t in use),
+        "precision": [mb.precision for mb in benches.values()],
+        "a_median_s": statistics.median(t["a"] for t in use),
+        "b_median_s": statistics.median(t["b"] for t in use),
         "ratio_b_over_a": ratio,
-        "pairs_kept": len(pairs),
-        "attempts": attempts,
-        "others_cores": others,
-        "noisy": len(pairs) < runs,
+        "pairs_kept": len(timed.kept),
+        "attempts": len(timed.every),
+        "others_cores": timed.loads,
+        "noisy": timed.noisy,
     }
     res.ratios["compare_b_over_a"] = ratio
 

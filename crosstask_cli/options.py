@@ -145,3 +145,54 @@ def check_finite(value: Any, flag: str, low: float | None = None, high: float | 
 def check_choice(value: Any, flag: str, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    """An option a component declares (a task's loss option, a weighting method's hyper-parameter): its config
+    keyword (flag ``--`` + keyword with ``-``), default, help and the values it may take: ``choices``, or a number
+    in [``low``, ``high``] (``low_open``/``high_open`` exclude the bound; ``integer`` asks for a whole number). NaN
+    and infinities are never allowed."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def check(self, value: Any, label: str | None = None) -> None:
+        """ConfigError naming ``label`` (default: the flag; the Python API names the keyword) unless ``value`` is
+        allowed."""
+        flag = label or self.flag
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ConfigError(f"{flag} must be one of {', '.join(self.choices)}, got {value!r}")
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if self.integer and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"{flag} must be an integer, got {value!r}")
+        if not number or not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value!r}")
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if below or above:
+            raise ConfigError(f"{flag} must be {self.range_text()}, got {value}")
+
+    def range_text(self) -> str:
+        if self.integer and self.low is not None and self.high is None:
+            return f"an integer ≥ {int(self.low) + (1 if self.low_open else 0)}"
+        if self.high is None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"

@@ -3,6 +3,7 @@ supported layout (written by the tests themselves; nothing is downloaded)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -74,3 +75,24 @@ def run_cli(*args: str):
     from crosstask_cli.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def forbid_host_reads(monkeypatch):
+    """Within it, every way a tensor's value reaches the host raises: on a GPU each of them would wait for the
+    device, so code run inside may only launch work."""
+    import torch
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} read a value back to the host during a metric update")
+
+        return fail
+
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            m.setattr(torch.Tensor, name, forbidden(name))
+        yield

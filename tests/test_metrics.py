@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import forbid_host_reads
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from crosstask_cli.engine.evaluator import MetricSet
@@ -252,15 +253,7 @@ def test_metric_updates_never_read_the_device_back(monkeypatch):
     dp, dt, dp_t = (torch.rand(b, 1, h, w, generator=g) for _ in range(3))
     metrics = MetricSet(c, ("standard", "original"))
 
-    def forbidden(name):
-        def fail(*args, **kwargs):
-            raise AssertionError(f"Tensor.{name} read a value back to the host during a metric update")
-
-        return fail
-
-    with monkeypatch.context() as m:
-        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
-            m.setattr(torch.Tensor, name, forbidden(name))
+    with forbid_host_reads(monkeypatch):
         for _ in range(2):
             metrics.update(logits, target, dp, dt)
             metrics.consistency.update(logits, logits_t, dp, dp_t, target, dt)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import forbid_host_reads
 
 import crosstask_cli as ct
 from crosstask_cli.errors import ConfigError
@@ -159,15 +160,7 @@ def test_metric_updates_of_three_tasks_never_read_the_device_back(monkeypatch):
                "normal": normal_t}  # fmt: skip
     transferred = {pair: preds[pair[1]].flip(0) for pair in default_pairs(tasks)}
 
-    def forbidden(name):
-        def fail(*args, **kwargs):
-            raise AssertionError(f"Tensor.{name} read a value back to the host during a metric update")
-
-        return fail
-
-    with monkeypatch.context() as m:
-        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
-            m.setattr(torch.Tensor, name, forbidden(name))
+    with forbid_host_reads(monkeypatch):
         for _ in range(2):
             metrics.update(preds, targets)
             metrics.consistency.update_pairs(preds, transferred, targets)

@@ -198,22 +198,6 @@ def read_instances(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return inst.astype(np.int32)
 
 
-def convert_raw_sample(
-    sample: RawSample,
-    height: int,
-    width: int,
-    num_classes: int,
-    depth_kind: str,
-    categories: str = "original",
-    scale: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read one raw sample and return (image H×W×3 uint8 RGB, labels H×W uint8, depth H×W float32) at height×width;
-    ``categories``: the 7-class mapping (:func:`~crosstask_cli.data.labels.cityscapes_lookup`); ``scale``: see
-    :func:`disparity_scale`."""
-    image, targets = convert_raw_targets(sample, height, width, num_classes, depth_kind, categories, scale)
-    return image, targets["seg"], targets["depth"]
-
-
 def convert_raw_targets(
     sample: RawSample,
     height: int,
@@ -224,8 +208,10 @@ def convert_raw_targets(
     scale: float = 1.0,
     tasks: tuple[str, ...] = ("seg", "depth"),
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """:func:`convert_raw_sample` for ``tasks``: (image, {task: array}) at height×width, normals (H×W×3) read from
-    the sample's normal file and resized by the nearest pixel centre, as labels and depth."""
+    """Read one raw sample's image and the targets of ``tasks``: (image H×W×3 uint8 RGB, {task: array}) at
+    height×width: labels H×W uint8, depth H×W float32, normals H×W×3 float32 read from the sample's normal file,
+    targets resized by the nearest pixel centre. ``categories``: the 7-class mapping
+    (:func:`~crosstask_cli.data.labels.cityscapes_lookup`); ``scale``: see :func:`disparity_scale`."""
     rgb, ids, depth = read_raw_sample(sample, depth_kind, scale)
     labels = cityscapes_lookup(num_classes, categories)[ids]
     targets = {"seg": resize_nearest(labels, height, width), "depth": resize_nearest(depth, height, width)}

@@ -345,7 +345,7 @@ class TrainConfig:
         self._validate_tasks(tasks)
         for spec in all_specs():
             for opt in spec.options:
-                opt.check(getattr(self.loss, opt.name), flag_of(opt.name))
+                opt.check(getattr(self.loss, opt.name))
         for h in HYPERPARAMETERS:
             h.check(getattr(self.optim, h.name))
         self._validate_counts()

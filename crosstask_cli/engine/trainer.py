@@ -74,12 +74,10 @@ def build_loss(cfg: TrainConfig, ignore_index: int, pairs) -> CrossTaskLoss:
     """The objective of a run: its tasks, the model's TaskTransferNets (``pairs``), the consistency, the consistency
     weights λ and every task's loss options."""
     m, lo = cfg.model, cfg.loss
-    options = {
-        k: v for k, v in cfg.task_options().items() if k not in ("lp", "tdep_loss", "tseg_loss", "label_smoothing")
-    }
-    return CrossTaskLoss(
+    return CrossTaskLoss(  # the original's loss options by name as well as among every task's options
         m.num_classes, lo.alpha, lo.gamma, lo.lp, lo.tdep_loss, lo.tseg_loss, lo.label_smoothing, ignore_index,
-        lo.consistency, tasks=m.tasks, pairs=tuple(pairs) or None, weights=cfg.consistency_weights(), options=options,
+        lo.consistency, tasks=m.tasks, pairs=tuple(pairs) or None, weights=cfg.consistency_weights(),
+        options=cfg.task_options(),
     )  # fmt: skip
 
 

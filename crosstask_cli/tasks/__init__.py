@@ -17,7 +17,7 @@ subclass, and its line in :data:`_SPECS` (docs/architecture.md, "Where to add").
 from __future__ import annotations
 
 from crosstask_cli.errors import ConfigError
-from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskOption, TaskSpec
+from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskSpec
 from crosstask_cli.tasks.depth import DepthTask
 from crosstask_cli.tasks.normal import NormalTask
 from crosstask_cli.tasks.seg import SegmentationTask
@@ -31,7 +31,7 @@ _LEGACY_PAIR_NAMES = {("depth", "seg"): "tseg", ("seg", "depth"): "tdepth"}
 Pair = tuple[str, str]
 
 __all__ = [
-    "TaskContext", "TaskMetrics", "TaskOption", "TaskSpec", "LEGACY_TASKS", "get_task", "task_names", "all_specs",
+    "TaskContext", "TaskMetrics", "TaskSpec", "LEGACY_TASKS", "get_task", "task_names", "all_specs",
     "ordered", "parse_tasks", "default_pairs", "parse_pairs", "pair_suffix", "transfer_file_tag", "transfer_loss_name",
     "task_loss_name", "transfer_order", "loss_names", "agreement_name", "is_transfer_loss",
 ]  # fmt: skip

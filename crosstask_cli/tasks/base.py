@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crosstask_cli.errors import ConfigError
+from crosstask_cli.options import HyperParameter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,36 +47,6 @@ class TaskContext:
         """From a checkpoint's ``dataset`` entry."""
         return cls(int(ds["num_classes"]), int(ds.get("ignore_index", 255)), tuple(ds.get("class_names", ())),
                    tuple(tuple(c) for c in ds.get("palette", ())), ds["depth"]["kind"])  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TaskOption:
-    """A training option a task owns (a loss choice or parameter): its config keyword (the flag is ``--`` + the
-    keyword with ``-`` for ``_``), default, allowed values (None: a number in ``low``..``high``) and help text."""
-
-    name: str
-    default: Any
-    help: str
-    choices: tuple[str, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def type(self) -> type:
-        return type(self.default)
-
-    def check(self, value: Any, flag: str) -> None:
-        """ConfigError naming ``flag`` unless ``value`` is allowed (NaN never is)."""
-        if self.choices is not None:
-            if value not in self.choices:
-                raise ConfigError(f"{flag} must be one of {', '.join(self.choices)}, got {value!r}")
-            return
-        import math
-
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise ConfigError(f"{flag} must be a finite number, got {value!r}")
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise ConfigError(f"{flag} must be in [{self.low}, {self.high}], got {value}")
 
 
 def protocols_of(protocols: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -127,7 +98,7 @@ class TaskSpec:
             exported ONNX graph (``seg_logits``).
         array: the prepared array file ``{split}/{array}.npy`` (N×H×W, or N×H×W×``array_channels``); ``dtype``:
             its dtype name; ``invalid``: how an invalid pixel is marked there (recorded in ``meta.json``).
-        options: the training options the task owns (:class:`TaskOption`); ``direct_option`` / ``transfer_option``
+        options: the training options the task owns (:class:`~crosstask_cli.options.HyperParameter`); ``direct_option`` / ``transfer_option``
             name the ones that choose its direct loss and the loss of a prediction transferred into it.
         directions: every scalar metric it reports → +1 when higher is better, −1 when lower is (Δm and model
             selection read these); ``titles``: short column names of metrics in tables, ``report_titles`` the rows
@@ -148,7 +119,7 @@ class TaskSpec:
     array_channels: int = 0  # 0: N×H×W prepared arrays; C: N×H×W×C (vector targets)
     dtype: str = "float32"
     invalid: Any = 0
-    options: tuple[TaskOption, ...] = ()
+    options: tuple[HyperParameter, ...] = ()
     direct_option: str | None = None
     transfer_option: str | None = None
     directions: dict[str, int] = {}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskOption, TaskSpec, first_bad, protocols_of
+from crosstask_cli.options import HyperParameter
+from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskSpec, first_bad, protocols_of
 
 if TYPE_CHECKING:
     pass
@@ -69,8 +70,8 @@ class DepthTask(TaskSpec):
     file_dtypes = ("float32",)
     invalid = 0
     options = (
-        TaskOption("lp", "l1", "Direct depth loss: l1 (default), mse, logl1, smoothl1.", choices=DEPTH_LOSSES),
-        TaskOption(
+        HyperParameter("lp", "l1", "Direct depth loss: l1 (default), mse, logl1, smoothl1.", choices=DEPTH_LOSSES),
+        HyperParameter(
             "tdep_loss",
             "l1",
             "Transferred depth loss against the detached direct depth: l1 (default) or ssim.",

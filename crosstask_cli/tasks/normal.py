@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskOption, TaskSpec, first_bad, protocols_of
+from crosstask_cli.options import HyperParameter
+from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskSpec, first_bad, protocols_of
 
 if TYPE_CHECKING:
     import torch
@@ -82,13 +83,13 @@ class NormalTask(TaskSpec):
     dtype = "float32"
     invalid = [0, 0, 0]
     options = (
-        TaskOption(
+        HyperParameter(
             "normal_loss",
             "cos",
             "Direct normal loss: cos (default; 1 − mean cosine over valid pixels, as MTAN) or l1.",
             choices=NORMAL_LOSSES,
         ),  # fmt: skip
-        TaskOption(
+        HyperParameter(
             "tnormal_loss",
             "cos",
             "Transferred normal loss against the detached direct normals: cos (default) or l1.",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskOption, TaskSpec, first_bad, protocols_of
+from crosstask_cli.options import HyperParameter
+from crosstask_cli.tasks.base import TaskContext, TaskMetrics, TaskSpec, first_bad, protocols_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,10 +82,10 @@ class SegmentationTask(TaskSpec):
     dtype = "uint8"
     invalid = 255
     options = (
-        TaskOption(
+        HyperParameter(
             "label_smoothing", 0.0, "Label smoothing ε of the transferred-segmentation loss (0).", low=0.0, high=1.0
         ),  # fmt: skip
-        TaskOption(
+        HyperParameter(
             "tseg_loss",
             "ce",
             "Transferred segmentation loss against the argmax of the detached direct seg: ce (default; label-smoothed "

@@ -9,56 +9,11 @@ line reads this module to draw ``--help``, so it imports nothing heavy; the impl
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from crosstask_cli.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class HyperParameter:
-    """A hyper-parameter: its config keyword (flag ``--`` + keyword with ``-``), default, help and the values it
-    may take: ``choices``, or a number in [``low``, ``high``] (``low_open``/``high_open`` exclude the bound;
-    ``integer`` asks for a whole number). NaN and infinities are never allowed."""
-
-    name: str
-    default: Any
-    help: str
-    choices: tuple[str, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def check(self, value: Any) -> None:
-        """ConfigError naming the flag unless ``value`` is allowed."""
-        if self.choices is not None:
-            if value not in self.choices:
-                raise ConfigError(f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}")
-            return
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if self.integer and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"{self.flag} must be an integer, got {value!r}")
-        if not number or not math.isfinite(value):
-            raise ConfigError(f"{self.flag} must be a finite number, got {value!r}")
-        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        if below or above:
-            raise ConfigError(f"{self.flag} must be {self.range_text()}, got {value}")
-
-    def range_text(self) -> str:
-        if self.integer and self.low is not None and self.high is None:
-            return f"an integer ≥ {int(self.low) + (1 if self.low_open else 0)}"
-        if self.high is None:
-            return f"{'>' if self.low_open else '≥'} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
+from crosstask_cli.options import HyperParameter
 
 # In the order of the config (and of config.json).
 HYPERPARAMETERS: tuple[HyperParameter, ...] = (
