@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "build_model": "crosstask_cli.models.network",
+    "load_reference_weights": "crosstask_cli.models.reference",
     "CrossTaskNet": "crosstask_cli.models.network",
     "ModelConfig": "crosstask_cli.models.network",
     "Predictions": "crosstask_cli.models.network",

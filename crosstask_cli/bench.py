@@ -283,7 +283,11 @@ def build_model_bench(cfg: BenchConfig, device: torch.device) -> ModelBench:
     from crosstask_cli.tasks import task_loss_name
 
     torch.manual_seed(0)
-    model = ct.build_model(cfg.enc_layers, cfg.num_classes, tasks=cfg.tasks, transfer=cfg.transfer).to(device)
+    from crosstask_cli.architectures import get_arch
+
+    size = (cfg.height, cfg.width) if get_arch(cfg.arch).needs_input_size else None
+    model = ct.build_model(cfg.enc_layers, cfg.num_classes, tasks=cfg.tasks, transfer=cfg.transfer, arch=cfg.arch,
+                           input_size=size).to(device)  # fmt: skip
     if cfg.channels_last is None:
         fmt = memory_format(device)  # what training and prediction use
     else:
@@ -622,6 +626,42 @@ def bench_tasks(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
     res.ratios["three_tasks_six_nets_vs_two_tasks"] = table[names[2]]["ratio_vs_two_tasks"]
 
 
+def bench_archs(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
+    """The training step of every architecture against ResNet-``enc_layers`` (same tasks, TaskTransferNets, batch
+    and size; each in the memory format training uses, one backward pass per step), interleaved round by round in
+    one process; ratios are medians of the per-round ratios. Also parameters, FLOPs per image of a training step
+    and the peak memory of a step (CUDA's allocator peak, or the peak RSS of a fresh process running it alone)."""
+    from crosstask_cli.architectures import ARCHITECTURES, get_arch
+    from crosstask_cli.models.network import count_trainable_parameters
+
+    names = [a for a in ARCHITECTURES if not get_arch(a).needs_input_size or not (cfg.height % 16 or cfg.width % 16)]
+    benches = {a: build_model_bench(dataclasses.replace(cfg, arch=a), device) for a in names}
+    flops = {}
+    for a, mb in benches.items():
+        mb.model.train()
+        flops[a] = count_flops(mb.train_step) / cfg.batch_size
+    timed = interleave({a: mb.train_step for a, mb in benches.items()}, cfg, res, device, "archs")
+    use = timed.used(cfg.runs)
+    memory = {a: _peak_step_memory(dataclasses.replace(cfg, arch=a), device, cfg.weighting) for a in names}
+    table = {}
+    for a in names:
+        table[a] = {
+            "median_s": statistics.median(t[a] for t in use),
+            "ratio_vs_resnet": statistics.median(t[a] / t["resnet"] for t in use),
+            "parameters": count_trainable_parameters(benches[a].model),
+            "train_flops_per_image": flops[a],
+            "peak_memory_gb": memory[a],
+            "channels_last": next(benches[a].model.parameters()).dim() == 4
+            and next(benches[a].model.parameters()).is_contiguous(memory_format=torch.channels_last),
+        }
+        if a != "resnet":
+            res.ratios[f"arch_{a}_vs_resnet"] = table[a]["ratio_vs_resnet"]
+    res.figures["archs"] = {"settings": table, "rounds_kept": len(timed.kept), "attempts": len(timed.every),
+                            "noisy": timed.noisy, "precision": benches["resnet"].precision,
+                            "memory": "cuda allocator peak" if device.type == "cuda" else "peak RSS of a process "
+                            "running the step"}  # fmt: skip
+
+
 def bench_loader(cfg: BenchConfig, res: BenchResult, workdir: Path) -> None:
     from crosstask_cli.data.dataset import PreparedDataset
 
@@ -749,6 +789,7 @@ def run_bench(
         "metrics": lambda: bench_metrics(cfg, res, device),
         "energy": lambda: bench_energy(cfg, res, device),
         "tasks": lambda: bench_tasks(cfg, res, device),
+        "archs": lambda: bench_archs(cfg, res, device),
     }
     with tempfile.TemporaryDirectory(prefix="crosstask-bench-") as tmp:
         steps["loader"] = lambda: bench_loader(cfg, res, Path(tmp))

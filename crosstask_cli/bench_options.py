@@ -11,7 +11,7 @@ from pathlib import Path
 from crosstask_cli.errors import ConfigError
 from crosstask_cli.options import check_positive_int, field_table, option
 
-PARTS = ("model", "metrics", "energy", "loader", "tasks")
+PARTS = ("model", "metrics", "energy", "loader", "tasks", "archs")
 DEFAULT_PARTS = PARTS[:4]
 MAX_OTHERS = 0.3  # cores other processes may use during a timed repetition before it is dropped
 # Targets of the weighting issue: step time against fixed, by kind of method (ResNet-34, 128×256, batch 8)
@@ -24,7 +24,12 @@ AMP_HELP = "Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, els
 class BenchConfig:
     """What ``crosstask bench`` measures on (the model and its inputs) and how (repetitions, the load filter)."""
 
-    enc_layers: int = option(34, "ResNet depth (18, 34, 50, 101, 152).")
+    arch: str = option(
+        "resnet",
+        "The network measured: resnet (default), segnet-mtan, segnet or adamt-net (built for --height×--width). "
+        "--part archs times every architecture against resnet.",
+    )
+    enc_layers: int = option(34, "ResNet depth (18, 34, 50, 101, 152; --arch resnet).")
     num_classes: int = option(7, "Segmentation classes.")
     height: int = option(128, "Input height.")
     width: int = option(256, "Input width.")
@@ -59,9 +64,15 @@ class BenchConfig:
     transfer: bool = option(True, "the TaskTransferNets (False: plain multi-task learning)", flag=None)
 
     def __post_init__(self) -> None:
+        from crosstask_cli.architectures import arch_names, get_arch
         from crosstask_cli.tasks import parse_tasks
 
         self.tasks = parse_tasks(self.tasks)
+        if self.arch not in arch_names():
+            raise ConfigError(f"--arch must be one of {', '.join(arch_names())}, got {self.arch!r}")
+        m = get_arch(self.arch).size_multiple
+        if get_arch(self.arch).needs_input_size and (self.height % m or self.width % m):
+            raise ConfigError(f"--arch {self.arch} needs --height and --width multiples of {m}")
         for flag, value, low in (("--batch-size", self.batch_size, 1), ("--runs", self.runs, 1),
                                  ("--warmup", self.warmup, 0), ("--matmul-size", self.matmul_n, 256),
                                  ("--raw-samples", self.raw_samples, 0)):  # fmt: skip

@@ -164,3 +164,23 @@ def test_tasks_part_sets_the_third_task_and_its_nets_against_the_two_task_step()
     assert res.ratios["three_tasks_six_nets_vs_two_tasks"] == six["ratio_vs_two_tasks"]
     machine = res.figures["machine"]  # figures say where and when they were measured
     assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["date_utc"].endswith("+00:00")
+
+
+@pytest.mark.slow  # four networks, each with a fresh process for its peak memory: minutes on 2 cores
+def test_archs_part_times_every_architecture_against_resnet(tmp_path):
+    r = run_cli("bench", "--part", "archs", "--enc-layers", "18", "--height", "32", "--width", "64", "--batch-size",
+                "1", "--runs", "1", "--warmup", "1", "--quiet-wait", "0", "--max-others", "64", "--amp", "off",
+                "--json", str(tmp_path / "b.json"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    import json
+
+    res = json.loads((tmp_path / "b.json").read_text())
+    table = res["figures"]["archs"]["settings"]
+    assert set(table) == {"resnet", "segnet-mtan", "segnet", "adamt-net"}
+    assert table["resnet"]["ratio_vs_resnet"] == 1.0
+    # MTAN's attention branches add parameters and work to the split SegNet it is built on
+    for key in ("parameters", "train_flops_per_image"):
+        assert table["segnet-mtan"][key] > table["segnet"][key]
+    assert all(row["peak_memory_gb"] > 0 and row["median_s"] > 0 for row in table.values())
+    assert res["ratios"]["arch_segnet-mtan_vs_resnet"] == table["segnet-mtan"]["ratio_vs_resnet"]
+    assert "segnet-mtan" in r.output

@@ -23,7 +23,8 @@ EXTRA = {  # the command's own options (what to run), beside the measured config
     "parts": (list[str], typer.Option(
         None, "--part",
         help="What to measure: model, metrics, energy (what the consistency-energy report adds to eval), loader, "
-        "tasks (the training step of the 2-task model against the 3-task one with no and with six TaskTransferNets) "
+        "tasks (the training step of the 2-task model against the 3-task one with no and with six TaskTransferNets), "
+        "archs (every architecture's training step against resnet, with FLOPs and peak memory) "
         "(repeatable; default the first four).")),
     "compare": (str, typer.Option(
         None, "--compare",
@@ -85,7 +86,8 @@ bench_command.__signature__ = _signature()  # Typer reads the options here
 def _render_parts(res, cfg) -> None:
     """The figures of the measured parts, as one table."""
     f = res.figures
-    t = Table(title=f"crosstask bench · ResNet-{cfg.enc_layers}, {cfg.num_classes} classes, {cfg.height}×{cfg.width}, "
+    net = f"ResNet-{cfg.enc_layers}" if cfg.arch == "resnet" else cfg.arch
+    t = Table(title=f"crosstask bench · {net}, {cfg.num_classes} classes, {cfg.height}×{cfg.width}, "
                     f"batch {cfg.batch_size}, {res.device} {res.config.get('precision', cfg.amp).replace('off', 'fp32')}",
               title_justify="left")  # fmt: skip
     m = f.get("machine", {})
@@ -117,6 +119,12 @@ def _render_parts(res, cfg) -> None:
             t.add_row(f"training step, {name}",
                       f"{row['median_s'] * 1000:.0f} ms · {row['ratio_vs_two_tasks']:.3f}× · "
                       f"{row['parameters'] / 1e6:.1f} M params · {row['train_flops_per_image'] / 1e9:.1f} GFLOPs", "")  # fmt: skip
+    if "archs" in f:
+        for name, row in f["archs"]["settings"].items():
+            t.add_row(f"training step, {name}",
+                      f"{row['median_s'] * 1000:.0f} ms · {row['ratio_vs_resnet']:.3f}× ResNet · "
+                      f"{row['parameters'] / 1e6:.1f} M params · {row['train_flops_per_image'] / 1e9:.1f} GFLOPs · "
+                      f"{row['peak_memory_gb']:.2f} GB peak", "")  # fmt: skip
     out.print(t)
 
 

@@ -12,6 +12,16 @@ from crosstask_cli.cli.common import esc, fmt, handle_errors, out
 HELP = "Show what a checkpoint holds: model, dataset, training config, epoch and metrics."
 
 
+def _network(mc: dict) -> str:
+    from crosstask_cli.architectures import ARCHITECTURES
+
+    arch = mc.get("arch", "resnet")
+    if arch == "resnet" or arch not in ARCHITECTURES:
+        return f"ResNet-{mc.get('enc_layers')}"
+    size = mc.get("input_size")
+    return ARCHITECTURES[arch].title + (f" (built for {size[0]}×{size[1]})" if size else "")
+
+
 @handle_errors
 def info_command(ckpt: Path = typer.Argument(..., help="A crosstask checkpoint (.pt).")) -> None:
     from crosstask_cli.engine.checkpoint import load_checkpoint
@@ -21,7 +31,7 @@ def info_command(ckpt: Path = typer.Argument(..., help="A crosstask checkpoint (
     mc, ds = c["model_config"], c["dataset"]
     table.add_row(
         "model",
-        f"CrossTaskNet ResNet-{mc['enc_layers']}, {mc['num_classes']} classes"
+        f"CrossTaskNet {_network(mc)}, {mc['num_classes']} classes"
         + (", TTNet BN" if mc["ttnet_batch_norm"] else "")
         + (", wider TTNet" if mc["wider_ttnet"] else ""),
     )
@@ -52,7 +62,8 @@ def info_command(ckpt: Path = typer.Argument(..., help="A crosstask checkpoint (
     if tc:
         table.add_row(
             "training",
-            f"weighting {tc.get('weighting')}, lp {tc.get('lp')}, tdep {tc.get('tdep_loss')}, "
+            (f"method {tc.get('method')}, " if tc.get("method", "standard") != "standard" else "")
+            + f"weighting {tc.get('weighting')}, lp {tc.get('lp')}, tdep {tc.get('tdep_loss')}, "
             f"tseg {tc.get('tseg_loss')}, α {tc.get('alpha')}, γ {tc.get('gamma')}, lr {tc.get('lr')}",
         )
     for k in ("val_miou", "val_pixel_acc", "val_abs_err", "val_rel_err"):

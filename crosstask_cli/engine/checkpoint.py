@@ -8,6 +8,9 @@ import torch
 
 from crosstask_cli.atomic import atomic_write
 from crosstask_cli.errors import CheckpointError
+from crosstask_cli.models.network import state_dict_mismatch
+
+__all__ = ["load_checkpoint", "model_from_checkpoint", "save_checkpoint", "state_dict_mismatch"]
 
 FORMAT = "crosstask-checkpoint"
 VERSION = 1
@@ -75,24 +78,3 @@ def model_from_checkpoint(ckpt: dict, where: str | Path = "checkpoint"):
         raise CheckpointError(f"{where}: its weights do not match its model description ({mismatch})")
     model.load_state_dict(ckpt["model"])
     return model.eval()
-
-
-def state_dict_mismatch(expected: dict, found: dict) -> str:
-    """One line saying how ``found`` differs from ``expected`` (missing/unexpected keys, shapes); '' if it fits."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [
-        k
-        for k in expected
-        if k in found and (not torch.is_tensor(found[k]) or tuple(found[k].shape) != tuple(expected[k].shape))
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-    if shapes:
-        k = shapes[0]
-        got = tuple(found[k].shape) if torch.is_tensor(found[k]) else type(found[k]).__name__
-        parts.append(f"{len(shapes)} of another shape, e.g. {k}: {got} instead of {tuple(expected[k].shape)}")
-    return "; ".join(parts)

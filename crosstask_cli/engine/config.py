@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosstask_cli.architectures import arch_help, arch_names, get_arch
 from crosstask_cli.data.datasets import dataset_info, dataset_names, paper_defaults
 from crosstask_cli.engine.records import SELECT_DIRECTION
 from crosstask_cli.errors import ConfigError
@@ -25,6 +26,7 @@ from crosstask_cli.tasks import all_specs, get_task, parse_pairs, parse_tasks
 from crosstask_cli.weighting.catalog import HYPERPARAMETERS, method_info, weighting_help, weighting_names
 
 DATASETS = dataset_names()
+METHODS = ("standard", "kd4mtl")  # the training method (KD4MTL: engine.distillation)
 OPTIMIZERS = ("adam", "sgd")
 
 # The reference implementation's flag table (Cityscapes / NYUv2), by flat keyword (data.datasets holds them).
@@ -51,7 +53,8 @@ class DataOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelOptions:
-    enc_layers: int = option(34, "ResNet depth of the encoder: 18, 34 (default), 50, 101, 152.")
+    arch: str = option("resnet", arch_help())
+    enc_layers: int = option(34, "ResNet depth of the encoder (--arch resnet): 18, 34 (default), 50, 101, 152.")
     num_classes: int = option(7, "Segmentation classes: cityscapes/synthetic 7 or 19, nyu 13.")
     pretrained: bool = option(
         False,
@@ -111,6 +114,19 @@ LossOptions = dataclasses.make_dataclass(
     [
         *_LOSS_CORE,
         *_task_option_fields(),
+        ("method", str, option(
+            "standard",
+            "standard (default: the weighted task losses) or kd4mtl (Li & Bilen 2020: adds the distillation of frozen "
+            "single-task teachers, --teacher, through per-task 1×1 adaptors trained by their own Adam, lr 0.1).",
+        )),
+        ("teachers", tuple[str, ...], option(
+            (),
+            "KD4MTL's teachers as TASK=CHECKPOINT, one per trained task, repeatable: crosstask single-task checkpoints "
+            "of the same --arch and data, e.g. --teacher seg=runs/seg/checkpoints/best.pt.",
+            flag="--teacher",
+            cli_type=list[str],
+            metavar="TASK=CKPT",
+        )),
         ("consistency_weights", tuple[str, ...], option(
             (),
             "λ of the other tasks as TASK=WEIGHT, comma-separated, e.g. normal=1e-4 (the weight of the transferred "
@@ -381,9 +397,24 @@ class TrainConfig:
             value = getattr(lo, kwarg)
             if not 0 <= value <= 1:
                 raise ConfigError(f"{flag_of(kwarg)} must be in [0, 1], got {value}")
+        self._validate_method(tasks)
         if len(tasks) < 2 and method_info(self.optim.weighting).kind == "gradient":
             raise ConfigError(f"--weighting {self.optim.weighting} balances the gradients of two tasks; --tasks is "
                               f"{tasks[0]}")  # fmt: skip
+
+    def _validate_method(self, tasks: tuple[str, ...]) -> None:
+        lo = self.loss
+        _one_of("method", lo.method, METHODS)
+        teachers = parse_teachers(lo.teachers, tasks)
+        if lo.method == "standard" and teachers:
+            raise ConfigError("--teacher gives KD4MTL's teachers; add --method kd4mtl")
+        if lo.method == "kd4mtl":
+            missing = [t for t in tasks if t not in teachers]
+            if missing:
+                raise ConfigError(f"--method kd4mtl distils every task: give --teacher {missing[0]}=CHECKPOINT")
+            if method_info(self.optim.weighting).kind == "gradient":
+                raise ConfigError(f"--method kd4mtl adds its distillation to the combined loss; --weighting "
+                                  f"{self.optim.weighting} sets the gradients itself (use a loss weighting)")  # fmt: skip
 
     def _validate_counts(self) -> None:
         d, o, r = self.data, self.optim, self.runtime
@@ -414,6 +445,15 @@ class TrainConfig:
         d, m, o, r = self.data, self.model, self.optim, self.runtime
         if m.enc_layers not in RESNET_DEPTHS:
             raise ConfigError(f"--enc-layers must be one of {', '.join(map(str, RESNET_DEPTHS))}, got {m.enc_layers}")
+        _one_of("arch", m.arch, arch_names())
+        arch = get_arch(m.arch)
+        if not arch.resnet_encoder and (m.pretrained or m.encoder_weights):
+            flag = "--pretrained" if m.pretrained else "--encoder-weights"
+            raise ConfigError(f"{flag} starts a ResNet encoder; --arch {m.arch} has none (it trains from scratch, as "
+                              "its reference)")  # fmt: skip
+        if arch.needs_input_size and (d.height % arch.size_multiple or d.width % arch.size_multiple):
+            raise ConfigError(f"--arch {m.arch} needs --height and --width multiples of {arch.size_multiple}, got "
+                              f"{d.height}×{d.width}")  # fmt: skip
         _one_of("weighting", o.weighting, weighting_names())
         _one_of("optimizer", o.optimizer, OPTIMIZERS)
         _one_of("amp", r.amp, AMP_MODES)
@@ -429,6 +469,22 @@ class TrainConfig:
                               f"{m.num_classes}")  # fmt: skip
         if r.device not in ("auto", "cpu", "mps") and not r.device.startswith("cuda"):
             raise ConfigError(f"--device must be auto, cpu, cuda[:N] or mps, got {r.device!r}")
+
+
+def parse_teachers(entries, tasks: tuple[str, ...]) -> dict[str, str]:
+    """``("seg=PATH", …)`` → {task: path}; ConfigError for an entry that is not TASK=PATH of a trained task."""
+    out = {}
+    for entry in entries:
+        task, sep, path = str(entry).partition("=")
+        task, path = task.strip(), path.strip()
+        if not sep or not task or not path:
+            raise ConfigError(f"--teacher {entry!r}: expected TASK=CHECKPOINT, e.g. seg=runs/seg/checkpoints/best.pt")
+        if task not in tasks:
+            raise ConfigError(f"--teacher {task}=…: {task} is not trained (--tasks {','.join(tasks)})")
+        if task in out:
+            raise ConfigError(f"--teacher {task}=… is given twice")
+        out[task] = path
+    return out
 
 
 def _one_of(kwarg: str, value: Any, choices) -> None:

@@ -32,7 +32,8 @@ def set_rng_state(state: dict) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best_score", "best_epoch", "nonfinite", "partial_epoch")
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best_score", "best_epoch", "nonfinite", "partial_epoch",
+               "distillation")  # fmt: skip
 
 
 def checkpoint_payload(trainer, row: dict | None, partial: dict | None = None) -> dict:
@@ -66,6 +67,7 @@ def checkpoint_payload(trainer, row: dict | None, partial: dict | None = None) -
         "best_epoch": trainer.selection.best_epoch,
         "nonfinite": trainer.nonfinite,
         "partial_epoch": partial,
+        **({"distillation": trainer.kd.state_dict()} if getattr(trainer, "kd", None) is not None else {}),
     }
 
 

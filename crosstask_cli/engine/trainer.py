@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from crosstask_cli.architectures import get_arch
 from crosstask_cli.data.dataset import EpochSampler, PreparedDataset, normalisation
 from crosstask_cli.data.prepare import TrainingData, prepare_training_data
 from crosstask_cli.data.prepared import read_meta
@@ -133,7 +134,8 @@ class Trainer:
         pairs = cfg.transfer_pairs() if m.transfer_pairs else None  # None: every ordered pair (stored as such)
         self.model = build_model(
             m.enc_layers, m.num_classes, m.pretrained, m.ttnet_batch_norm, m.wider_ttnet, m.encoder_weights,
-            tasks=m.tasks, transfer=cfg.loss.consistency != "none", transfer_pairs=pairs,
+            tasks=m.tasks, transfer=cfg.loss.consistency != "none", transfer_pairs=pairs, arch=m.arch,
+            input_size=(cfg.data.height, cfg.data.width) if get_arch(m.arch).needs_input_size else None,
         )  # fmt: skip
         self.fmt = memory_format(self.device)
         if self.dist.enabled and cfg.runtime.sync_bn:
@@ -150,6 +152,13 @@ class Trainer:
         if self.dist.enabled:
             self.weighting.use_process_group(lambda t: ddp.all_reduce_mean_(t, self.dist))
         self.loss_fn = build_loss(cfg, self.meta.ignore_index, self.model.config.pairs)
+        self.kd = None  # KD4MTL's teachers and adaptors
+        if cfg.loss.method == "kd4mtl":
+            from crosstask_cli.engine.distillation import Distillation, parse_teachers
+
+            teachers = parse_teachers(cfg.loss.teachers, m.tasks)
+            self.kd = Distillation.load(teachers, self.model, self.dataset_info, self.device, self.fmt)
+        self.loss_names = (*self.loss_fn.names, *(("distill",) if self.kd else ()))
         params = list(self.model.parameters()) + self.weighting.model_optimizer_parameters()
         self.optimizer = build_optimizer(cfg, params)
         self.weighting_optimizers = self.weighting.configure_optimizers(cfg.optim.lr)  # GradNorm: its own Adam
@@ -221,6 +230,10 @@ class Trainer:
             )
         for opt, state in zip(self.weighting_optimizers, own, strict=True):
             opt.load_state_dict(state)
+        if self.kd is not None:
+            if "distillation" not in ckpt:
+                raise RunDirError(f"{path}: has no KD4MTL adaptors to resume (not written by a --method kd4mtl run)")
+            self.kd.load_state_dict(ckpt["distillation"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -238,6 +251,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for opt in self.weighting_optimizers:
             opt.zero_grad(set_to_none=True)
+        if self.kd is not None:
+            self.kd.optimizer.zero_grad(set_to_none=True)
 
     def _train_step(self, images, targets, ids) -> dict[str, torch.Tensor] | None:
         """One step on a batch: images B×3×H×W, targets {task: B×…}, the samples' indices."""
@@ -250,11 +265,18 @@ class Trainer:
     def _train_step_local(self, images, targets, ids) -> dict[str, torch.Tensor] | None:
         self._zero_grad()
         with autocast(self.device, self.amp):
-            pred = self.forward(images)
+            if self.kd is None:
+                pred = self.forward(images)
+            else:
+                pred, maps = self.forward(images, task_features=True)
+                distill = self.kd.loss(images, maps)
         if self.amp != "off":  # the losses (and the weighting) in fp32
             pred = pred.map(lambda t: t.float())
         losses = self.loss_fn(pred, targets)
         total = self.weighting.combine({k: losses[k] for k in self.weighting.tasks}, self.model)
+        if self.kd is not None:  # KD4MTL: Σ_t distill_t, weight 1, added to the combined task losses
+            losses["distill"] = distill.float()
+            total = total + losses["distill"]
         # Every process must take the same decision, or DDP's collective calls would hang.
         if not ddp.all_true(bool(torch.isfinite(total)), self.device, self.dist):
             bad = [k for k, v in losses.items() if not torch.isfinite(v)] or (
@@ -283,6 +305,12 @@ class Trainer:
         self.weighting.backward(total, {k: losses[k] for k in self.weighting.tasks}, self.model, self.scaler)
         if self.dist.enabled:  # the weighting knows its own state; state from the first batch becomes the global one
             self.weighting.distributed_sync_(lambda t: ddp.all_reduce_mean_(t, self.dist), self.step_count == 0)
+        if self.kd is not None:
+            if self.dist.enabled:  # the adaptors are outside DDP's module: average their gradients here
+                for p in self.kd.adaptors.parameters():
+                    if p.grad is not None:
+                        ddp.all_reduce_mean_(p.grad, self.dist)
+            self.scaler.step(self.kd.optimizer)
         self.scaler.step(self.optimizer)
         for opt in self.weighting_optimizers:
             self.scaler.step(opt)
@@ -299,7 +327,7 @@ class Trainer:
         full = per_rank // cfg.optim.batch_size if self.loader.drop_last else -(-per_rank // cfg.optim.batch_size)
         steps = full if cfg.runtime.max_steps_per_epoch is None else min(full, cfg.runtime.max_steps_per_epoch)
         first = 0
-        names = self.loss_fn.names
+        names = self.loss_names
         sums = torch.zeros(len(names) + 1, device=self.device)
         done = 0
         if self.partial is not None:  # resuming inside this epoch

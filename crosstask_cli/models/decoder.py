@@ -48,13 +48,22 @@ class SkipDecoder(nn.Module):
         self.align_corners = align_corners
         self.blocks = nn.ModuleList(DecoderBlock(c, width, align_corners) for c in ins)
         self.head = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.feature_channels = (width, width)  # of features(): KD4MTL's adaptors
         xavier_init_(self)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = self.blocks[0](features[-1])
+    def features(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the first block's output, width×H/16×W/16; the last block's convolutions, width×H/2×W/2): the deepest and
+        the last task-specific maps (KD4MTL's two levels)."""
+        x = first = self.blocks[0](features[-1])
         for block, skip in zip(self.blocks[1:-1], reversed(features[1:-1]), strict=True):
             x = block(torch.cat((x, skip), dim=1))
-        x = self.blocks[-1].convs(torch.cat((x, features[0]), dim=1))
+        return first, self.blocks[-1].convs(torch.cat((x, features[0]), dim=1))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head_output(self.features(features)[1])
+
+    def head_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw map at full resolution from the last block's convolutions."""
         # head(upsample(x)) == upsample(head(x)): both are linear and the head has no bias, so the last
         # upsampling runs on out_channels maps instead of 128 (same function, far less full-resolution work).
         # The few-channel output is made planar (NCHW) even in a channels_last model: per-pixel reductions over

@@ -116,11 +116,12 @@ class GradNormWeighting(TaskWeighting):
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in shared}
         own = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
-        inputs = [*features, *own, *params]
+        late = downstream_shared(model, shared)
+        inputs = [*features, *late, *own, *params]
         # each task loss itself, not an element of ``stacked``: differentiating through the stack would send (zero)
         # gradients into every task's graph
         raw = [torch.autograd.grad(losses[t] * scale, inputs, retain_graph=True, allow_unused=True) for t in self.tasks]
-        first = len(features) + len(own)
+        first = len(features) + len(late) + len(own)
         norms = []
         for grads in raw:
             sq = sum((g.float().square().sum() for g in grads[first:] if g is not None), torch.zeros(()))
@@ -136,7 +137,7 @@ class GradNormWeighting(TaskWeighting):
         target = wg.mean() * rel_rate.pow(self.alpha)
         w.grad = (torch.sign(wg - target) * g * scale).to(w.dtype)
         weights = w.detach().tolist()  # this step's total is Σ w_t·L_t with the weights before their update
-        set_task_gradients(raw, features, [], own, weights, weights)
+        set_task_gradients(raw, features, late, own, weights, weights, from_features=True)
         self.average_gradients_([*shared, *own])
 
     @torch.no_grad()
@@ -147,6 +148,14 @@ class GradNormWeighting(TaskWeighting):
 
     def weights(self) -> dict[str, float]:
         return dict(zip(self.tasks, self.task_weights.detach().tolist(), strict=True))
+
+
+def downstream_shared(model: nn.Module, shared: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The shared parameters outside ``model.encoder`` (applied after the features the weightings see): SegNet-MTAN's
+    attention blocks, which every task's branch applies to its own maps; empty for the other architectures."""
+    encoder = getattr(model, "encoder", None)
+    inside = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    return [p for p in shared if id(p) not in inside]
 
 
 def task_gramian(
@@ -205,17 +214,20 @@ def set_task_gradients(
     own: list[nn.Parameter],
     encoder_weights: list[float],
     head_weights: list[float],
+    from_features: bool | None = None,
 ) -> None:
     """Stage 3 of the module doc. ``raw[t]``: task t's gradients with respect to ``[*features, *encoder, *own,
-    …]`` (anything after is ignored). Every parameter in ``own`` gets Σ_t head_weights[t]·∂L_t/∂p; the encoder gets
-    Σ_t encoder_weights[t]·∇L_t: from ``raw`` when ``encoder`` lists its parameters, else by one backward pass
-    from the features."""
+    …]`` (anything after is ignored). Every parameter in ``own`` gets Σ_t head_weights[t]·∂L_t/∂p; the shared
+    parameters get Σ_t encoder_weights[t]·∇L_t: those in ``encoder`` from ``raw``, and with ``from_features``
+    (default: when ``encoder`` is empty) the ones upstream of the features by one backward pass from them. Shared
+    parameters downstream of the features (SegNet-MTAN's shared attention blocks) are listed in ``encoder`` with
+    ``from_features=True``."""
     n, m = len(features), len(encoder)
     for k, p in enumerate(own, start=n + m):
         _accumulate(p, [h * g[k] for h, g in zip(head_weights, raw, strict=True) if g[k] is not None])
-    if encoder:
-        for k, p in enumerate(encoder, start=n):
-            _accumulate(p, [wt * g[k] for wt, g in zip(encoder_weights, raw, strict=True) if g[k] is not None])
+    for k, p in enumerate(encoder, start=n):
+        _accumulate(p, [wt * g[k] for wt, g in zip(encoder_weights, raw, strict=True) if g[k] is not None])
+    if not (from_features if from_features is not None else not encoder):
         return
     sent = []
     for k, feature in enumerate(features):
@@ -287,7 +299,9 @@ class GramianWeighting(TaskWeighting):
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in shared}
         own = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
-        encoder = shared if self.grad_space == "encoder" else []
+        # feature space: the shared parameters the features do not reach (downstream of them) get their weighted
+        # gradients from stage 1 too
+        encoder = shared if self.grad_space == "encoder" else downstream_shared(model, shared)
         # stage 1: one pass per task through its own parts: gradients at the features, its parameters and, in
         # encoder space, the encoder's parameters (scaled like the losses)
         inputs = [*features, *encoder, *own]
@@ -309,7 +323,8 @@ class GramianWeighting(TaskWeighting):
         else:  # an fp16 overflow: the GradScaler will skip this step; the method's state is left untouched
             w = torch.ones(len(self.tasks), dtype=torch.float64)
         self.last.copy_(w.to(self.last))
-        set_task_gradients(raw, features, encoder, own, w.tolist(), self.head_weights(values).tolist())
+        set_task_gradients(raw, features, encoder, own, w.tolist(), self.head_weights(values).tolist(),
+                           from_features=self.grad_space != "encoder")  # fmt: skip
         self.average_gradients_([*shared, *own])  # under DDP: the global batch's gradients, then clipped
         clip_shared_grad_norm_(model, self.max_norm, scale)
 

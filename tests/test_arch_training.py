@@ -1,0 +1,146 @@
+"""Every architecture trains (with and without TaskTransferNets, with a loss and a gradient weighting), resumes
+exactly, and its checkpoint serves eval; KD4MTL trains a student from single-task teachers and refuses wrong ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import run_cli
+
+import crosstask_cli as ct
+from crosstask_cli.engine.checkpoint import model_from_checkpoint
+from crosstask_cli.errors import CheckpointError, ConfigError
+from crosstask_cli.weighting.gradient_based import GramianWeighting
+
+
+def _cfg(synthetic_raw, **kw):
+    base = dict(data=str(synthetic_raw), height=32, width=64, epochs=1, batch_size=2, workers=0,
+                max_steps_per_epoch=1, max_val_batches=1, eval_batch_size=2)  # fmt: skip
+    return ct.TrainConfig.for_dataset("synthetic", **{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "arch,extra",
+    [
+        ("segnet-mtan", {}),  # xtsc: TaskTransferNets on SegNet-MTAN
+        ("segnet", {"consistency": "none", "weighting": "uncertainty"}),
+        ("adamt-net", {"weighting": "pcgrad"}),
+    ],
+)
+def test_every_architecture_trains_and_its_checkpoint_evaluates(synthetic_raw, tmp_path, arch, extra):
+    run = tmp_path / arch
+    result = ct.train(_cfg(synthetic_raw, arch=arch, **extra), run_dir=run)
+    assert result.epochs_done == 1
+    ckpt = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == arch
+
+    model = model_from_checkpoint(ckpt)
+    assert model.config.arch == arch and model.config.has_transfer == (extra.get("consistency") != "none")
+    r = run_cli("eval", "--ckpt", str(run / "checkpoints/last.pt"), "--batch-size", "2", "--no-energy",
+                "--json", str(tmp_path / f"{arch}.json"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    scores = json.loads((tmp_path / f"{arch}.json").read_text())
+    assert "miou" in json.dumps(scores)
+
+
+def test_adamt_net_and_pretrained_options_are_checked(synthetic_raw):
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        _cfg(synthetic_raw, arch="adamt-net", height=40)
+    with pytest.raises(ConfigError, match="--pretrained starts a ResNet encoder"):
+        _cfg(synthetic_raw, arch="segnet-mtan", pretrained=True)
+    with pytest.raises(ConfigError, match="--arch must be one of"):
+        _cfg(synthetic_raw, arch="vgg")
+
+
+class FixedGramian(GramianWeighting):
+    name = "fixed-gramian-test"
+
+    def gramian_weights(self, gramian, values):
+        return torch.tensor([0.25, 0.75], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("grad_space", ["features", "encoder"])
+def test_gradient_weightings_weigh_mtans_shared_attention_blocks(grad_space):
+    """SegNet-MTAN's attention blocks are shared but applied after the features the weightings see: they get the
+    weighted gradient Σ w_t ∇L_t like the trunk, and each task's branch its own gradient."""
+    torch.manual_seed(0)
+    model = ct.build_model(arch="segnet-mtan", tasks=("seg", "depth"), transfer=False).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    method = FixedGramian(("seg", "depth"), grad_space=grad_space)
+    method.attach(model)
+
+    def losses():
+        out = model(x)
+        return {"seg": out.seg.square().mean(), "depth": (out.depth - 1).abs().mean()}
+
+    model.train()
+    expected = {}
+    for w, task in ((0.25, "seg"), (0.75, "depth")):
+        parts = losses()  # plain autograd (the gate hook only aliases the features)
+        grads = torch.autograd.grad(parts[task], list(model.parameters()), allow_unused=True)
+        for (name, _), g in zip(model.named_parameters(), grads, strict=True):
+            if g is not None:
+                expected[name] = expected.get(name, 0) + (w if not name.startswith(f"{task}_decoder") else 1.0) * g
+    model.zero_grad()
+    parts = losses()
+    method.backward(sum(parts.values()), parts, model)
+    got = dict(model.named_parameters())
+    for name in ("encoder.encoder_block.0.0.weight", "shared_attention.encoder_block_att.2.0.weight",
+                 "shared_attention.decoder_block_att.0.0.weight", "seg_decoder.encoder_att.1.0.weight",
+                 "depth_decoder.head.1.weight"):  # fmt: skip
+        assert got[name].grad is not None, name
+        torch.testing.assert_close(got[name].grad, expected[name], rtol=1e-7, atol=1e-10, msg=name)
+
+
+def _teacher(synthetic_raw, tmp_path, task, arch="segnet-mtan", **kw):
+    run = tmp_path / f"teacher-{task}-{arch}"
+    ct.train(_cfg(synthetic_raw, arch=arch, tasks=(task,), **kw), run_dir=run)
+    return run / "checkpoints/last.pt"
+
+
+def test_kd4mtl_trains_resumes_and_refuses_wrong_teachers(synthetic_raw, tmp_path):
+    seg, depth = (_teacher(synthetic_raw, tmp_path, t) for t in ("seg", "depth"))
+    teacher_bytes = seg.read_bytes()
+    cfg = _cfg(synthetic_raw, arch="segnet-mtan", consistency="none", method="kd4mtl",
+               teachers=(f"seg={seg}", f"depth={depth}"), epochs=2)  # fmt: skip
+    ct.train(cfg.replace(epochs=1), run_dir=tmp_path / "stopped")
+    ct.train(cfg, run_dir=tmp_path / "stopped", resume=True, resume_overrides={"epochs": 2})
+    ct.train(cfg, run_dir=tmp_path / "straight")
+    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ad, bd = a["distillation"]["adaptors"], b["distillation"]["adaptors"]
+    assert set(ad) == {"per_task.seg.0.weight", "per_task.seg.1.weight", "per_task.depth.0.weight",
+                       "per_task.depth.1.weight"}  # fmt: skip
+    assert ad["per_task.seg.0.weight"].shape == (512, 512, 1, 1) and ad["per_task.seg.1.weight"].shape[0] == 64
+    assert all(torch.equal(ad[k], bd[k]) for k in ad)
+    assert "distillation" not in torch.load(tmp_path / "straight/checkpoints/best.pt", weights_only=True)
+    header = (tmp_path / "straight/metrics.csv").read_text().splitlines()[0]
+    assert "train_distill" in header
+    assert seg.read_bytes() == teacher_bytes  # teachers are read, never written
+
+    with pytest.raises(ConfigError, match="give --teacher depth=CHECKPOINT"):
+        cfg.replace(teachers=(f"seg={seg}",))
+    with pytest.raises(ConfigError, match="add --method kd4mtl"):
+        _cfg(synthetic_raw, teachers=(f"seg={seg}",))
+    with pytest.raises(ConfigError, match="sets the gradients itself"):
+        cfg.replace(weighting="pcgrad")
+    swapped = cfg.replace(teachers=(f"seg={depth}", f"depth={seg}"))
+    with pytest.raises(CheckpointError, match=r"--teacher seg=.*trained on depth, not seg alone"):
+        ct.train(swapped, run_dir=tmp_path / "swapped")
+    other = _teacher(synthetic_raw, tmp_path, "seg", arch="segnet")
+    with pytest.raises(CheckpointError, match="its architecture is segnet, the student's segnet-mtan"):
+        ct.train(cfg.replace(teachers=(f"seg={other}", f"depth={depth}")), run_dir=tmp_path / "other")
+
+
+def test_distillation_is_the_normalised_feature_distance():
+    from crosstask_cli.engine.distillation import normalised_distance
+
+    a = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1).repeat(2, 1, 2, 2)
+    b = torch.tensor([-4.0, 3.0]).view(1, 2, 1, 1).repeat(2, 1, 2, 2)  # orthogonal: ‖â − b̂‖² = 2
+    assert normalised_distance(a, b).item() == pytest.approx(2.0, rel=1e-6)
+    assert normalised_distance(a, 2 * a).item() == pytest.approx(0.0, abs=1e-6)
+    z = torch.zeros(1, 2, 1, 1)  # ε keeps a zero map finite
+    assert torch.isfinite(normalised_distance(z, a))
