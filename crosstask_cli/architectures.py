@@ -68,4 +68,4 @@ def get_arch(name: str) -> Architecture:
 
 
 def arch_help() -> str:
-    return "Network: " + "; ".join(f"{a.name}: {a.help}" for a in ARCHITECTURES.values())
+    return "Network: " + "; ".join(f"{a.name}: {a.help.rstrip('.')}" for a in ARCHITECTURES.values()) + "."

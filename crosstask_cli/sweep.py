@@ -26,7 +26,9 @@ Spec (TOML)::
     [variants.xtsc-uncertainty]
     weighting = "uncertainty"
 
-Relative paths are relative to the working directory, as on the command line. A run is *done* when its
+Relative paths are relative to the working directory, as on the command line. ``{seed}`` and ``{out}`` in a string
+value are the run's seed and the sweep's OUT (KD4MTL's teachers: the same seed's single-task runs of an earlier
+variant; runs go variant by variant in the spec's order). A run is *done* when its
 ``eval.json`` exists; a run with a ``config.json`` but no ``eval.json`` is resumed (``train --resume``: an
 interrupted run loses at most its current epoch) and then evaluated; any other run starts afresh.
 """
@@ -78,10 +80,26 @@ class SweepSpec:
                                   f"({', '.join(self.variants)})")  # fmt: skip
         names = [v for v in self.variants if not only or v in only]
         return [
-            SweepRun(v, s, self.out / v / f"seed-{s}", {**self.base, **self.variants[v], "seed": s})
+            SweepRun(v, s, self.out / v / f"seed-{s}",
+                     {**_placeholders({**self.base, **self.variants[v]}, s, self.out), "seed": s})
             for v in names
             for s in self.seeds
-        ]
+        ]  # fmt: skip
+
+
+def _placeholders(options: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+    """``{seed}`` and ``{out}`` in string values (and lists of strings) become the run's seed and the sweep's OUT:
+    a KD4MTL variant names its teachers as the same seed's runs of earlier variants, e.g.
+    ``teachers = ["seg={out}/seg-only/seed-{seed}/checkpoints/best.pt"]``."""
+
+    def fill(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace("{seed}", str(seed)).replace("{out}", str(out))
+        if isinstance(v, tuple) and all(isinstance(x, str) for x in v):
+            return tuple(fill(x) for x in v)
+        return v
+
+    return {k: fill(v) for k, v in options.items()}
 
 
 def _typed(path: Path, where: str, values: dict[str, Any]) -> dict[str, Any]:

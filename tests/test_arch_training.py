@@ -144,3 +144,55 @@ def test_distillation_is_the_normalised_feature_distance():
     assert normalised_distance(a, 2 * a).item() == pytest.approx(0.0, abs=1e-6)
     z = torch.zeros(1, 2, 1, 1)  # ε keeps a zero map finite
     assert torch.isfinite(normalised_distance(z, a))
+
+
+def test_the_mtan_preset_sets_the_standard_protocol_under_the_given_options():
+    c = ct.TrainConfig.for_dataset("nyu", preset="mtan")
+    assert (c.model.arch, c.model.tasks, c.loss.consistency, c.optim.weighting) == (
+        "segnet-mtan", ("seg", "depth", "normal"), "none", "fixed")  # fmt: skip
+    assert (c.optim.lr, c.optim.betas, c.optim.epochs, c.optim.scheduler_step_size, c.optim.scheduler_gamma) == (
+        1e-4, (0.9, 0.999), 200, 100, 0.5)  # fmt: skip
+    assert (c.optim.batch_size, c.data.height, c.data.width, c.runtime.preset) == (2, 288, 384, "mtan")
+    cs = ct.TrainConfig.for_dataset("cityscapes", preset="mtan", consistency="xtsc", batch_size=4)
+    assert (cs.optim.batch_size, cs.data.height, cs.model.tasks, cs.loss.consistency) == (4, 128, ("seg", "depth"),
+                                                                                          "xtsc")  # fmt: skip
+    assert ct.TrainConfig.for_dataset("nyu", preset="mtan", tasks=("seg",)).loss.consistency == "none"
+    with pytest.raises(ConfigError, match="--preset must be one of mtan"):
+        ct.TrainConfig.for_dataset("nyu", preset="nash")
+
+
+@pytest.mark.parametrize("name", ["original-table-cityscapes", "original-table-nyu", "standard-nyu3"])
+def test_the_comparison_specs_load_with_their_teachers_and_protocol(name):
+    from pathlib import Path
+
+    from crosstask_cli.sweep import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "experiments" / f"{name}.toml")
+    runs = {(r.variant, r.seed): r for r in spec.runs()}
+    assert spec.seeds == [0, 1, 2]
+    cfgs = {k: ct.TrainConfig.for_dataset(spec.dataset, **r.options) for k, r in runs.items()}
+    if name == "standard-nyu3":
+        from crosstask_cli.weighting import weighting_names
+
+        assert set(weighting_names()) <= {v for v, _ in runs} and spec.eval_checkpoint == "last"
+        assert all(c.model.arch == "segnet-mtan" and c.optim.epochs == 200 for c in cfgs.values())
+        return
+    kd = next(k for k in cfgs if k[0].startswith("kd4mtl") and k[1] == 2)
+    teachers = dict(t.split("=", 1) for t in cfgs[kd].loss.teachers)
+    assert teachers["seg"] == f"{spec.out}/mtan-seg-only/seed-2/checkpoints/best.pt"
+    order = [v for v in spec.variants]
+    assert order.index("mtan-seg-only") < order.index(kd[0])  # teachers train first
+    assert cfgs[("ours", 0)].model.arch == "resnet" and cfgs[("ours", 0)].optim.weighting == "uncertainty"
+    assert cfgs[("pcgrad" if name.endswith("cityscapes") else "pcgrad-2tasks", 0)].model.arch == "segnet-mtan"
+    assert any(c.model.arch == "adamt-net" for c in cfgs.values())
+
+
+def test_cli_train_reads_the_architecture_method_and_teacher_flags(synthetic_raw, tmp_path):
+    r = run_cli("train", "synthetic", "--data", str(synthetic_raw), "--arch", "segnet", "--method", "kd4mtl",
+                "--teacher", f"seg={tmp_path / 'seg.pt'}", "--run-dir", str(tmp_path / "run"))  # fmt: skip
+    assert r.exit_code != 0 and "give --teacher depth=CHECKPOINT" in r.output
+    r = run_cli("train", "synthetic", "--data", str(synthetic_raw), "--arch", "segnet", "--method", "kd4mtl",
+                "--teacher", f"seg={tmp_path / 'seg.pt'}", "--teacher", f"depth={tmp_path / 'depth.pt'}",
+                "--run-dir", str(tmp_path / "run"), "--height", "32", "--width", "64", "--workers", "0")  # fmt: skip
+    assert r.exit_code != 0 and "seg.pt: no such checkpoint file" in r.output
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -29,7 +29,21 @@ LAYERS = [
         },
     ),
     ("engine", {"engine"}),
-    ("app", {"evaluation", "predict", "visualize", "export", "compare", "bench", "bench_options", "demo", "sweep"}),
+    (
+        "app",
+        {
+            "reference_import",
+            "evaluation",
+            "predict",
+            "visualize",
+            "export",
+            "compare",
+            "bench",
+            "bench_options",
+            "demo",
+            "sweep",
+        },
+    ),
     ("cli", {"cli", "__main__"}),
 ]
 

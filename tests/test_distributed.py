@@ -365,3 +365,49 @@ def test_ddp_weighting_methods_match_a_single_process_with_the_global_batch(name
     single = _trained_state(ref)
     for k in single:
         assert torch.allclose(r0[k], single[k], atol=2e-5, rtol=1e-4), k
+
+
+def _kd_config(prepared: Path, teachers: tuple[str, ...]) -> TrainConfig:
+    return TrainConfig.for_dataset("synthetic", data=str(prepared), height=32, width=64, batch_size=2, workers=0,
+                                   epochs=1, device="cpu", lr=1e-3, amp="off", arch="segnet", consistency="none",
+                                   method="kd4mtl", teachers=teachers)  # fmt: skip
+
+
+def _kd_worker(rank: int, world: int, port: int, prepared: str, out: str, teachers: tuple[str, ...]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    from crosstask_cli.engine import distributed as ddp
+
+    info = ddp.init_distributed("cpu")
+    trainer = Trainer(_kd_config(Path(prepared), teachers), Path(out) / "run", dist=info)
+    trainer.setup(Path(prepared))
+    trainer.model.train()
+    trainer.sampler.set_epoch(0)
+    for i, (x, t, ids) in enumerate(trainer.loader):
+        if i == 2:
+            break
+        assert trainer._train_step(x.contiguous(memory_format=trainer.fmt), t, ids) is not None
+    state = _trained_state(trainer)
+    state.update({f"adaptors.{k}": v.detach().clone() for k, v in trainer.kd.adaptors.named_parameters()})
+    torch.save(state, Path(out) / f"rank{rank}.pt")
+    ddp.cleanup(info)
+
+
+@pytest.mark.integration
+def test_ddp_kd4mtl_keeps_the_adaptors_of_every_process_equal(synthetic_prepared, tmp_path, one_thread):
+    from crosstask_cli.engine.trainer import train
+
+    teachers = []
+    for task in ("seg", "depth"):
+        cfg = TrainConfig.for_dataset("synthetic", data=str(synthetic_prepared), height=32, width=64, batch_size=2,
+                                      workers=0, epochs=1, max_steps_per_epoch=1, max_val_batches=1, device="cpu",
+                                      arch="segnet", tasks=(task,))  # fmt: skip
+        train(cfg, run_dir=tmp_path / task)
+        teachers.append(f"{task}={tmp_path / task / 'checkpoints/last.pt'}")
+    mp.spawn(_kd_worker, args=(2, _free_port(), str(synthetic_prepared), str(tmp_path), tuple(teachers)), nprocs=2,
+             join=True)  # fmt: skip
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    adaptors = [k for k in r0 if k.startswith("adaptors.")]
+    assert len(adaptors) == 4
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks hold different weights or adaptors"

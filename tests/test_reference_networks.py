@@ -10,6 +10,7 @@ normal head). Every entry is filled deterministically, so each weight, bias and 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -312,3 +313,51 @@ def test_adamt_net_at_another_size_resizes_its_attention_maps():
     assert out.depth.shape == (1, 1, 64, 64) and torch.isfinite(out.depth).all()
     with pytest.raises(Exception, match="input_size"):
         ct.build_model(arch="adamt-net", tasks=("seg", "depth"))
+
+
+def test_import_weights_writes_a_checkpoint_eval_and_predict_accept(tmp_path):
+    """MTAN weights → a crosstask checkpoint (CLI): its model computes MTAN's function on MTAN's unnormalised
+    images from crosstask's normalised ones, and eval / predict / info run on it; inputs are never replaced."""
+    from helpers import make_mtan, run_cli
+
+    from crosstask_cli.data.dataset import normalise
+    from crosstask_cli.data.prepare import PrepareOptions, prepare_nyu
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    prepared = prepare_nyu(make_mtan(tmp_path / "mtan", "nyu"), tmp_path / "nyu", PrepareOptions(32, 64, 13))
+    sd = fill(mtan_shapes(3))
+    weights = tmp_path / "mtan_segnet.pth"
+    torch.save(sd, weights)
+    ckpt = tmp_path / "imported.pt"
+    r = run_cli("import-weights", str(weights), "--data", str(prepared), "--out", str(ckpt))
+    assert r.exit_code == 0, r.output
+    assert "segnet-mtan, tasks seg, depth, normal, 13 classes" in r.output
+    c = load_checkpoint(ckpt)
+    assert c["model_config"]["input_space"] == "unit" and len(c["imported"]["logsigma"]) == 3
+    model = model_from_checkpoint(c).double()
+    rgb = torch.rand(1, 32, 64, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = model(normalise((rgb * 255).round().to(torch.uint8)).double()).depth
+    ref = Ref(sd, train=False).forward(((rgb * 255).round() / 255).permute(0, 3, 1, 2).double(), 3)[1]
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+    r = run_cli("eval", "--ckpt", str(ckpt), "--no-energy", "--json", str(tmp_path / "e.json"))
+    assert r.exit_code == 0, r.output
+    scores = json.loads((tmp_path / "e.json").read_text())
+    assert {"segmentation", "depth", "normal"} <= set(scores) and scores["num_images"] == 2
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "street.png"), (rgb[0].numpy() * 255).astype("uint8"))
+    r = run_cli("predict", str(tmp_path / "street.png"), "--ckpt", str(ckpt), "--out", str(tmp_path / "pred"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "pred/street_normal.npy").is_file() and (tmp_path / "pred/street_depth.npy").is_file()
+    r = run_cli("info", str(ckpt))
+    assert r.exit_code == 0 and "SegNet-MTAN" in r.output
+
+    again = run_cli("import-weights", str(weights), "--data", str(prepared), "--out", str(ckpt))
+    assert again.exit_code != 0 and "--force" in again.output
+    r = run_cli("import-weights", str(weights), "--data", str(prepared), "--out", str(weights), "--force")
+    assert r.exit_code != 0 and "never writes over its inputs" in r.output and weights.read_bytes()
+    torch.save({"encoder_block.0.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    r = run_cli("import-weights", str(tmp_path / "other.pth"), "--data", str(prepared), "--out", str(tmp_path / "o.pt"))
+    assert r.exit_code != 0 and "not an MTAN SegNet state dict" in r.output and not (tmp_path / "o.pt").exists()

@@ -48,6 +48,7 @@ def _register() -> None:
         demo,
         evaluate,
         export,
+        import_weights,
         info,
         predict,
         prepare,
@@ -67,6 +68,7 @@ def _register() -> None:
     app.command("compare", help=compare.HELP, no_args_is_help=True)(compare.compare_command)
     app.command("export", help=export.HELP, no_args_is_help=True)(export.export_command)
     app.command("sweep", help=sweep.HELP, no_args_is_help=True)(sweep.sweep_command)
+    app.command("import-weights", help=import_weights.HELP, no_args_is_help=True)(import_weights.import_weights_command)
 
 
 _register()

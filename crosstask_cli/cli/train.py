@@ -15,7 +15,9 @@ from crosstask_cli.engine.config import DATASETS, FIELDS
 
 HELP = """Train CrossTaskNet (ResNet encoder, a decoder per task, a TaskTransferNet per ordered pair of tasks) with
 cross-task consistency: seg and depth by default; `--tasks seg,depth,normal` on nyu or synthetic adds surface
-normals (6 TaskTransferNets; `--transfer-pairs` chooses fewer).
+normals (6 TaskTransferNets; `--transfer-pairs` chooses fewer). The original's baselines: `--arch segnet-mtan`
+(MTAN), `--arch segnet`, `--arch adamt-net`, `--method kd4mtl --teacher TASK=CKPT`; `--preset mtan` is the field's
+standard protocol on SegNet-MTAN.
 
 Unset options take the paper's defaults for the dataset: cityscapes 128×256, 250 epochs, batch 8, StepLR 80/0.5,
 α = γ = 0.01, 7 classes; nyu 288×384, 100 epochs, batch 6, StepLR 60/0.5, α = γ = 1e-4; synthetic as cityscapes with

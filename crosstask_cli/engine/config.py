@@ -163,8 +163,39 @@ OptimOptions = dataclasses.make_dataclass(
 )  # fmt: skip
 
 
+# Named protocols: settings applied under the options given (``--preset``; a sweep's [base] ``preset = "mtan"``).
+# mtan: the standard optimiser protocol on SegNet-MTAN (MTAN; Nash-MTL, FAMO, Aligned-MTL, DB-MTL): Adam 1e-4
+# (PyTorch's betas) halved at epoch 100 of 200, batch 2 on NYUv2 (3 tasks, 288×384) and 8 on Cityscapes (128×256),
+# equal weights, no TaskTransferNets; no model selection: read the last 10 epochs (`compare --last-k 10`).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "mtan": {
+        "all": dict(arch="segnet-mtan", consistency="none", optimizer="adam", lr=1e-4, betas=(0.9, 0.999),
+                    epochs=200, scheduler_step_size=100, scheduler_gamma=0.5, weighting="fixed"),
+        "nyu": dict(batch_size=2, height=288, width=384, tasks=("seg", "depth", "normal")),
+        "cityscapes": dict(batch_size=8, height=128, width=256),
+        "synthetic": dict(batch_size=8, height=128, width=256),
+    },
+}  # fmt: skip
+
+
+def preset_values(name: str | None, dataset: str) -> dict[str, Any]:
+    """The flat settings of preset ``name`` for ``dataset`` ({} for None)."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    return {**PRESETS[name]["all"], **PRESETS[name].get(dataset, {})}
+
+
 @dataclass(frozen=True, kw_only=True)
 class RuntimeOptions:
+    preset: str | None = option(
+        None,
+        "A named protocol whose settings apply under the options given: mtan (the standard optimiser protocol on "
+        "SegNet-MTAN: Adam 1e-4 halved at epoch 100 of 200, batch 2 on nyu with seg,depth,normal at 288×384, 8 on "
+        "cityscapes at 128×256, equal weights, no TaskTransferNets; no model selection, read the last 10 epochs with "
+        "`compare --last-k 10`). config.json records it and every value it set.",
+    )
     run_dir: str | None = option(None, "Run directory (default runs/<dataset>-<timestamp>).", cli_type=Path)
     device: str = option("auto", "auto (default), cpu, cuda, cuda:N or mps.")
     seed: int = option(0, "Random seed (initialisation, shuffling, augmentation).")
@@ -271,8 +302,9 @@ class TrainConfig:
         if dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
         given = {k: v for k, v in overrides.items() if v is not None}
-        values = {**PAPER_DEFAULTS[dataset], **given, "dataset": dataset}
-        if "consistency" not in given:
+        values = {**PAPER_DEFAULTS[dataset], **preset_values(given.get("preset"), dataset), **given,
+                  "dataset": dataset}  # fmt: skip
+        if "consistency" not in given and "consistency" not in preset_values(given.get("preset"), dataset):
             values["consistency"] = default_consistency(values)
         return cls.from_flat(values)
 
@@ -457,6 +489,8 @@ class TrainConfig:
         _one_of("weighting", o.weighting, weighting_names())
         _one_of("optimizer", o.optimizer, OPTIMIZERS)
         _one_of("amp", r.amp, AMP_MODES)
+        if r.preset is not None:
+            _one_of("preset", r.preset, tuple(PRESETS))
         _one_of("select_metric", r.select_metric, tuple(SELECT_DIRECTION))
         needs = next((s.name for s in all_specs() if r.select_metric in s.directions), None)
         if needs is not None and needs not in tasks:

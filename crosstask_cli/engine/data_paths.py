@@ -10,7 +10,7 @@ from crosstask_cli.errors import InputError
 def default_data(ckpt: dict) -> Path:
     from crosstask_cli.engine.config import flat_config
 
-    data_str = flat_config(ckpt.get("train_config", {})).get("data")
+    data_str = flat_config(ckpt.get("train_config", {})).get("data") or ckpt.get("imported", {}).get("data")
     if not data_str:
         raise InputError("the checkpoint records no dataset path; pass --data DIR")
     return Path(data_str)
