@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # pyproject.toml holds the same; 0.2.0: decoders with align_corners=True (0.1.0 runs cannot resume), N tasks, architectures
 
 _EXPORTS = {
     "build_model": "crosstask_cli.models.network",

@@ -196,3 +196,76 @@ def test_cli_train_reads_the_architecture_method_and_teacher_flags(synthetic_raw
                 "--run-dir", str(tmp_path / "run"), "--height", "32", "--width", "64", "--workers", "0")  # fmt: skip
     assert r.exit_code != 0 and "seg.pt: no such checkpoint file" in r.output
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_non_finite_weights_stop_training_with_the_last_finite_checkpoint_intact(synthetic_raw, tmp_path,
+                                                                                  monkeypatch):  # fmt: skip
+    """A finite loss whose update makes a weight NaN: the run stops before that epoch's checkpoint, last.pt stays
+    the previous epoch's, and eval/predict refuse a checkpoint with non-finite weights."""
+    from crosstask_cli.engine.trainer import Trainer
+    from crosstask_cli.errors import NonFiniteLossError
+
+    cfg = _cfg(synthetic_raw, enc_layers=18, epochs=2)
+    run = tmp_path / "run"
+    ct.train(cfg.replace(epochs=1), run_dir=run)
+    last = run / "checkpoints/last.pt"
+    before = last.read_bytes()
+    original = Trainer._train_step_local
+
+    def poisoned(self, *args):
+        out = original(self, *args)
+        with torch.no_grad():
+            next(self.model.parameters())[0, 0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step_local", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights after epoch 2 \(first: encoder\.conv1\.weight\)"
+                       r".*last finite checkpoint is kept"):  # fmt: skip
+        ct.train(cfg, run_dir=run, resume=True, resume_overrides={"epochs": 2})
+    assert last.read_bytes() == before
+
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["model"]["seg_decoder.head.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad.pt: its weights are not finite \(seg_decoder.head.weight"):
+        model_from_checkpoint(torch.load(tmp_path / "bad.pt", weights_only=True), tmp_path / "bad.pt")
+    r = run_cli("eval", "--ckpt", str(tmp_path / "bad.pt"), "--no-energy")
+    assert r.exit_code != 0 and "weights are not finite" in r.output
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"betas": (1.0, 0.99)}, "--betas must be two numbers in"),
+        ({"max_grad_norm": float("nan")}, "--max-grad-norm must be a finite number"),
+        ({"betas": (0.9, float("nan"))}, "--betas must be two numbers in"),
+        ({"seed": -1}, r"--seed must be an integer in \[0, 2\^32\)"),
+        ({"seed": 2**40}, r"--seed must be an integer in \[0, 2\^32\)"),
+        ({"max_val_batches": 0}, "--max-val-batches must be ≥ 1"),
+        ({"lr": float("nan")}, "--lr must be positive"),
+        ({"scheduler_gamma": float("nan")}, "--scheduler-gamma must be in"),
+        ({"alpha": float("nan")}, "--alpha must be in"),
+        ({"cagrad_c": float("nan")}, "--cagrad-c must be a finite number"),
+        ({"famo_lr": float("nan")}, "--famo-lr must be a finite number"),
+        ({"fairgrad_alpha": float("nan")}, "--fairgrad-alpha must be a finite number"),
+        ({"dbmtl_beta_sigma": float("nan")}, "--dbmtl-beta-sigma must be a finite number"),
+    ],
+)
+def test_out_of_range_and_non_finite_options_are_refused(synthetic_raw, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(synthetic_raw, **kw)
+
+
+def test_ctrl_c_during_training_says_how_to_resume(synthetic_raw, tmp_path, monkeypatch):
+    from crosstask_cli.engine.trainer import Trainer
+
+    def interrupt(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupt)
+    run = tmp_path / "run"
+    r = run_cli("train", "synthetic", "--data", str(synthetic_raw), "--run-dir", str(run), "--height", "32",
+                "--width", "64", "--enc-layers", "18", "--workers", "0", "--epochs", "1")  # fmt: skip
+    assert r.exit_code == 130
+    text = " ".join(r.output.split())
+    assert f"continue with: crosstask train synthetic --run-dir {run} --resume" in text

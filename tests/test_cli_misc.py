@@ -20,11 +20,31 @@ def test_every_command_is_registered_and_answers_help():
 
     root = typer.main.get_command(app)
     expected = {"prepare", "train", "eval", "predict", "visualize", "export", "compare", "bench", "demo", "info",
-                "sweep"}  # fmt: skip
+                "sweep", "import-weights"}  # fmt: skip
     assert set(root.commands) == expected
     for name in sorted(expected):
         r = run_cli(name, "--help")
         assert r.exit_code == 0 and "Usage: crosstask " + name in " ".join(r.output.split()), name
+
+
+def test_the_version_is_the_packages_and_checkpoints_record_it(tiny_run):
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    import torch
+
+    from crosstask_cli import __version__
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert __version__ == project["version"] != "0.1.0"  # 0.1.0's runs cannot be resumed by this version
+    r = run_cli("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"crosstask {__version__}"
+    ckpt = torch.load(tiny_run / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["created_by"] == f"crosstask {__version__}"
 
 
 def test_bench_cli_small(synthetic_prepared, tmp_path):
@@ -114,3 +134,12 @@ def test_the_prepared_predict_gpu_check_rehearses_on_cpu(tmp_path):
     assert "predict --workers 2:" in r.stdout and "ratio" in r.stdout
     assert "second pass:" in r.stdout and "GPU and CPU predictions agree" in r.stdout
     assert json.loads((tmp_path / "out" / "predict-bench-model.json").read_text())["device"] == "cpu"
+
+
+def test_help_shows_flags_without_a_value_and_keeps_bracketed_extras():
+    r = run_cli("export", "--help")
+    assert r.exit_code == 0
+    assert "<bool>" not in r.output  # --verify/--force/--help take no value
+    assert "crosstask-cli[onnx]" in " ".join(r.output.split())
+    r = run_cli("train", "--help")
+    assert "<bool>" not in r.output and "<int>" in r.output  # options with values keep their type

@@ -17,6 +17,25 @@ app = typer.Typer(
 )
 
 
+def _flags_take_no_value() -> None:
+    """Typer's help shows a flag's type (``--force <bool>``) as if the flag took a value; a flag's type column stays
+    empty here. Patched once, on the class Typer's help renders every option with (--help included)."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption, "_crosstask_flags", False):
+        return
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+    TyperOption._crosstask_flags = True
+
+
+_flags_take_no_value()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"crosstask {__version__}")

@@ -41,8 +41,10 @@ def rich_train_reporter():
         def __init__(self) -> None:
             self.progress = Progress(*progress_columns(), console=err, transient=True)
             self.task = None
+            self.run_dir: str | None = None
 
         def start(self, info: dict) -> None:
+            self.run_dir = info["run_dir"]  # for the resume hint after Ctrl-C
             resumed = f", resuming after epoch {info['start_epoch']}" if info["start_epoch"] else ""
             err.print(
                 f"[bold]training[/] on {info['device']} ({info.get('precision', 'fp32')}): {info['train']} train images, model selection on "

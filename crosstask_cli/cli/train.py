@@ -138,21 +138,26 @@ def _train_command(**options: Any) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks
         train(cfg, run_dir=run_dir, resume=resume, force=force, resume_overrides=overrides)
         return
-    with progress_factory() as data_progress:
-        result = train(
-            cfg,
-            run_dir=run_dir,
-            resume=resume,
-            force=force,
-            reporter=rich_train_reporter(),
-            data_progress=data_progress,
-            resume_overrides=overrides,
-        )
+    reporter = rich_train_reporter()
+    try:
+        with progress_factory() as data_progress:
+            result = train(cfg, run_dir=run_dir, resume=resume, force=force, reporter=reporter,
+                           data_progress=data_progress, resume_overrides=overrides)  # fmt: skip
+    except KeyboardInterrupt:
+        where = getattr(reporter, "run_dir", None)
+        if where is not None:  # training had started: its last checkpoint continues it
+            from crosstask_cli.cli.common import err
+
+            err.print(f"interrupted; continue with: crosstask train {dataset} --run-dir {esc(where)} --resume",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        raise
     ckpts = result.run_dir / "checkpoints"
+    written = [p for p in (ckpts / "best.pt", ckpts / "last.pt") if p.is_file()]  # only files that exist
+    best = (f"best epoch {result.best_epoch} ({cfg.runtime.select_metric} {fmt(result.best_score)})"
+            if (ckpts / "best.pt").is_file() else "no best.pt (no epoch had a finite score)")  # fmt: skip
     out.print(
-        f"[green]done[/]: {result.epochs_done} epochs; best epoch {result.best_epoch} "
-        f"({cfg.runtime.select_metric} {fmt(result.best_score)})\n"
-        f"  checkpoints: {esc(ckpts / 'best.pt')}, {esc(ckpts / 'last.pt')}\n"
+        f"[green]done[/]: {result.epochs_done} epochs; {best}\n"
+        f"  checkpoints: {', '.join(esc(p) for p in written) or 'none'}\n"
         f"  log: {esc(result.run_dir / 'metrics.csv')}   curves: {esc(result.run_dir / 'plots')}"
     )
 

@@ -17,7 +17,9 @@ VERSION = 1
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    payload = {"format": FORMAT, "version": VERSION, **payload}
+    from crosstask_cli import __version__
+
+    payload = {"format": FORMAT, "version": VERSION, "created_by": f"crosstask {__version__}", **payload}
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -76,5 +78,9 @@ def model_from_checkpoint(ckpt: dict, where: str | Path = "checkpoint"):
     mismatch = state_dict_mismatch(model.state_dict(), ckpt["model"])
     if mismatch:
         raise CheckpointError(f"{where}: its weights do not match its model description ({mismatch})")
+    bad = next((k for k, v in ckpt["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())),
+               None)  # fmt: skip
+    if bad is not None:
+        raise CheckpointError(f"{where}: its weights are not finite ({bad} holds NaN or inf); it cannot predict")
     model.load_state_dict(ckpt["model"])
     return model.eval()

@@ -460,6 +460,13 @@ class TrainConfig:
                               f"got {d.height}×{d.width}")  # fmt: skip
         if not o.lr > 0:  # also refuses NaN
             raise ConfigError(f"--lr must be positive, got {o.lr}")
+        if len(o.betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"--betas must be two numbers in [0, 1), got {' '.join(map(str, o.betas))}")
+        if not isinstance(r.seed, int) or isinstance(r.seed, bool) or not 0 <= r.seed < 2**32:
+            raise ConfigError(f"--seed must be an integer in [0, 2^32), got {r.seed!r}")
+        if r.max_val_batches is not None and r.max_val_batches < 1:
+            raise ConfigError(f"--max-val-batches must be ≥ 1 (validation on nothing selects nothing), got "
+                              f"{r.max_val_batches}")  # fmt: skip
         if not 0 < o.scheduler_gamma <= 1:
             raise ConfigError(f"--scheduler-gamma must be in (0, 1], got {o.scheduler_gamma}")
         if d.workers < 0:

@@ -319,6 +319,24 @@ class Trainer:
         self.step_count += 1
         return {**{k: v.detach() for k, v in losses.items()}, "total": total.detach()}
 
+    def check_weights_finite(self, when: str) -> None:
+        """Before a checkpoint is written: every weight finite (one reduction on the device, one read), else stop
+        with the last checkpoint on disk untouched. A finite loss can still give a non-finite update (an fp32
+        overflow in Adam's step, a NaN learning-rate factor); such weights must never become "the last good"."""
+        params = list(self.model.parameters())
+        if self.kd is not None:
+            params += list(self.kd.adaptors.parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+        if ddp.all_true(bool(finite), self.device, self.dist):
+            return
+        bad = "(on another process)"
+        if not bool(finite):
+            bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), "adaptors")
+        last = self.ckpt_dir / "last.pt"
+        kept = f"the last finite checkpoint is kept: {last}" if last.is_file() else "no checkpoint had been written yet"
+        raise NonFiniteLossError(f"non-finite weights {when} (first: {bad}); stopped, {kept}. Lower --lr or check the "
+                                 "data with --verify.")  # fmt: skip
+
     def run_epoch(self) -> EpochRecord:
         """Train one epoch (resuming inside it after a mid-epoch checkpoint), step the LR, validate."""
         cfg = self.cfg
@@ -357,6 +375,7 @@ class Trainer:
                     packed = torch.cat([part_sums, torch.tensor([float(done)], device=self.device)])
                     packed = ddp.all_reduce_sum_(packed, self.dist)
                     part_sums, part_done = packed[:-1], int(packed[-1].item())
+                self.check_weights_finite(f"at epoch {self.epoch + 1} step {self.step_count}")
                 if self.dist.is_main:
                     partial = {"batches": i + 1, "done": part_done, "sums": part_sums.cpu()}
                     last_row = self.log.records[-1].to_row() if self.log.records else None
@@ -418,6 +437,7 @@ class Trainer:
         record = self.log.records[-1] if self.log.records else None
         while self.epoch < self.cfg.optim.epochs:
             record = self.run_epoch()
+            self.check_weights_finite(f"after epoch {self.epoch}")
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
             self.reporter.epoch_end(record)
