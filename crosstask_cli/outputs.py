@@ -125,15 +125,21 @@ def _check_creatable(path: Path, flag: str) -> None:
 
 def check_output_file(path: str | Path | None, flag: str, inputs: Inputs | None = None) -> Path | None:
     """Check a file to be written (``--json``, ``--csv``, ``--onnx``, …) before the work starts: not a folder,
-    its folder creatable and writable, not one of ``inputs``. Returns it (absolute) or None."""
+    its folder creatable and writable, not one of ``inputs`` and not inside an input folder. Returns it (absolute)
+    or None."""
     if path is None:
         return None
     p = _resolved(path)
     if str(path).endswith(("/", os.sep)) or p.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give the path of the file to write")
     for name, inp in (inputs or {}).items():
-        if inp is not None and (_resolved(inp) == p or _real(inp) == _real(p)):
+        if inp is None:
+            continue
+        if _resolved(inp) == p or _real(inp) == _real(p):
             raise ConfigError(f"{flag} {path} is the input {name}; crosstask never writes over its inputs")
+        if Path(inp).is_dir() and contains(inp, p):  # a dataset's meta.json, a run's metrics.csv
+            raise ConfigError(f"{flag} {path} lies inside the input {name} {inp}; crosstask never writes into its "
+                              f"inputs, choose a file outside it")  # fmt: skip
     if p.exists() and not os.access(p, os.W_OK):
         raise PermissionError(f"{flag} {path}: permission denied, cannot replace it")
     _check_creatable(p, flag)

@@ -269,3 +269,19 @@ def test_ctrl_c_during_training_says_how_to_resume(synthetic_raw, tmp_path, monk
     assert r.exit_code == 130
     text = " ".join(r.output.split())
     assert f"continue with: crosstask train synthetic --run-dir {run} --resume" in text
+
+
+def test_output_files_inside_an_input_folder_are_refused(synthetic_prepared, tiny_run, tmp_path):
+    """eval --json into the dataset, eval --sparsification-png over one of its arrays, compare --csv over the run's
+    own log: one line each, and the inputs are untouched."""
+    meta = (synthetic_prepared / "meta.json").read_bytes()
+    log = (tiny_run / "metrics.csv").read_bytes()
+    ckpt = tiny_run / "checkpoints/last.pt"
+    for args in (["--json", synthetic_prepared / "meta.json"],
+                 ["--sparsification-png", synthetic_prepared / "val" / "images.png"]):  # fmt: skip
+        r = run_cli("eval", "--ckpt", ckpt, "--data", synthetic_prepared, *args)
+        assert r.exit_code == 1 and "lies inside the input --data" in r.output, r.output
+    r = run_cli("compare", tiny_run, "--csv", tiny_run / "metrics.csv")
+    assert r.exit_code == 1 and "lies inside the input run 1" in r.output, r.output
+    assert (synthetic_prepared / "meta.json").read_bytes() == meta and (tiny_run / "metrics.csv").read_bytes() == log
+    assert not (synthetic_prepared / "val" / "images.png").exists()

@@ -10,8 +10,7 @@ from crosstask_cli.cli.common import esc, handle_errors, out
 
 # "\\[" keeps Rich from reading [onnx] as markup (it would vanish from --help)
 HELP = """Export a checkpoint's direct predictions to ONNX (dynamic batch; height/width dynamic in multiples of
-32; an AdaMT-Net at the size it was built for) and verify it against PyTorch with onnxruntime. Needs: pip install
-"crosstask-cli\\[onnx]"."""
+32) and verify it against PyTorch with onnxruntime. Needs: pip install "crosstask-cli\\[onnx]"."""
 
 
 @handle_errors
