@@ -285,3 +285,31 @@ def test_output_files_inside_an_input_folder_are_refused(synthetic_prepared, tin
     assert r.exit_code == 1 and "lies inside the input run 1" in r.output, r.output
     assert (synthetic_prepared / "meta.json").read_bytes() == meta and (tiny_run / "metrics.csv").read_bytes() == log
     assert not (synthetic_prepared / "val" / "images.png").exists()
+
+
+def test_synthetic_scenes_are_rendered_only_into_the_default_folder(tmp_path, monkeypatch):
+    from crosstask_cli.errors import DatasetError
+
+    missing = tmp_path / "moved" / "synthetic"
+    cfg = ct.TrainConfig.for_dataset("synthetic", data=str(missing), height=32, width=64, epochs=1, workers=0)
+    with pytest.raises(DatasetError, match=r"moved/synthetic: dataset directory not found \(synthetic scenes are "
+                       r"rendered only into the default folder"):  # fmt: skip
+        ct.train(cfg, run_dir=tmp_path / "run")
+    assert not missing.exists()
+    with pytest.raises(ConfigError, match="--data is empty"):
+        ct.TrainConfig.for_dataset("synthetic").with_assignments(["data.root= "])
+    # the default folder is still rendered on a new run, never on a resumed one (checked without rendering it)
+    from crosstask_cli.engine import trainer as trainer_module
+
+    requests = []
+
+    def record(request, *args, **kwargs):
+        requests.append(request)
+        return tmp_path
+
+    monkeypatch.setattr(trainer_module, "prepare_training_data", record)
+    default = ct.TrainConfig.for_dataset("synthetic")
+    trainer_module.resolve_training_data(default)
+    trainer_module.resolve_training_data(default, resuming=True)
+    trainer_module.resolve_training_data(cfg)
+    assert [r.generate for r in requests] == [True, False, False]

@@ -352,6 +352,9 @@ class TrainingData:
     depth: str = "inverse"
     tasks: tuple[str, ...] = ("seg", "depth")
     synthetic: tuple[int, int] = (400, 100)
+    # the synthetic scenes are rendered into a missing folder only when the user asked for the default one (no
+    # --data) on a new run; a path given (or a resumed run's data) must exist
+    generate: bool = True
 
 
 def prepare_training_data(
@@ -361,17 +364,20 @@ def prepare_training_data(
     progress: ProgressFactory | None = None,
 ) -> Path:
     """The prepared directory to train on: the request's folder resolved (prepared once into a cache when raw or
-    MTAN); for ``synthetic``, the scenes are rendered into it first when it does not exist. The result is checked
+    MTAN); for ``synthetic``, the scenes are rendered into it first when it does not exist and ``generate``. The result is checked
     against the requested classes, size and tasks (their targets must be in the data)."""
     dataset, data, height, width = request.dataset, Path(request.root), request.height, request.width
     num_classes, depth, tasks, synthetic = request.num_classes, request.depth, request.tasks, request.synthetic
     kwargs = {"progress": progress} if progress else {}
-    if dataset_info(dataset).generated and not data.exists():
+    if dataset_info(dataset).generated and not data.exists() and request.generate:
         if message:
             message(f"generating the synthetic dataset in {data} ({synthetic[0]}+{synthetic[1]} images)")
         prepare_synthetic(data, train=synthetic[0], val=synthetic[1], height=256, width=512, seed=0, **kwargs)
     if not data.exists():
-        raise DatasetError(f"{data}: dataset directory not found (pass --data DIR; see `crosstask prepare --help`)")
+        hint = (" (synthetic scenes are rendered only into the default folder when --data is not given; render them "
+                f"with `crosstask prepare synthetic --out {data}`)" if dataset_info(dataset).generated else
+                " (pass --data DIR; see `crosstask prepare --help`)")  # fmt: skip
+        raise DatasetError(f"{data}: dataset directory not found{hint}")
     prepared = resolve_data(
         dataset, data, height, width, num_classes, depth, workers=workers or 1, message=message, **kwargs
     )

@@ -469,6 +469,8 @@ class TrainConfig:
                               f"{r.max_val_batches}")  # fmt: skip
         if not 0 < o.scheduler_gamma <= 1:
             raise ConfigError(f"--scheduler-gamma must be in (0, 1], got {o.scheduler_gamma}")
+        if d.root is not None and not str(d.root).strip():
+            raise ConfigError("--data is empty; give the dataset folder, or leave it out for the dataset's default")
         if d.workers < 0:
             raise ConfigError(f"--workers must be ≥ 0, got {d.workers}")
         for kwarg, value, low in (("save_every_steps", r.save_every_steps, 1), ("skip_nonfinite", r.skip_nonfinite, 0),

@@ -63,11 +63,17 @@ def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch
     return torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
 
 
-def resolve_training_data(cfg: TrainConfig, reporter: TrainReporter | None = None, progress=None) -> Path:
-    """The prepared directory for ``cfg`` (its data, or the dataset's default folder)."""
+def resolve_training_data(
+    cfg: TrainConfig, reporter: TrainReporter | None = None, progress=None, resuming: bool = False
+) -> Path:
+    """The prepared directory for ``cfg`` (its data, or the dataset's default folder). Synthetic scenes are rendered
+    only into the documented default folder (``data/synthetic``) of a new run; any other folder, and a resumed
+    run's, must exist."""
     d = cfg.data
-    request = TrainingData(d.name, Path(d.root or PAPER_DEFAULTS[d.name]["data"]), d.height, d.width,
-                           cfg.model.num_classes, d.depth, cfg.model.tasks, (d.synthetic_train, d.synthetic_val))  # fmt: skip
+    default = Path(PAPER_DEFAULTS[d.name]["data"])
+    root = Path(d.root or default)
+    request = TrainingData(d.name, root, d.height, d.width, cfg.model.num_classes, d.depth, cfg.model.tasks,
+                           (d.synthetic_train, d.synthetic_val), generate=root == default and not resuming)  # fmt: skip
     return prepare_training_data(request, d.workers, reporter.message if reporter else None, progress)
 
 
@@ -483,11 +489,12 @@ def _train_opened(opened: rundir.OpenedRun, reporter, data_progress, dist: ddp.D
     reporter = (reporter or TrainReporter()) if dist.is_main else TrainReporter()
     if opened.lock is not None and opened.lock.stale_pid:
         reporter.message(f"{run_dir}: took over the lock left by process {opened.lock.stale_pid}, which has ended")
+    resuming = opened.resume_from is not None
     if dist.is_main:  # prepares (and may write a cache) once; the others then find it
-        prepared = resolve_training_data(cfg, reporter, data_progress)
+        prepared = resolve_training_data(cfg, reporter, data_progress, resuming)
     ddp.barrier(dist)
     if not dist.is_main:
-        prepared = resolve_training_data(cfg)
+        prepared = resolve_training_data(cfg, resuming=resuming)
     trainer = Trainer(cfg, run_dir, reporter, dist)
     cfg = trainer.cfg  # with the precision resolved
     trainer.setup(prepared)
