@@ -313,3 +313,29 @@ def test_synthetic_scenes_are_rendered_only_into_the_default_folder(tmp_path, mo
     trainer_module.resolve_training_data(default, resuming=True)
     trainer_module.resolve_training_data(cfg)
     assert [r.generate for r in requests] == [True, False, False]
+
+
+@pytest.mark.slow  # 15 methods × two 20-45 M-parameter networks: about a minute on 2 cores
+@pytest.mark.parametrize("arch", ["segnet-mtan", "adamt-net"])
+def test_every_weighting_gives_every_parameter_a_finite_gradient_with_three_tasks(arch):
+    from crosstask_cli.tasks import task_loss_name
+    from crosstask_cli.weighting import weighting_names
+
+    torch.manual_seed(0)
+    tasks = ("seg", "depth", "normal")
+    model = ct.build_model(arch=arch, num_classes=7, tasks=tasks, transfer=False, input_size=(32, 32))
+    loss_fn = ct.CrossTaskLoss(7, tasks=tasks, consistency="none")
+    x = torch.randn(2, 3, 32, 32)
+    targets = {"seg": torch.randint(0, 7, (2, 32, 32)), "depth": torch.rand(2, 1, 32, 32) + 0.1,
+               "normal": torch.nn.functional.normalize(torch.randn(2, 3, 32, 32), dim=1)}  # fmt: skip
+    for name in weighting_names():
+        method = ct.build_weighting(name, tuple(task_loss_name(t) for t in tasks))
+        handle = method.attach(model)
+        model.zero_grad()
+        losses = loss_fn(model(x), targets)
+        task_losses = {k: losses[k] for k in method.tasks}
+        method.backward(method.combine(task_losses, model), task_losses, model)
+        if handle is not None:
+            handle.remove()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        assert not missing, f"{name}: {missing[:3]}"
