@@ -595,31 +595,42 @@ TASK_SETS = {  # bench --part tasks: what the third task and its TaskTransferNet
 }
 
 
+def _timed_steps(
+    benches: dict[str, ModelBench],
+    cfg: BenchConfig,
+    res: BenchResult,
+    device: torch.device,
+    label: str,
+    base: str,
+    ratio_key: str,
+) -> tuple[dict[str, dict], Interleaved]:
+    """Each model's training step: FLOPs per image, then the steps interleaved round by round; per model its median
+    time, the median per-round ratio to ``base`` (under ``ratio_key``), parameters and FLOPs."""
+    from crosstask_cli.models.network import count_trainable_parameters
+
+    flops = {}
+    for n, mb in benches.items():
+        mb.model.train()
+        flops[n] = count_flops(mb.train_step) / cfg.batch_size
+    timed = interleave({n: mb.train_step for n, mb in benches.items()}, cfg, res, device, label)
+    use = timed.used(cfg.runs)
+    table = {n: {"median_s": statistics.median(t[n] for t in use),
+                 ratio_key: statistics.median(t[n] / t[base] for t in use),
+                 "parameters": count_trainable_parameters(benches[n].model),
+                 "train_flops_per_image": flops[n]} for n in benches}  # fmt: skip
+    return table, timed
+
+
 def bench_tasks(cfg: BenchConfig, res: BenchResult, device: torch.device) -> None:
     """The training step of the 2-task model (seg, depth, its two TaskTransferNets) against the 3-task model
     without TaskTransferNets (the third decoder alone) and with all six, interleaved round by round in one process
     (a round is dropped when others' load exceeded the limit during any of its steps); ratios are medians of the
     per-round ratios to the 2-task step. Also each model's parameters and FLOPs per image of a training step."""
-    from crosstask_cli.models.network import count_trainable_parameters
-
     names = list(TASK_SETS)
     benches = {n: build_model_bench(dataclasses.replace(cfg, tasks=t, transfer=tr), device)
                for n, (t, tr) in TASK_SETS.items()}  # fmt: skip
-    flops = {}
-    for n, mb in benches.items():
-        mb.model.train()
-        flops[n] = count_flops(mb.train_step) / cfg.batch_size
-    timed = interleave({n: mb.train_step for n, mb in benches.items()}, cfg, res, device, "tasks")
-    use = timed.used(cfg.runs)
     base = names[0]
-    table = {}
-    for n in names:
-        table[n] = {
-            "median_s": statistics.median(t[n] for t in use),
-            "ratio_vs_two_tasks": statistics.median(t[n] / t[base] for t in use),
-            "parameters": count_trainable_parameters(benches[n].model),
-            "train_flops_per_image": flops[n],
-        }
+    table, timed = _timed_steps(benches, cfg, res, device, "tasks", base, "ratio_vs_two_tasks")
     res.figures["tasks"] = {"settings": table, "rounds_kept": len(timed.kept), "attempts": len(timed.every),
                             "noisy": timed.noisy, "precision": benches[base].precision}  # fmt: skip
     res.ratios["third_task_vs_two_tasks"] = table[names[1]]["ratio_vs_two_tasks"]
@@ -632,28 +643,14 @@ def bench_archs(cfg: BenchConfig, res: BenchResult, device: torch.device) -> Non
     one process; ratios are medians of the per-round ratios. Also parameters, FLOPs per image of a training step
     and the peak memory of a step (CUDA's allocator peak, or the peak RSS of a fresh process running it alone)."""
     from crosstask_cli.architectures import ARCHITECTURES, get_arch
-    from crosstask_cli.models.network import count_trainable_parameters
 
     names = [a for a in ARCHITECTURES if not get_arch(a).needs_input_size or not (cfg.height % 16 or cfg.width % 16)]
     benches = {a: build_model_bench(dataclasses.replace(cfg, arch=a), device) for a in names}
-    flops = {}
-    for a, mb in benches.items():
-        mb.model.train()
-        flops[a] = count_flops(mb.train_step) / cfg.batch_size
-    timed = interleave({a: mb.train_step for a, mb in benches.items()}, cfg, res, device, "archs")
-    use = timed.used(cfg.runs)
-    memory = {a: _peak_step_memory(dataclasses.replace(cfg, arch=a), device, cfg.weighting) for a in names}
-    table = {}
+    table, timed = _timed_steps(benches, cfg, res, device, "archs", "resnet", "ratio_vs_resnet")
     for a in names:
-        table[a] = {
-            "median_s": statistics.median(t[a] for t in use),
-            "ratio_vs_resnet": statistics.median(t[a] / t["resnet"] for t in use),
-            "parameters": count_trainable_parameters(benches[a].model),
-            "train_flops_per_image": flops[a],
-            "peak_memory_gb": memory[a],
-            "channels_last": next(benches[a].model.parameters()).dim() == 4
-            and next(benches[a].model.parameters()).is_contiguous(memory_format=torch.channels_last),
-        }
+        table[a]["peak_memory_gb"] = _peak_step_memory(dataclasses.replace(cfg, arch=a), device, cfg.weighting)
+        p = next(benches[a].model.parameters())
+        table[a]["channels_last"] = p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
         if a != "resnet":
             res.ratios[f"arch_{a}_vs_resnet"] = table[a]["ratio_vs_resnet"]
     res.figures["archs"] = {"settings": table, "rounds_kept": len(timed.kept), "attempts": len(timed.every),
