@@ -43,8 +43,9 @@ def present_metrics(values: list[dict[str, float]]) -> list[str]:
 @dataclass
 class RunMetrics:
     name: str
-    source: str
+    source: str  # the file (and split, epoch) the values come from
     values: dict[str, float]
+    warning: str | None = None  # e.g. an eval.json older than the run's best checkpoint
 
 
 def _num(v) -> float:
@@ -70,7 +71,7 @@ def load_result(path: str | Path) -> RunMetrics:
         flat = res.flat_metrics()
         values = {k: _num(flat.get(k)) for k in METRICS}
         name = p.parent.name if p.name == "eval.json" else p.stem
-        return RunMetrics(name, str(p), values)
+        return RunMetrics(name, f"{p} ({res.split} split)", values, _stale_eval(p))
     csv_path = p / "metrics.csv"
     if p.is_dir() and csv_path.is_file():
         from crosstask_cli.engine.records import read_metrics_log
@@ -81,8 +82,20 @@ def load_result(path: str | Path) -> RunMetrics:
         best = [r for r in records if r.best]
         record = best[-1] if best else records[-1]
         values = {k: _num(record.val.get(k)) for k in METRICS}
-        return RunMetrics(p.name, f"{csv_path} (epoch {record.epoch})", values)
+        return RunMetrics(p.name, f"{csv_path} (epoch {record.epoch}, {record.val_split} split)", values)
     raise InputError(f"{p}: neither an eval JSON file nor a run directory with metrics.csv")
+
+
+def _stale_eval(path: Path) -> str | None:
+    """A warning when a run's ``eval.json`` is older than the checkpoints beside it (a resumed run found a new best
+    after it was evaluated)."""
+    if path.name != "eval.json":
+        return None
+    newer = [c for c in (path.parent / "checkpoints" / n for n in ("best.pt", "last.pt"))
+             if c.is_file() and c.stat().st_mtime > path.stat().st_mtime]  # fmt: skip
+    if not newer:
+        return None
+    return f"{path} is older than {newer[0]}: the run changed after it was evaluated; evaluate it again"
 
 
 def _baselines(seg_base, depth_base, baselines) -> dict[str, dict[str, float]]:

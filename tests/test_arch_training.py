@@ -339,3 +339,23 @@ def test_every_weighting_gives_every_parameter_a_finite_gradient_with_three_task
             handle.remove()
         missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         assert not missing, f"{name}: {missing[:3]}"
+
+
+def test_compare_names_each_numbers_file_and_split_and_warns_of_a_stale_eval(tiny_run, tmp_path):
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    r = run_cli("compare", run)
+    split = torch.load(run / "checkpoints/last.pt", weights_only=True)["metrics"]["val_split"]
+    assert r.exit_code == 0 and f"metrics.csv (epoch 1, {split} split)" in " ".join(r.output.split())
+    r = run_cli("eval", "--ckpt", run / "checkpoints/best.pt", "--no-energy", "--json", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    shutil.copy(tmp_path / "e.json", run / "eval.json")
+    old = (run / "checkpoints/best.pt").stat().st_mtime - 100
+    os.utime(run / "eval.json", (old, old))  # evaluated before the checkpoint was (re)written
+    r = run_cli("compare", run)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "eval.json (val split)" in text
+    assert "warning:" in text and "the run changed after it was evaluated" in text

@@ -6,7 +6,7 @@ import math
 
 from rich.table import Table
 
-from crosstask_cli.cli.common import esc, handle_errors, out
+from crosstask_cli.cli.common import err, esc, handle_errors, out
 from crosstask_cli.cli.options import parameter, signature, values
 from crosstask_cli.compare import COMPARE_FIELDS
 
@@ -53,8 +53,13 @@ def _render(cmp) -> None:
     for r in cmp.rows():
         t.add_row(esc(r["run"]), *(_f(r[m]) for m in metrics), _f(r["delta_m_flat"], 2), _f(r["delta_m_per_task"], 2))
     out.print(t)
+    for r in cmp.runs:
+        out.print(f"{esc(r.name)}: {esc(r.source)}", highlight=False)
     for task, b in (cmp.baselines or {}).items():
         out.print(f"{get_task(task).title} baseline: {esc(b.name)} ({esc(b.source)})")
+    for r in [*cmp.runs, *(cmp.baselines or {}).values()]:
+        if r.warning:
+            err.print(f"[yellow]warning:[/] {esc(r.warning)}", highlight=False)
 
 
 def _render_grouped(cmp, reference: str | None) -> None:
