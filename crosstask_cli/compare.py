@@ -193,7 +193,7 @@ class Comparison:
             ax.barh(y, [r[key] for r in rows], color="tab:blue" if "↑" in title else "tab:red")
             ax.set_title(title, fontsize=10)
             ax.set_yticks(y, names if ax in first else [""] * len(names), fontsize=8)
-            ax.invert_yaxis()
+            ax.set_ylim(len(names) - 0.5, -0.5)  # every panel the same rows, top down (NaN bars would move the limits)
             ax.grid(axis="x", alpha=0.3)
         if with_delta:
             ax = axes[-1]
@@ -202,7 +202,7 @@ class Comparison:
             ax.axvline(0, color="black", lw=0.8)
             ax.set_title("Δm (%) ↑ positive = better", fontsize=10)
             ax.set_yticks(y, names if ax in first else [""] * len(names), fontsize=8)
-            ax.invert_yaxis()
+            ax.set_ylim(len(names) - 0.5, -0.5)  # every panel the same rows, top down (NaN bars would move the limits)
             ax.legend(fontsize=7)
             ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
@@ -430,7 +430,7 @@ class GroupedComparison:
                 ax.axvline(0, color="black", lw=0.8)
             ax.set_title(title, fontsize=10)
             ax.set_yticks(y, names if ax in first else [""] * len(names), fontsize=8)
-            ax.invert_yaxis()
+            ax.set_ylim(len(names) - 0.5, -0.5)  # every panel the same rows, top down (NaN bars would move the limits)
             ax.grid(axis="x", alpha=0.3)
         fig.suptitle("mean ± std over seeds (dots: single seeds)", fontsize=10)
         fig.tight_layout()
