@@ -272,7 +272,7 @@ def load_last_k(path: str | Path, k: int) -> RunMetrics:
 
 def runs_from_sweep(manifest: str | Path, last_k: int | None = None) -> list[SeededRun]:
     """The finished runs of a sweep manifest (``sweep.json``), with their variant and seed."""
-    from crosstask_cli.sweep import MANIFEST, read_manifest
+    from crosstask_cli.sweep import MANIFEST, manifest_run_dir, read_manifest
 
     path = Path(manifest)
     path = path / MANIFEST if path.is_dir() else path
@@ -281,9 +281,7 @@ def runs_from_sweep(manifest: str | Path, last_k: int | None = None) -> list[See
     for row in d["runs"]:
         if row.get("status") != "done":
             continue
-        run_dir = Path(row["run_dir"])
-        if not run_dir.exists():  # relative to where the sweep ran: runs sit beside the manifest
-            run_dir = path.parent / row["variant"] / f"seed-{row['seed']}"
+        run_dir = manifest_run_dir(path, row)
         metrics = load_last_k(run_dir, last_k) if last_k else load_result(run_dir)
         out.append(SeededRun(row["variant"], int(row["seed"]), metrics))
     if not out:

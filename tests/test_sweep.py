@@ -293,3 +293,132 @@ def test_a_sweep_killed_mid_run_continues_where_it_stopped(tmp_path, synthetic_p
     rows = log.read_text().splitlines()[1:]
     assert len(rows) == 6 and rows[: len(kept)] == kept  # resumed: the epochs it had are not trained again
     assert {r["status"] for r in json.loads((tmp_path / "out" / "sweep.json").read_text())["runs"]} == {"done"}
+
+
+_HEAD = '[sweep]\ndataset = "synthetic"\nout = "o"\nseeds = [0]\n'
+_A = "[variants.a]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("sweep = 5\n[variants.a]\n", r"\[sweep\] must be a table of keys and values, got 5"),
+        ('[sweep]\ndataset = "synthetic"\nout = 5\nseeds = [0]\n[variants.a]\n', r"\[sweep\] out = 5: expected"),
+        (_A + _HEAD + "[prepare.synthetic]\ntrain = 4\n", r"\[prepare.synthetic\] needs 'out'"),
+        (_A + _HEAD + '[prepare.synthetic]\nout = "x"\ntrian = 4\n', r"\[prepare.synthetic\] knows .* not trian"),
+        (_A + _HEAD + '[prepare.cityscapes]\nout = "x"\n', r"\[prepare.cityscapes\] needs 'src'"),
+        (_A + _HEAD + "[prepare]\nsynthetic = 5\n", r"\[prepare.synthetic\] must be a table"),
+        (_A + _HEAD + '[prepare.synthetic]\nout = "x"\ntrain = "many"\n', r"\[prepare.synthetic\] train = \"many\": expected an"),
+        (_A + _HEAD + '[prepare.synthetic]\nout = "x"\ntrain = 0\n', r"\[prepare.synthetic\] --train must be"),
+        (_HEAD + '[base]\nepochs = "five"\n[variants.a]\n', r"\[base\] epochs = \"five\": expected an integer"),
+        (_HEAD + "[base]\nepochs = 1.5\n[variants.a]\n", r"\[base\] epochs = 1.5: expected an integer"),
+        (_HEAD + '[variants.a]\nbetas = ["a", 1]\n', r"\[variants.a\] betas = \[\"a\", 1\]: expected a list of numbers"),
+        (_HEAD + "[variants]\na = 3\n", r"\[variants.a\] must be a table"),
+        (_HEAD + '[eval]\nsplit = "vall"\n[variants.a]\n', r"\[eval\] split must be one of val, train, holdout"),
+        (_HEAD + "[eval]\ncheckpoint = 3\n[variants.a]\n", r"\[eval\] checkpoint = 3: expected a string"),
+        (_HEAD + "extra = 1\n[variants.a]\n", r"\[sweep\] knows dataset, out and seeds, not extra"),
+    ],
+)  # fmt: skip
+def test_every_part_of_a_spec_is_checked_before_anything_runs(tmp_path, text, match):
+    """Wrong tables, keys and value types anywhere in a spec are one ConfigError naming the file and the table
+    (tracebacks or a `--set` message before)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_spec(path)
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_spec_that_is_not_utf8_or_whose_eval_split_the_data_lacks_is_refused(tmp_path, synthetic_prepared):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[sweep]\ndataset = "synthétique"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(byte 24\)"):
+        load_spec(path)
+    spec = write_spec(tmp_path, synthetic_prepared)
+    spec.write_text(spec.read_text().replace('split = "val"', 'split = "holdout"'))
+    with pytest.raises(ConfigError, match=r"\[eval\] split 'holdout' is not a split of .*prepared \(train, val\)"):
+        load_spec(spec)
+
+
+def test_a_manifest_whose_entries_are_not_run_records_is_one_line(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": [{"variant": "a", "seed": 0, "run_dir": "a/seed-0"}, 5]}))
+    with pytest.raises(InputError, match=r"sweep.json: entry 2 of 'runs' is not a run record"):
+        ct_compare_sweep(tmp_path)
+    r = run_cli("compare", "--sweep", tmp_path / "sweep.json")
+    assert r.exit_code == 1 and "entry 2 of 'runs' is not a run record" in r.output
+
+
+def ct_compare_sweep(where):
+    from crosstask_cli.compare import runs_from_sweep
+
+    return runs_from_sweep(where)
+
+
+def test_an_edited_spec_neither_reuses_nor_resumes_runs_of_the_old_recipe(tmp_path, synthetic_prepared):
+    """After a finished run and an interrupted one, the spec changes a variant's weighting: the sweep refuses both
+    runs with the difference (nothing trains), --dry-run marks them changed, --print-commands refuses too; with
+    rerun_changed both are trained afresh with the new recipe and the unchanged variant is left alone."""
+    variants = '[variants.seg-only]\ntasks = "seg"\n[variants.mtl]\nconsistency = "none"\nweighting = "fixed"\n'
+    path = write_spec(tmp_path, synthetic_prepared, epochs=1, seeds=(0, 1), variants=variants)
+    spec = load_spec(path)
+    run_sweep(spec, only=["seg-only", "mtl"])
+    (mtl0, mtl1) = [r for r in spec.runs() if r.variant == "mtl"]
+    (mtl1.run_dir / "eval.json").unlink()  # seed 1 as an interrupted run
+    (mtl1.run_dir / "sweep-run.json").unlink()
+    assert run_status(mtl1) == "running"
+    stamp = (spec.runs()[0].run_dir / "checkpoints/last.pt").stat().st_mtime_ns
+
+    path.write_text(path.read_text().replace('weighting = "fixed"', 'weighting = "dwa"'))
+    edited = load_spec(path)
+    with pytest.raises(ConfigError, match=r"2 run\(s\) .* trained with another recipe .* mtl/seed-0: weighting: "
+                       r"\"fixed\" → \"dwa\" \| mtl/seed-1: weighting: \"fixed\" → \"dwa\".*--rerun-changed"):  # fmt: skip
+        run_sweep(edited)
+    assert json.loads((mtl0.run_dir / "config.json").read_text())["optim"]["weighting"] == "fixed"
+    r = run_cli("sweep", path, "--dry-run")
+    assert r.exit_code == 0 and "changed  mtl/seed-0" in r.output and "changed  mtl/seed-1" in r.output
+    r = run_cli("sweep", path, "--print-commands")
+    assert r.exit_code == 1 and "trained with another recipe" in r.output
+    r = run_cli("sweep", path, "--print-commands", "--rerun-changed")
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 0 and len(lines) == 2 and all("--force" in x and "--resume" not in x for x in lines)
+
+    report = run_sweep(edited, rerun_changed=True)
+    assert report.trained == ["mtl/seed-0", "mtl/seed-1"] and report.done_before == 2
+    for run in (mtl0, mtl1):
+        assert json.loads((run.run_dir / "config.json").read_text())["optim"]["weighting"] == "dwa"
+        assert len((run.run_dir / "metrics.csv").read_text().splitlines()) == 2  # trained afresh: one epoch
+    assert (spec.runs()[0].run_dir / "checkpoints/last.pt").stat().st_mtime_ns == stamp
+    assert run_sweep(edited).trained == []
+
+
+def test_the_manifest_is_built_from_run_directories_and_read_relative_to_itself(tmp_path, synthetic_prepared,
+                                                                                monkeypatch):  # fmt: skip
+    """A run that another process holds is left to it (and shown running with its PID); a finished run stays
+    done whatever an earlier manifest said; compare --sweep from another directory reads the sweep's runs."""
+    from crosstask_cli.locks import FileLock
+    from crosstask_cli.sweep import LOCKS, MANIFEST, read_record
+
+    spec = load_spec(write_spec(tmp_path, synthetic_prepared, epochs=1, seeds=(0,)))
+    first, second = spec.runs()
+    run_sweep(spec, only=["seg-only"])
+    manifest = spec.out / MANIFEST
+    stale = json.loads(manifest.read_text())
+    for row in stale["runs"]:
+        row["status"] = "failed"  # as a second sweep writing its own view would have left it before
+    manifest.write_text(json.dumps(stale))
+    with FileLock(spec.out / LOCKS / "mtl.seed-0.lock"):  # another sweep works on the second run
+        report = run_sweep(spec)
+        rows = {r["variant"]: r for r in json.loads(manifest.read_text())["runs"]}
+    assert report.trained == [] and report.elsewhere == ["mtl/seed-0"]
+    assert rows["seg-only"]["status"] == "done" and rows["mtl"]["status"] == "running" and rows["mtl"]["pid"] > 0
+    assert rows["seg-only"]["run_dir"] == "seg-only/seed-0"  # relative to the manifest
+    assert read_record(first)["status"] == "done" and read_record(first)["recipe"]
+    assert run_sweep(spec).trained == ["mtl/seed-0"]
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "seg-only" / "seed-0").mkdir(parents=True)  # a decoy where a cwd-relative reading would look
+    monkeypatch.chdir(elsewhere)
+    r = run_cli("compare", "--sweep", manifest)
+    assert r.exit_code == 0, r.output  # the decoy has no eval.json: reading it would have failed
+    assert "seg-only" in r.output and "elsewhere" not in r.output

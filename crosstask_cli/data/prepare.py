@@ -238,12 +238,21 @@ def prepare_synthetic(
     progress: ProgressFactory = _no_progress,
 ) -> Path:
     """Render synthetic street scenes into ``out`` in the official Cityscapes raw layout (atomically)."""
-    from crosstask_cli.data.synthetic import FULL_WIDTH, render_split_to_raw
+    from crosstask_cli.locks import lock_output
     from crosstask_cli.outputs import check_output_dir
 
     if train < 1 or val < 1:
         raise DatasetError("synthetic sets need at least one train and one val image")
     out = check_output_dir(out, "synthetic scene folder", "--out", force)
+    with lock_output(out):
+        check_output_dir(out, "synthetic scene folder", "--out", force)  # again, under the lock
+        _render_synthetic(out, train, val, height, width, seed, progress)
+    return out
+
+
+def _render_synthetic(out: Path, train: int, val: int, height: int, width: int, seed: int, progress) -> None:
+    from crosstask_cli.data.synthetic import FULL_WIDTH, render_split_to_raw
+
     tmp = temp_dir_beside(out)
     try:
         for split, n in (("train", train), ("val", val)):
@@ -267,7 +276,6 @@ def prepare_synthetic(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 CACHE_FOLDER = ".crosstask"

@@ -283,17 +283,25 @@ class PreparedWriter:
         self.splits: dict[str, int] = {}
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self.tmp: Path | None = None
+        self.lock = None  # the output folder's lock (crosstask_cli.locks.lock_output), held until __exit__
 
     def __enter__(self) -> PreparedWriter:
+        from crosstask_cli.locks import lock_output
         from crosstask_cli.outputs import check_output_dir
 
         self.out = check_output_dir(self.out, "prepared dataset", "--out", self.force, self.inputs)
-        try:
+        self.lock = lock_output(self.out)
+        try:  # checked again under the lock: a process that held it may have finished the folder meanwhile
+            check_output_dir(self.out, "prepared dataset", "--out", self.force, self.inputs)
             self.tmp = temp_dir_beside(self.out)
         except PermissionError as exc:
+            self.lock.release()
             raise PermissionError(
                 f"{self.out.parent}: permission denied, cannot write the prepared dataset there"
             ) from exc
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def reserve(self, sizes: dict[str, int], height: int, width: int, tasks=LEGACY_TASKS) -> None:
@@ -350,6 +358,12 @@ class PreparedWriter:
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._close(exc_type, exc)
+        finally:
+            self.lock.release()
+
+    def _close(self, exc_type, exc) -> None:
         assert self.tmp is not None
         self._arrays.clear()
         if exc_type is not None:

@@ -3,7 +3,6 @@ a new run, ``--resume`` and ``--force``."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from crosstask_cli.engine import distributed as ddp
 from crosstask_cli.engine.config import TrainConfig
 from crosstask_cli.errors import RunDirError
+from crosstask_cli.locks import FileLock, LockBusy
 from crosstask_cli.outputs import check_not_an_input, clear_folder, made_by_crosstask
 
 CONFIG = "config.json"
@@ -23,59 +23,38 @@ RESUME_MAY_CHANGE = ("epochs", "device", "workers", "verify")  # flat keywords; 
 
 
 class RunLock:
-    """An exclusive OS lock (``flock``) on ``RUN/.crosstask.lock`` while a process trains in ``RUN``.
-
-    The operating system releases it when the process ends, however it ends, so a lock file left by a dead
-    process is simply taken over (its PID is reported as stale). A second process is refused with the PID of the
-    one holding it. The file is removed on release.
-    """
+    """An exclusive OS lock (:class:`~crosstask_cli.locks.FileLock`) on ``RUN/.crosstask.lock`` while a process
+    trains in ``RUN``. A second process is refused with the PID of the one holding it; a lock file left by a dead
+    process is taken over (``stale_pid``). The file is removed on release, and the run directory too if this lock
+    created it and nothing was written."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
-        self.fd: int | None = None
+        self.lock = FileLock(self.path)
         self.created_dir = False
-        self.stale_pid: int | None = None  # the PID in a lock file left by a process that ended
+
+    @property
+    def stale_pid(self) -> int | None:
+        return self.lock.stale_pid
 
     def acquire(self) -> RunLock:
-        import fcntl
-
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunDirError(f"{self.run_dir} is a file, expected a run directory")
         self.created_dir = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_pid(fd)
-                os.close(fd)
-                raise RunDirError(
-                    f"{self.run_dir} is in use: another training (PID {holder or 'unknown'}) holds its lock; wait "
-                    "for it to finish or choose another --run-dir"
-                ) from None
-            try:  # the file we locked may have been removed by its previous holder meanwhile: lock the new one
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        self.stale_pid = _read_pid(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        try:
+            self.lock.acquire()
+        except LockBusy as busy:
+            raise RunDirError(
+                f"{self.run_dir} is in use: another training (PID {busy.pid or 'unknown'}) holds its lock; wait "
+                "for it to finish or choose another --run-dir"
+            ) from None
         return self
 
     def release(self) -> None:
-        if self.fd is None:
+        if self.lock.fd is None:
             return
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.fd)  # closing releases the flock
-            self.fd = None
+        self.lock.release()
         if self.created_dir:
             try:
                 self.run_dir.rmdir()  # only if the run never wrote anything
@@ -87,13 +66,6 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
 
 
 def run_inputs(cfg: TrainConfig) -> dict[str, str | None]:
