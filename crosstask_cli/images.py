@@ -9,18 +9,79 @@ import numpy as np
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any common image file → H×W×3 uint8 RGB (grayscale, RGBA, 16-bit and EXIF orientation handled)."""
+MAX_PIXELS = 100_000_000  # predict --max-pixels: 12× a 4K frame, 50× a Cityscapes image
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (after symlinks). A FIFO, device or socket is refused by
+    what it is: reading a FIFO waits for a writer forever and ``/dev/zero`` never ends. The check is made on the
+    opened file (O_NONBLOCK, so opening a FIFO does not wait either), so the file cannot be swapped in between."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"not a regular file ({special_kind(mode)}); only files are read")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def special_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    import stat
+
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))  # fmt: skip
+    return next((word for test, word in kinds if test(mode)), "not a plain file")
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header, without decoding its pixels (Pillow reads the header only); None
+    when Pillow does not know the format (OpenCV may still decode it)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (≈179 M pixels) is above ours: too large
+        raise ValueError(f"too large to decode ({exc})") from None
+    except Exception:  # noqa: BLE001 - an unknown or broken header: left to OpenCV, which reports it
+        return None
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any common image file → H×W×3 uint8 RGB (grayscale, RGBA, 16-bit and EXIF orientation handled). Only
+    regular files are read (:func:`read_regular_file`); an image of more than ``max_pixels`` pixels is refused from
+    its header, before its pixels are decoded. Every refusal is a ValueError saying why."""
     import cv2
 
-    data = path.read_bytes()
+    data = read_regular_file(path)
     if not data:
         raise ValueError("empty file")
     check_complete(data)
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ValueError(f"{size[0]}×{size[1]} pixels is more than the limit of {max_pixels:,} (--max-pixels)")
     # ANYDEPTH|ANYCOLOR keeps 16-bit data and applies the EXIF orientation (IMREAD_UNCHANGED would not).
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except (MemoryError, cv2.error) as exc:
+        raise ValueError(f"cannot be decoded ({type(exc).__name__}: {str(exc).strip()[:200]})") from None
     if img is None:
         raise ValueError("not a readable image")
+    if img.shape[0] * img.shape[1] > max_pixels:  # a format whose header Pillow could not read
+        raise ValueError(
+            f"{img.shape[1]}×{img.shape[0]} pixels is more than the limit of {max_pixels:,} (--max-pixels)"
+        )
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):

@@ -24,11 +24,34 @@ MARKERS: dict[str, tuple[str, str, str | None]] = {
     "demo folder": ("demo.json", "generator", None),
 }
 
+# In a folder a command is still writing (predict): {"kind": one of MARKERS, "pid": …}. A folder holding it was
+# made by crosstask, so a rerun may complete it and --force replace it, even where the run died before its marker.
+PARTIAL = ".crosstask-partial.json"
+
 Inputs = Mapping[str, "str | Path | None"]  # the input's option name (e.g. "--data") → its path
 
 
+def is_partial(folder: str | Path, kind: str) -> bool:
+    """Whether ``folder`` holds the partial marker of an unfinished ``kind`` output (:data:`PARTIAL`)."""
+    try:
+        content = json.loads((Path(folder) / PARTIAL).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and content.get("kind") == kind
+
+
+def mark_partial(folder: str | Path, kind: str) -> None:
+    """Write the partial marker into ``folder`` (created if missing) before a command writes its outputs there."""
+    from crosstask_cli.atomic import atomic_write_json
+
+    atomic_write_json(Path(folder) / PARTIAL, {"kind": kind, "pid": os.getpid(), "created_by": "crosstask"})
+
+
 def made_by_crosstask(folder: Path, kind: str) -> bool:
-    """Whether ``folder`` holds the marker of ``kind`` (see :data:`MARKERS`), so ``--force`` may replace it."""
+    """Whether ``folder`` holds the marker of ``kind`` (see :data:`MARKERS`) or its partial marker (an
+    interrupted command's, :data:`PARTIAL`), so ``--force`` may replace it."""
+    if is_partial(folder, kind):
+        return True
     name, key, value = MARKERS[kind]
     marker = Path(folder) / name
     if not marker.is_file():

@@ -22,6 +22,8 @@ from crosstask_cli.tasks import TaskContext, get_task, transfer_file_tag, transf
 if TYPE_CHECKING:
     import numpy as np
 
+KIND = "predictions folder"  # the kind of output folder predict writes (outputs.MARKERS)
+
 # The command line reads PredictOptions to draw its flags: this module imports nothing heavy at the top; the work
 # imports NumPy, torch, OpenCV and the file formats where it runs.
 
@@ -72,11 +74,15 @@ def collect_inputs(
     for inp in inputs:
         inp = Path(inp)
         if inp.is_dir():
-            files = sorted(p for p in (inp.rglob("*") if recursive else inp.glob("*")) if p.is_file())
-            for f in files:
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
+            entries = sorted(p for p in (inp.rglob("*") if recursive else inp.glob("*")) if not p.is_dir())
+            for f in entries:
+                hidden = any(part.startswith(".") for part in f.relative_to(inp).parts)
+                if not f.is_file():  # a FIFO, device, socket or broken link, never opened
+                    if unsupported is not None and not hidden:
+                        unsupported.append((str(f), _not_a_file(f)))
+                elif f.suffix.lower() in IMAGE_EXTENSIONS:
                     pairs.append((f, f.relative_to(inp).with_suffix("")))
-                elif unsupported is not None and not any(part.startswith(".") for part in f.relative_to(inp).parts):
+                elif unsupported is not None and not hidden:
                     kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
                     unsupported.append((str(f), f"not a supported image type ({kinds})"))
         elif inp.exists():
@@ -89,6 +95,15 @@ def collect_inputs(
             raise InputError(f"{f} and {seen[rel]} would write the same outputs ({rel}_*); predict them separately")
         seen[rel] = f
     return pairs
+
+
+def _not_a_file(path: Path) -> str:
+    from crosstask_cli.images import special_kind
+
+    try:
+        return f"not a regular file ({special_kind(path.stat().st_mode)}); only files are read"
+    except OSError:
+        return "a broken symbolic link"
 
 
 def _check_out(
@@ -176,6 +191,11 @@ class PredictOptions:
         "Precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, else fp32; the command's default), off "
         "(fp32; the Python API's default), bf16, fp16.",
     )
+    max_pixels: int = option(
+        100_000_000,  # images.MAX_PIXELS (this module imports nothing heavy at the top)
+        "Skip (and list) an image with more pixels than this, read from its header before its pixels are decoded: "
+        "one huge file cannot exhaust the memory and lose the other images' predictions.",
+    )
     normal_dtype: str = option(
         "float32",
         "Data type of the STEM_normal*.npy files of models with normals: float32, or float16 (half the size; unit "
@@ -190,6 +210,7 @@ class PredictOptions:
     def __post_init__(self) -> None:
         check_positive_int(self.batch_size, "--batch-size")
         check_positive_int(self.workers, "--workers", minimum=0)
+        check_positive_int(self.max_pixels, "--max-pixels")
         check_choice(self.fmt, "--format", FORMATS)
         check_choice(self.normal_dtype, "--normal-dtype", get_task("normal").file_dtypes)
 
@@ -216,6 +237,8 @@ def predict(
     energy map (upsampled bilinearly to the input's size) and its mean in the manifest and ``result.energies``.
     ``progress(n)`` is called as images are done, ``on_total(n)`` once with their number."""
     from crosstask_cli.engine.device import memory_format, resolve_amp, resolve_device
+    from crosstask_cli.locks import lock_output
+    from crosstask_cli.outputs import PARTIAL, is_partial, mark_partial
     from crosstask_cli.predictions import Manifest, write_manifest
 
     o = dataclasses.replace(options or PredictOptions(), **overrides)
@@ -227,27 +250,55 @@ def predict(
     model, ds = _model_for(ckpt, o)
     written_pairs = transfer_order(model.config.pairs) if o.transfer else ()
     suffixes = output_suffixes(model.config.tasks, written_pairs, o.fmt, o.energy)
-    _check_out(out, pairs, inputs, o.force, Path(ckpt), suffixes, o.fmt)
-    dev = resolve_device(o.device)
-    mem_fmt = memory_format(dev)
-    model = model.to(dev, memory_format=mem_fmt)
-    if on_total:
-        on_total(len(pairs) + len(unsupported))
-    result = PredictResult(out, skipped=list(unsupported))
-    if progress and unsupported:
-        progress(len(unsupported))
-    stage = _PredictStage(model, ds, dev, resolve_amp(o.amp, dev), mem_fmt, out, o, written_pairs)
-    start = time.perf_counter()
-    stage.run_all(pairs, o.batch_size, o.workers or max(2, usable_cpus()), result, progress)
-    result.seconds = time.perf_counter() - start
-    if o.energy:
-        result.energies = {rel: stage.energies[rel] for rel in result.written}
-    if result.written:
-        manifest = Manifest(str(Path(ckpt).resolve()), o.transfer, ds["depth"]["kind"], ds["class_names"],
-                            ds["palette"], stage.manifest, o.fmt, result.energies if o.energy else None,
-                            list(model.config.tasks), [list(p) for p in written_pairs])  # fmt: skip
-        write_manifest(out, manifest)
+    _check_out(out, pairs, inputs, o.force or is_partial(out, KIND), Path(ckpt), suffixes, o.fmt)
+    with lock_output(out):  # checked again under the lock: another predict may have written there meanwhile
+        _check_out(out, pairs, inputs, o.force or is_partial(out, KIND), Path(ckpt), suffixes, o.fmt)
+        dev = resolve_device(o.device)
+        mem_fmt = memory_format(dev)
+        model = model.to(dev, memory_format=mem_fmt)
+        if on_total:
+            on_total(len(pairs) + len(unsupported))
+        result = PredictResult(out, skipped=list(unsupported))
+        if progress and unsupported:
+            progress(len(unsupported))
+        stage = _PredictStage(model, ds, dev, resolve_amp(o.amp, dev), mem_fmt, out, o, written_pairs)
+        created = not out.exists() or not any(out.iterdir())
+        mark_partial(out, KIND)
+        start = time.perf_counter()
+        try:
+            stage.run_all(pairs, o.batch_size, o.workers or max(2, usable_cpus()), result, progress)
+            result.seconds = time.perf_counter() - start
+            if o.energy:
+                result.energies = {rel: stage.energies[rel] for rel in result.written}
+            if result.written:
+                manifest = Manifest(str(Path(ckpt).resolve()), o.transfer, ds["depth"]["kind"], ds["class_names"],
+                                    ds["palette"], stage.manifest, o.fmt, result.energies if o.energy else None,
+                                    list(model.config.tasks), [list(p) for p in written_pairs])  # fmt: skip
+                write_manifest(out, manifest)
+        except BaseException as exc:
+            _abandon(out, created, exc)
+        (out / PARTIAL).unlink()
+        if created and not result.written:
+            out.rmdir()  # nothing was written: no empty folder left behind
     return result
+
+
+def _abandon(out: Path, created: bool, exc: BaseException) -> None:
+    """A predict that failed or was interrupted: a folder it created is removed with everything in it; a folder
+    that held earlier predictions keeps what was written, marked partial, so that a rerun completes it and
+    --force may replace it. Re-raises ``exc`` (an OSError with what became of the folder)."""
+    import errno as errno_codes
+    import shutil
+
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        what = f"{out} was removed (nothing of this run is left)"
+    else:
+        what = f"{out} holds the predictions written so far: rerun the command to complete them, or --force"
+    if isinstance(exc, OSError):
+        code = exc.errno or errno_codes.EIO
+        raise OSError(code, f"{exc.strerror or exc}; {what}") from exc
+    raise exc
 
 
 def _model_for(ckpt: str | Path, o: PredictOptions):
@@ -281,6 +332,7 @@ class _PredictStage:
     def __init__(self, model, ds: dict, dev, precision: str, mem_fmt, out: Path, o: PredictOptions, pairs):
         self.model, self.dev, self.precision, self.mem_fmt = model, dev, precision, mem_fmt
         self.out, self.fmt, self.pairs, self.energy = out, o.fmt, pairs, o.energy
+        self.max_pixels = o.max_pixels
         self.file_dtypes = {"normal": o.normal_dtype}  # tasks whose spec offers a choice of file dtype
         self.ds = ds
         self.ctx = TaskContext.from_dataset_info(ds)
@@ -294,7 +346,7 @@ class _PredictStage:
         from crosstask_cli.data.resize import resize_image
         from crosstask_cli.images import read_image
 
-        img = read_image(f)
+        img = read_image(f, self.max_pixels)
         return img.shape[:2], resize_image(img, self.h, self.w)
 
     def full_size(self, size: tuple[int, int], maps: dict, energy_map=None) -> tuple[dict, np.ndarray | None]:

@@ -203,9 +203,9 @@ def test_pipelined_predict_keeps_input_order_and_matches_one_image_at_a_time(
 
     real_read = images_module.read_image
 
-    def slow_read(path):
+    def slow_read(path, *args):
         time.sleep(delays.uniform(0, 0.05) if "hopper" not in str(path) else 0.2)  # the first one is slowest
-        return real_read(path)
+        return real_read(path, *args)
 
     monkeypatch.setattr(images_module, "read_image", slow_read)
     ckpt = tiny_run / "checkpoints/best.pt"
