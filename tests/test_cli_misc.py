@@ -143,3 +143,27 @@ def test_help_shows_flags_without_a_value_and_keeps_bracketed_extras():
     assert "crosstask-cli[onnx]" in " ".join(r.output.split())
     r = run_cli("train", "--help")
     assert "<bool>" not in r.output and "<int>" in r.output  # options with values keep their type
+
+
+def test_help_reads_whole_at_80_columns_and_the_command_list_has_no_stranded_words(monkeypatch):
+    """At 80 columns Rich's option tables cut 20 of train's option names ('--ttnet-batch-no…'); the plain layout
+    shows every one whole. In the wide layout, the source's line breaks left single words on lines of their own in
+    the command list (demo, bench, compare)."""
+    import re
+
+    from crosstask_cli.engine.config import FIELDS
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for args in (["train", "--help"], ["export", "--help"], ["sweep", "--help"], ["--help"]):
+        r = run_cli(*args)
+        assert r.exit_code == 0 and "runs/<dataset>-…" not in r.output, args
+        assert max(len(line) for line in r.output.splitlines()) <= 80
+    text = run_cli("train", "--help").output
+    flags = {f.flag for f in FIELDS.values() if f.flag}
+    assert len(flags) > 60 and all(re.search(rf"(^|\s){re.escape(flag)}[\s/,]", text, re.M) for flag in flags)
+    assert 'pip install "crosstask-cli[onnx]"' in " ".join(run_cli("export", "--help").output.split())
+
+    monkeypatch.setenv("COLUMNS", "160")
+    panel = run_cli("--help").output.split("Commands")[1]
+    rows = [line.strip("│ ").split() for line in panel.splitlines() if line.startswith("│")]
+    assert rows and all(len(words) > 2 for words in rows), [r for r in rows if len(r) <= 2]

@@ -35,6 +35,45 @@ def _flags_take_no_value() -> None:
 
 _flags_take_no_value()
 
+NARROW = 120  # columns: below this, Rich's option tables cut option names ("--ttnet-batch-no…")
+
+
+def _plain_help_when_narrow() -> None:
+    """At fewer than :data:`NARROW` columns, --help is Click's plain layout (every option name whole, its help
+    wrapped below it) instead of Rich's panels, whose three columns leave the help too little room. Patched once,
+    on the classes every command and group renders its help with."""
+    import shutil
+
+    import click
+    from typer.core import TyperCommand, TyperGroup
+
+    if getattr(TyperCommand, "_crosstask_narrow", False):
+        return
+    for cls, plain in ((TyperCommand, click.Command.format_help), (TyperGroup, click.Group.format_help)):
+        rich = cls.format_help
+
+        def format_help(self, ctx, formatter, rich=rich, plain=plain):
+            if shutil.get_terminal_size().columns >= NARROW:
+                return rich(self, ctx, formatter)
+            shown = self.help
+            self.help = shown and shown.replace("\\[", "[")  # Rich's escape of a literal [ (pip extras)
+            try:
+                return plain(self, ctx, formatter)
+            finally:
+                self.help = shown
+
+        cls.format_help = format_help
+        cls._crosstask_narrow = True
+
+
+_plain_help_when_narrow()
+
+
+def joined(text: str) -> str:
+    """Help text with each paragraph on one line, paragraphs still separated by a blank line: Rich keeps the
+    source's line breaks, which left words stranded on lines of their own in the command list."""
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
+
 
 def _version(value: bool) -> None:
     if value:
@@ -77,17 +116,19 @@ def _register() -> None:
     )
 
     app.add_typer(prepare.app, name="prepare")
-    app.command("train", help=train.HELP, no_args_is_help=True)(train.train_command)
-    app.command("eval", help=evaluate.HELP)(evaluate.eval_command)
-    app.command("predict", help=predict.HELP, no_args_is_help=True)(predict.predict_command)
+    app.command("train", help=joined(train.HELP), no_args_is_help=True)(train.train_command)
+    app.command("eval", help=joined(evaluate.HELP))(evaluate.eval_command)
+    app.command("predict", help=joined(predict.HELP), no_args_is_help=True)(predict.predict_command)
     app.add_typer(visualize.app, name="visualize")
-    app.command("demo", help=demo.HELP)(demo.demo_command)
-    app.command("info", help=info.HELP, no_args_is_help=True)(info.info_command)
-    app.command("bench", help=bench.HELP)(bench.bench_command)
-    app.command("compare", help=compare.HELP, no_args_is_help=True)(compare.compare_command)
-    app.command("export", help=export.HELP, no_args_is_help=True)(export.export_command)
-    app.command("sweep", help=sweep.HELP, no_args_is_help=True)(sweep.sweep_command)
-    app.command("import-weights", help=import_weights.HELP, no_args_is_help=True)(import_weights.import_weights_command)
+    app.command("demo", help=joined(demo.HELP))(demo.demo_command)
+    app.command("info", help=joined(info.HELP), no_args_is_help=True)(info.info_command)
+    app.command("bench", help=joined(bench.HELP))(bench.bench_command)
+    app.command("compare", help=joined(compare.HELP), no_args_is_help=True)(compare.compare_command)
+    app.command("export", help=joined(export.HELP), no_args_is_help=True)(export.export_command)
+    app.command("sweep", help=joined(sweep.HELP), no_args_is_help=True)(sweep.sweep_command)
+    app.command("import-weights", help=joined(import_weights.HELP), no_args_is_help=True)(
+        import_weights.import_weights_command
+    )
 
 
 _register()
