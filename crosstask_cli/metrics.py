@@ -157,8 +157,8 @@ class DepthMetrics:
 
     ``update(pred, target)``: B×1×H×W or B×H×W, dataset depth units. ``compute()``: abs_err = mean|p−t|,
     rel_err = mean|p−t|/t, sq_rel = mean(p−t)²/t, rmse = √mean(p−t)², rmse_log = √mean(log p − log t)²,
-    irmse = √mean(1/p − 1/t)² (in the reciprocal of the dataset's units: 1/m for metric depth; for inverse
-    depth, the reciprocal is proportional to depth), δk = share with max(p/t, t/p) < 1.25^k.
+    irmse = √mean(1/p − 1/t)² (in 1/m for metric depth; the depth task leaves it out for inverse depth, where the
+    reciprocal is depth itself and explodes as p → 0), δk = share with max(p/t, t/p) < 1.25^k.
     """
 
     KEYS = ("abs_err", "rel_err", "sq_rel", "rmse", "rmse_log", "irmse", "delta1", "delta2", "delta3")

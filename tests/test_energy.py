@@ -160,6 +160,7 @@ def test_cli_eval_reports_energy_and_the_corruption_check(tiny_run, synthetic_pr
                 "--sparsification-png", png, "--amp", "off")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "consistency energy" in r.output and "AUROC" in r.output
+    assert "images corrupted: noise:5" in " ".join(r.output.split())  # the table's metrics are the corrupted ones
     res = json.loads(report.read_text())
     e, c = res["energy"], res["corruption"]
     assert len(e["per_image"]["combined"]) == res["num_images"] == 4

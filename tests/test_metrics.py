@@ -115,6 +115,19 @@ def test_log_and_reciprocal_errors_floor_non_positive_predictions():
     assert np.isfinite(r["irmse"]) and r["irmse"] == pytest.approx(1e9, rel=1e-4)
 
 
+def test_irmse_is_reported_for_metric_depth_only():
+    """On inverse depth, 1/p is depth: a disparity predicted near 0 (sky) made iRMSE 23,213,069 on a real run."""
+    from crosstask_cli.tasks import TaskContext, get_task
+
+    pred, target = torch.tensor([[[[1e-7, 0.2]]]]), torch.tensor([[[[0.1, 0.2]]]])
+    inverse = get_task("depth").metrics("standard", TaskContext(7, 255, depth_kind="inverse"))
+    metric = get_task("depth").metrics("standard", TaskContext(7, 255, depth_kind="metric"))
+    for m in (inverse, metric):
+        m.update(pred, target)
+    assert "irmse" not in inverse.compute() and inverse.compute()["abs_err"] == pytest.approx(0.05, rel=1e-5)
+    assert metric.compute()["irmse"] > 1e6
+
+
 def test_original_protocol_averages_per_image_and_per_batch():
     # image A: perfect on its one class; image B: half right across two classes
     target = torch.tensor([[[0, 0, 0, 0]], [[1, 1, 2, 2]]])

@@ -33,7 +33,8 @@ def render_results(res) -> None:
     seg = res.segmentation
     t = Table(
         title=f"{res.dataset or ''} {res.split} · {res.num_images} images · {res.protocol} protocol"
-        + (f" · {'fp32' if res.precision == 'off' else res.precision + ' autocast'}" if res.precision else ""),
+        + (f" · {'fp32' if res.precision == 'off' else res.precision + ' autocast'}" if res.precision else "")
+        + (f" · images corrupted: {res.corruption['kind']}:{res.corruption['severity']}" if res.corruption else ""),
         title_justify="left",
     )
     t.add_column("metric")

@@ -26,10 +26,11 @@ class DepthTaskMetrics(TaskMetrics):
     ``original`` protocol abs/rel per batch, averaged weighted by batch size (built from the same per-batch sums,
     in ``original``, which may be shared with the segmentation metrics of the same evaluation)."""
 
-    def __init__(self, protocols=("standard",), original=None) -> None:
+    def __init__(self, protocols=("standard",), original=None, depth_kind: str = "metric") -> None:
         from crosstask_cli.metrics import DepthMetrics, OriginalProtocolMetrics
 
         self.protocols = protocols_of(protocols)
+        self.depth_kind = depth_kind
         self.pooled = DepthMetrics()
         self.original = None
         if "original" in self.protocols:
@@ -44,7 +45,10 @@ class DepthTaskMetrics(TaskMetrics):
         if self._protocol(protocol) == "original":
             o = self.original.compute()
             return {"abs_err": o["abs_err"], "rel_err": o["rel_err"]}
-        return self.pooled.compute()
+        values = self.pooled.compute()
+        if self.depth_kind == "inverse":  # 1/p − 1/t of inverse depth is a depth error, unbounded as p → 0
+            del values["irmse"]
+        return values
 
     def state(self):
         parts = [self.pooled.sums]
@@ -142,7 +146,9 @@ class DepthTask(TaskSpec):
         return ssim_loss(transferred.float(), direct.detach().float(), valid)
 
     def metrics(self, protocol="standard", ctx=None, original=None) -> DepthTaskMetrics:
-        return DepthTaskMetrics(protocol, original)
+        """iRMSE is reported for metric depth only: on inverse depth (Cityscapes' disparity) the reciprocal is
+        depth itself, and a prediction near 0 (sky, far away) makes it explode (e.g. 23,213,069)."""
+        return DepthTaskMetrics(protocol, original, ctx.depth_kind if ctx is not None else "metric")
 
     def agreement_sums(self, direct, transferred, target, ctx):
         import torch
