@@ -95,8 +95,13 @@ def contains(folder: str | Path, path: str | Path) -> bool:
     return False
 
 
-def check_not_an_input(out: str | Path, flag: str, inputs: Inputs) -> None:
-    """Refuse an output folder that is an input or contains one (``--force`` or not)."""
+CACHE_FOLDER = ".crosstask"  # inside a raw dataset: crosstask's prepared copies of it (data.prepare.CACHE_FOLDER)
+
+
+def check_not_an_input(out: str | Path, flag: str, inputs: Inputs, inside_ok: bool = False) -> None:
+    """Refuse an output folder that is an input, contains one, or lies inside an input folder (``--force`` or
+    not). Allowed inside: a raw dataset's cache folder (:data:`CACHE_FOLDER`), which crosstask itself owns, and,
+    with ``inside_ok``, any folder (figures added beside the predictions or run they draw)."""
     for name, inp in inputs.items():
         if inp is None:
             continue
@@ -106,6 +111,19 @@ def check_not_an_input(out: str | Path, flag: str, inputs: Inputs) -> None:
                 f"{flag} {out} {what} the input {name} {inp}; crosstask never writes over its inputs, choose another "
                 f"{flag}"
             )
+        if not inside_ok and Path(inp).is_dir() and contains(inp, out) and not _in_cache(inp, out):
+            raise ConfigError(
+                f"{flag} {out} lies inside the input {name} {inp}; crosstask never writes into its inputs, choose a "
+                "folder outside it"
+            )
+
+
+def _in_cache(folder: str | Path, path: str | Path) -> bool:
+    try:
+        rel = _resolved(path).relative_to(_resolved(folder))
+    except ValueError:
+        return False
+    return bool(rel.parts) and rel.parts[0] == CACHE_FOLDER
 
 
 def check_output_dir(out: str | Path, kind: str, flag: str, force: bool, inputs: Inputs | None = None) -> Path:
@@ -169,9 +187,11 @@ def check_output_file(path: str | Path | None, flag: str, inputs: Inputs | None 
     return p
 
 
-def check_output_folder(path: str | Path, flag: str) -> Path:
+def check_output_folder(path: str | Path, flag: str, inputs: Inputs | None = None) -> Path:
     """Check a folder that a command adds files to (figures) before the work starts: a folder or creatable, and
-    writable. Nothing in it is removed, so no ``--force`` rule applies."""
+    writable, neither one of ``inputs`` nor holding one (inside one is fine: panels go to PRED_DIR/panels, curves to
+    RUN/plots by default). Nothing in it is removed, so no ``--force`` rule applies."""
+    check_not_an_input(path, flag, inputs or {}, inside_ok=True)
     p = _resolved(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {path} is a file, expected a folder")

@@ -232,9 +232,13 @@ def load_spec(path: str | Path) -> SweepSpec:
         eval_data=ev.get("data"),
         prepare=prepare,
     )
-    for run in spec.runs():  # every configuration valid before the first run trains
+    from crosstask_cli.engine.rundir import run_inputs
+    from crosstask_cli.outputs import check_not_an_input
+
+    for run in spec.runs():  # every configuration valid, and no run inside its inputs, before the first run trains
         try:
-            TrainConfig.for_dataset(spec.dataset, **run.options)
+            cfg = TrainConfig.for_dataset(spec.dataset, **run.options)
+            check_not_an_input(run.run_dir, "[sweep] out: the run", {**run_inputs(cfg), "the spec": path})
         except ConfigError as exc:
             raise ConfigError(f"{path}: variant {run.variant!r}: {exc}") from None
     _check_eval_split(spec)

@@ -144,3 +144,58 @@ def test_concurrent_prepares_into_one_folder_are_refused(synthetic_raw, tmp_path
     assert not out.exists()
     prepare_cityscapes(synthetic_raw, out, PrepareOptions(32, 64, 7), dataset="synthetic")
     assert (out / "meta.json").is_file() and not lock_beside(out).exists()
+
+
+def test_every_output_option_is_never_an_input_nor_holds_nor_lies_inside_an_input(tmp_path, synthetic_raw, synthetic_prepared,
+                                                                        tiny_run, images):  # fmt: skip
+    """Each output option of each command against an input it reads: one line before any work, and the input
+    untouched. (An output inside a checkpoint's run folder is fine: a sweep writes RUN/eval.json.)"""
+    import hashlib
+
+    def fingerprint(folder: Path) -> str:
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(folder)).encode() + f.read_bytes())
+        return h.hexdigest()
+
+    ckpt = tiny_run / "checkpoints/best.pt"
+    before = {p: fingerprint(p) for p in (synthetic_raw, synthetic_prepared, tiny_run, images)}
+    config = tiny_run / "config.json"
+    cases = [
+        (["prepare", "cityscapes", "--src", synthetic_raw, "--out", synthetic_raw / "prepared"],
+         "lies inside the input --src"),
+        (["prepare", "cityscapes", "--src", synthetic_raw, "--out", synthetic_raw.parent, "--force"],
+         "contains the input --src"),
+        (["train", "synthetic", "--data", synthetic_prepared, "--run-dir", synthetic_prepared / "runs" / "a"],
+         "lies inside the input --data"),
+        (["train", "synthetic", "--config", config, "--data", synthetic_prepared, "--run-dir", tiny_run, "--force"],
+         "contains the input --config"),
+        (["train", "synthetic", "--data", synthetic_prepared, "--tasks", "seg", "--method", "kd4mtl", "--teacher",
+          f"seg={ckpt}", "--run-dir", tiny_run.parent, "--force"], "contains the input --teacher seg"),
+        (["predict", images, "--ckpt", ckpt, "--out", images / "preds"], "inside the input folder"),
+        (["predict", images / "img0.png", "--ckpt", ckpt, "--out", tiny_run, "--force"], "contains the input --ckpt"),
+        (["eval", "--ckpt", ckpt, "--data", synthetic_prepared, "--json", synthetic_prepared / "r.json"],
+         "lies inside the input --data"),
+        (["visualize", "samples", "--data", synthetic_prepared, "--out", synthetic_prepared / "s.png"],
+         "lies inside the input --data"),
+        (["visualize", "curves", tiny_run, "--out", tiny_run.parent], "contains the input RUN"),
+        (["bench", "--data", synthetic_prepared, "--json", synthetic_prepared / "b.json", "--part", "loader"],
+         "lies inside the input --data"),
+        (["export", "--ckpt", ckpt, "--onnx", ckpt], "is the input --ckpt"),
+        (["compare", tiny_run, "--markdown", tiny_run / "metrics.csv"], "lies inside the input run 1"),
+    ]  # fmt: skip
+    for args, message in cases:
+        r = run_cli(*args)
+        assert r.exit_code != 0 and message in " ".join(r.output.split()), (args, r.output)
+    assert {p: fingerprint(p) for p in before} == before
+    assert not (synthetic_raw / "prepared").exists() and not (images / "preds").exists()
+
+
+def test_a_sweep_whose_runs_would_lie_inside_their_data_is_refused_before_anything_runs(tmp_path, synthetic_prepared):
+    from crosstask_cli.sweep import load_spec
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[sweep]\ndataset = "synthetic"\nout = "{synthetic_prepared / "runs"}"\nseeds = [0]\n'
+                    f'[base]\ndata = "{synthetic_prepared}"\n[variants.a]\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=r"variant 'a': \[sweep\] out: the run .* lies inside the input --data"):
+        load_spec(spec)

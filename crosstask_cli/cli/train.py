@@ -131,6 +131,10 @@ def _train_command(**options: Any) -> None:
             cfg = TrainConfig.for_dataset(dataset, **given)
         cfg = cfg.with_assignments(assignments)
         overrides = None
+        if config is not None and (run_dir or cfg.runtime.run_dir) is not None:
+            from crosstask_cli.outputs import check_not_an_input
+
+            check_not_an_input(run_dir or cfg.runtime.run_dir, "--run-dir", {"--config": config})
     import os
 
     from crosstask_cli.cli.common import progress_factory

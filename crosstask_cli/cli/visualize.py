@@ -24,7 +24,7 @@ def predictions(
     from crosstask_cli.outputs import check_output_folder
     from crosstask_cli.visualize import prediction_panels
 
-    check_output_folder(out_dir or pred_dir / "panels", "--out")
+    check_output_folder(out_dir or pred_dir / "panels", "--out", {"PRED_DIR": pred_dir})
     paths = prediction_panels(pred_dir, out_dir or pred_dir / "panels", limit)
     out.print(f"[green]wrote[/] {len(paths)} panel(s) to [bold]{esc(out_dir or pred_dir / 'panels')}[/]")
 
@@ -88,6 +88,6 @@ def curves(
     from crosstask_cli.visualize import curves_from_run
 
     if out_dir is not None:
-        check_output_folder(out_dir, "--out")
+        check_output_folder(out_dir, "--out", {"RUN": run_dir})
     paths = curves_from_run(run_dir, out_dir)
     out.print("[green]wrote[/] " + ", ".join(f"[bold]{esc(p)}[/]" for p in paths))

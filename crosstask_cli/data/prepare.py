@@ -32,6 +32,7 @@ from crosstask_cli.data.prepared import (
     read_meta,
 )
 from crosstask_cli.errors import ConfigError
+from crosstask_cli.outputs import CACHE_FOLDER  # DATA/.crosstask/<H>x<W>-c<C>: prepared copies of raw data
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -276,9 +277,6 @@ def _render_synthetic(out: Path, train: int, val: int, height: int, width: int, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-CACHE_FOLDER = ".crosstask"
 
 
 def cache_dir(raw: Path, height: int, width: int, num_classes: int, depth: str = "inverse") -> Path:

@@ -70,12 +70,13 @@ class RunLock:
 
 def run_inputs(cfg: TrainConfig) -> dict[str, str | None]:
     """What a training reads, by option: a run directory must not be or contain any of them."""
-    from crosstask_cli.engine.config import PAPER_DEFAULTS
+    from crosstask_cli.engine.config import PAPER_DEFAULTS, parse_teachers
 
+    teachers = parse_teachers(cfg.loss.teachers, cfg.model.tasks) if cfg.loss.teachers else {}
     return {
         "--data": cfg.data.root or PAPER_DEFAULTS[cfg.data.name]["data"],
         "--encoder-weights": cfg.model.encoder_weights,
-    }
+    } | {f"--teacher {task}": ckpt for task, ckpt in teachers.items()}
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
