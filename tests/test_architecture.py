@@ -12,7 +12,10 @@ PACKAGE = Path(crosstask_cli.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers before it, never a later one.
 LAYERS = [
-    ("base", {"errors", "options", "atomic", "outputs", "ops", "colormaps", "images", "plotting", "architectures"}),
+    (
+        "base",
+        {"errors", "options", "atomic", "locks", "outputs", "ops", "colormaps", "images", "plotting", "architectures"},
+    ),
     (
         "core",
         {

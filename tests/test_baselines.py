@@ -133,6 +133,11 @@ def test_pcgrad_weighting_sets_projected_shared_and_plain_specific_gradients(spa
     checked equal on 200 random gradient pairs when TorchJD's replaced it); the heads keep their own gradients."""
     torch.manual_seed(0)
     model = Toy()
+    with (
+        torch.no_grad()
+    ):  # heads a = (1, 0), b = (1, 1): ∇W L_a·∇W L_b = −3 (a·b) |Σx|² < 0, a conflict by construction
+        model.head_a.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        model.head_b.weight.copy_(torch.tensor([[1.0, 1.0]]))
     w = build_weighting("pcgrad", grad_space=space)
     w.attach(model)
     x = torch.randn(4, 2)
