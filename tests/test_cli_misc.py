@@ -95,6 +95,7 @@ def test_the_metric_benchmark_refuses_to_time_metrics_that_disagree_with_the_loo
     assert "metrics_update" not in res.figures
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: a rehearsal of the GPU check script, run before a device session
 @pytest.mark.integration
 def test_the_prepared_gpu_check_script_rehearses_on_cpu(tmp_path):
     """scripts/gpu_check.sh is what a session with a GPU runs in one go; its CPU rehearsal keeps its flags in

@@ -133,7 +133,8 @@ def _spawn_resume(prepared: Path, run_dir: Path, weighting: str, stop_after: int
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("weighting", ["fixed", pytest.param("famo", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two 2-process trainings: about 30 s on 2 cores; the single-process mid-epoch resume is tested by default
+@pytest.mark.parametrize("weighting", ["fixed", "famo"])
 def test_ddp_mid_epoch_resume_keeps_every_process_loss_sums(weighting, synthetic_prepared, tmp_path, one_thread):
     """A mid-epoch checkpoint under DDP must carry the partial loss sums of all processes, or the resumed
     epoch's logged means would count rank 0's first steps twice and the other ranks' not at all; FAMO's state
@@ -328,7 +329,11 @@ def _reference_famo_step(ref: Trainer, batches) -> list[float]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("tasks", [("seg", "depth"), ("seg", "depth", "normal")], ids=["2 tasks", "3 tasks"])
+@pytest.mark.parametrize(
+    "tasks",
+    [("seg", "depth"), pytest.param(("seg", "depth", "normal"), marks=pytest.mark.slow)],  # 20-25 s each on 2 cores
+    ids=["2 tasks", "3 tasks"],
+)
 @pytest.mark.parametrize("name", ["upgrad", "famo"])
 def test_ddp_weighting_methods_match_a_single_process_with_the_global_batch(name, tasks, synthetic_prepared, tmp_path,
                                                                            one_thread):  # fmt: skip

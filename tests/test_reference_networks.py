@@ -361,3 +361,168 @@ def test_import_weights_writes_a_checkpoint_eval_and_predict_accept(tmp_path):
     torch.save({"encoder_block.0.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
     r = run_cli("import-weights", str(tmp_path / "other.pth"), "--data", str(prepared), "--out", str(tmp_path / "o.pt"))
     assert r.exit_code != 0 and "not an MTAN SegNet state dict" in r.output and not (tmp_path / "o.pt").exists()
+
+
+# --- AdaMT-Net weights of the original project ----------------------------------------------------------------------
+def adamt_original_shapes(tasks: tuple[str, ...], h: int, w: int, positions: int, classes: int = 13) -> dict:
+    """Key → shape of the original project's AdaMT-Net state dict (AdaMTNet / AdaMTNet3tasks), from the description:
+    its attention maps W carry a leading batch-position dimension, its normal head one channel."""
+    sd: dict[str, tuple] = {}
+
+    def block(prefix: str, a: int, b: int) -> None:  # conv{1,2}.{0: conv3, 1: BN}
+        for conv, cin in (("conv1", a), ("conv2", b)):
+            sd[f"{prefix}.{conv}.0.weight"], sd[f"{prefix}.{conv}.0.bias"] = (b, cin, 3, 3), (b,)
+            _bn(sd, f"{prefix}.{conv}.1", b)
+
+    for k, (a, b) in enumerate(((3, 64), (64, 128), (192, 256), (448, 512)), start=1):
+        block(f"encoder.enc_block{k}", a, b)
+    sd["encoder.bottleneck.weight"], sd["encoder.bottleneck.bias"] = (1024, 960, 1, 1), (1024,)
+    names = {"seg": "decoder_segmt", "depth": "decoder_depth", "normal": "decoder_normal"}
+    channels = {"seg": classes, "depth": 1, "normal": 1}
+    for task in tasks:
+        for k, (a, b, s) in enumerate(((1536, 256, 8), (768, 128, 4), (384, 64, 2), (192, 32, 1)), start=1):
+            block(f"{names[task]}.dec_block{k}", a, b)
+            sd[f"{names[task]}.dec_block{k}.W"] = (positions, b, h // s, w // s)
+        sd[f"{names[task]}.final_conv.weight"] = (channels[task], 64, 1, 1)
+    return sd
+
+
+def adamt_original_forward(sd: dict, x: torch.Tensor, task: str, train: bool) -> torch.Tensor:
+    """The original's AdaMT-Net forward on its own keys, dropout off: sample i of a batch is multiplied by W[i]."""
+    r = Ref(sd, train=train)
+    names = {"seg": "decoder_segmt", "depth": "decoder_depth", "normal": "decoder_normal"}
+
+    def conv_bn(h, p, act):
+        return act(r.bn(r.conv(h, f"{p}.0", 1), f"{p}.1"))
+
+    def enc(h, p):
+        return conv_bn(conv_bn(h, f"{p}.conv1", torch.relu), f"{p}.conv2", torch.relu)
+
+    def pool(h, k=1):
+        for _ in range(k):
+            h = F.max_pool2d(h, 2)
+        return h
+
+    e1 = enc(x, "encoder.enc_block1")
+    e2 = enc(pool(e1), "encoder.enc_block2")
+    e3 = enc(torch.cat((pool(e2), pool(e1, 2)), 1), "encoder.enc_block3")
+    e4 = enc(torch.cat((pool(e3), pool(e2, 2), pool(e1, 3)), 1), "encoder.enc_block4")
+    h = r.conv(torch.cat((pool(e4), pool(e3, 2), pool(e2, 3), pool(e1, 4)), 1), "encoder.bottleneck", 0)
+    for k, skip in enumerate((e4, e3, e2, e1), start=1):
+        p = f"{names[task]}.dec_block{k}"
+        v = torch.cat((up2_align_corners(h), skip), 1)
+        l1 = conv_bn(v, f"{p}.conv1", torch.sigmoid)
+        l2 = conv_bn(l1, f"{p}.conv2", torch.sigmoid)
+        h = torch.cat((l2, r.sd[f"{p}.W"][: l1.shape[0]] * l1 * l2), 1)
+    return F.conv2d(h, r.sd[f"{names[task]}.final_conv.weight"])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_adamt_net_weights_of_the_original_give_its_outputs(train):
+    """Every entry of an original AdaMT-Net state dict (2 tasks, W for 3 batch positions, each position different)
+    loads; with attention_position 0 every sample gets the original's output for a batch of one, and the other
+    positions are what the original gives the later samples of a batch. Train mode: batch statistics (dropout off
+    in both, as it draws random masks)."""
+    h, w = 32, 48
+    sd = fill(adamt_original_shapes(("seg", "depth"), h, w, positions=3))
+    model = ct.build_model(arch="adamt-net", num_classes=13, tasks=("seg", "depth"), transfer=False, input_size=(h, w))
+    extras = ct.load_reference_weights(model, sd, source="adamt-net")
+    assert extras == {"attention_positions": 3}
+    model = model.double().train(train)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout2d):
+            m.p = 0.0
+    x = _image(h, w, b=2)
+    with torch.no_grad():
+        one = model(x[:1])
+        both = model(x)
+    for task in ("seg", "depth"):
+        ref_one = adamt_original_forward(sd, x[:1], task, train)
+        torch.testing.assert_close(one.direct[task], ref_one, rtol=1e-9, atol=1e-9, msg=task)
+        if not train:  # a batch: crosstask gives every sample position 0's map, the original sample 1 position 1's
+            ref_both = adamt_original_forward(sd, x, task, train)
+            torch.testing.assert_close(both.direct[task][:1], ref_both[:1], rtol=1e-9, atol=1e-9)
+            assert not torch.allclose(both.direct[task][1:], ref_both[1:])
+    second = ct.build_model(arch="adamt-net", num_classes=13, tasks=("seg", "depth"), transfer=False,
+                            input_size=(h, w)).double().eval()  # fmt: skip
+    ct.load_reference_weights(second, sd, source="adamt-net", attention_position=1)
+    with torch.no_grad():
+        shifted = second.double()(x[1:]).direct["depth"]
+    ref = adamt_original_forward(sd, x, "depth", False)[1:]
+    torch.testing.assert_close(shifted, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_adamt_net_three_task_weights_load_except_the_one_channel_normal_head():
+    h, w = 32, 32
+    sd = fill(adamt_original_shapes(("seg", "depth", "normal"), h, w, positions=2))
+    model = ct.build_model(arch="adamt-net", num_classes=13, tasks=("seg", "depth", "normal"), transfer=False,
+                           input_size=(h, w))  # fmt: skip
+    head = model.state_dict()["normal_decoder.head.weight"].clone()
+    extras = ct.load_reference_weights(model, sd, source="adamt-net")
+    assert "1 output channel" in extras["normal_head_not_loaded"] and extras["attention_positions"] == 2
+    assert torch.equal(model.state_dict()["normal_decoder.head.weight"], head)
+    block = model.state_dict()["normal_decoder.blocks.3.conv2.weight"]
+    assert torch.equal(block, sd["decoder_normal.dec_block4.conv2.0.weight"])
+    x = _image(h, w, b=1)
+    with torch.no_grad():
+        out = model.double().eval()(x)
+    torch.testing.assert_close(out.direct["seg"], adamt_original_forward(sd, x, "seg", False), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda sd: sd.pop("decoder_depth.dec_block2.conv1.1.running_var"), "1 missing"),
+        (lambda sd: sd.update({"decoder_depth.dec_block2.extra": torch.zeros(1)}), "1 unexpected"),
+        (lambda sd: sd.update({"encoder.bottleneck.weight": torch.zeros(512, 960, 1, 1)}), "of another shape"),
+        (lambda sd: sd.update({"decoder_segmt.dec_block1.W": torch.zeros(256, 4, 6)}), "one attention map per batch"),
+        (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("decoder_depth.")], "predict seg; the model's"),
+    ],
+)  # fmt: skip
+def test_mismatched_adamt_net_weights_are_refused_in_one_line(change, message):
+    sd = fill(adamt_original_shapes(("seg", "depth"), 32, 48, positions=2))
+    change(sd)
+    model = ct.build_model(
+        arch="adamt-net", num_classes=13, tasks=("seg", "depth"), transfer=False, input_size=(32, 48)
+    )
+    with pytest.raises(InputError, match=message):
+        ct.load_reference_weights(model, sd, source="adamt-net")
+    with pytest.raises(InputError, match="--arch adamt-net weights; the model is --arch resnet"):
+        ct.load_reference_weights(ct.build_model(num_classes=13), fill(adamt_original_shapes(("seg",), 32, 48, 1)),
+                                  source="adamt-net")  # fmt: skip
+
+
+def test_import_weights_of_adamt_net_writes_a_checkpoint_eval_and_predict_accept(tmp_path, synthetic_prepared):
+    """The original's AdaMT-Net weights → a crosstask checkpoint (CLI) at the attention maps' size: its model
+    computes the original's function for a batch of one on unnormalised RGB, and eval / predict run on it."""
+    from helpers import run_cli
+
+    from crosstask_cli.data.dataset import normalise
+    from crosstask_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    sd = fill(adamt_original_shapes(("seg", "depth"), 32, 64, positions=4, classes=7))
+    weights = tmp_path / "adamt.pth"
+    torch.save({"model": sd}, weights)
+    ckpt = tmp_path / "adamt.pt"
+    r = run_cli("import-weights", weights, "--source", "adamt-net", "--data", synthetic_prepared, "--out", ckpt)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "adamt-net, tasks seg, depth, 7 classes" in text and "position 0 of 4 taken" in text
+    c = load_checkpoint(ckpt)
+    assert c["model_config"]["input_size"] == [32, 64] and c["imported"]["attention_positions"] == 4
+    model = model_from_checkpoint(c).double()
+    rgb = torch.rand(1, 32, 64, 3, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = model(normalise((rgb * 255).round().to(torch.uint8)).double()).depth
+    ref = adamt_original_forward(sd, ((rgb * 255).round() / 255).permute(0, 3, 1, 2).double(), "depth", False)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    r = run_cli("eval", "--ckpt", ckpt, "--data", synthetic_prepared, "--no-energy", "--json", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    assert {"segmentation", "depth"} <= set(json.loads((tmp_path / "e.json").read_text()))
+    r = run_cli("import-weights", weights, "--source", "adamt-net", "--arch", "segnet", "--data", synthetic_prepared,
+                "--out", tmp_path / "x.pt")  # fmt: skip
+    assert r.exit_code == 1 and "makes an adamt-net model" in r.output
+    torch.save(fill(mtan_shapes(2)), tmp_path / "mtan.pth")
+    r = run_cli("import-weights", tmp_path / "mtan.pth", "--source", "adamt-net", "--data", synthetic_prepared,
+                "--out", tmp_path / "y.pt")  # fmt: skip
+    assert r.exit_code == 1 and "not an AdaMT-Net state dict" in r.output and not (tmp_path / "y.pt").exists()
