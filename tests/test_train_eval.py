@@ -117,7 +117,7 @@ def _weights(run):
     return torch.load(run / "checkpoints/last.pt", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("weighting", ["fixed", "gradnorm"])
+@pytest.mark.parametrize("weighting", ["fixed", pytest.param("gradnorm", marks=pytest.mark.slow)])  # 11 s each
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_raw, tmp_path, weighting):
     cfg = ct.TrainConfig.for_dataset("synthetic", data=str(synthetic_raw), height=32, width=64, epochs=2, enc_layers=18,
                                      batch_size=4, workers=0, max_steps_per_epoch=2, weighting=weighting)  # fmt: skip

@@ -327,7 +327,7 @@ def test_each_method_trains_the_network(name, synthetic_prepared, tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["famo", "nash-mtl", pytest.param("db-mtl", marks=pytest.mark.slow), pytest.param("rlw", marks=pytest.mark.slow)],
+    ["famo", *(pytest.param(m, marks=pytest.mark.slow) for m in ("nash-mtl", "db-mtl", "rlw"))],  # 8 s each
 )
 def test_mid_epoch_resume_continues_the_method_identically(name, synthetic_raw, tmp_path):
     """The method's state (FAMO's logits, previous losses and Adam state; Nash-MTL's previous weights and step;
