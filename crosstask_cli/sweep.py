@@ -57,7 +57,7 @@ MANIFEST = "sweep.json"
 EVAL_FILE = "eval.json"
 RUN_RECORD = "sweep-run.json"  # in each run directory: status, recipe hash, metrics or error
 LOCKS = ".locks"  # OUT/.locks/: one lock file per run being worked on, and the manifest's
-_SECTIONS = {"sweep", "prepare", "base", "eval", "variants"}
+_SECTIONS = {"sweep", "prepare", "base", "eval", "variants", "slurm"}
 EVAL_SPLITS = ("val", "train", "holdout")  # holdout: prepared with --val-from-train
 # Where a run trains, not what it trains: not part of its recipe. amp is compared unless the spec says auto.
 NOT_RECIPE = ("run_dir", "device", "workers", "verify")
@@ -87,6 +87,7 @@ class SweepSpec:
     eval_checkpoint: str = "best"
     eval_data: str | None = None
     prepare: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)  # [slurm]: sweep_launch.SLURM_KEYS
 
     def runs(self, only: list[str] | None = None) -> list[SweepRun]:
         """Every variant × seed (variant order of the spec, then seeds), optionally only the named variants."""
@@ -231,6 +232,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         eval_checkpoint=ev.get("checkpoint", "best"),
         eval_data=ev.get("data"),
         prepare=prepare,
+        slurm=_check_slurm(path, raw.get("slurm", {})),
     )
     from crosstask_cli.engine.rundir import run_inputs
     from crosstask_cli.outputs import check_not_an_input
@@ -243,6 +245,12 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise ConfigError(f"{path}: variant {run.variant!r}: {exc}") from None
     _check_eval_split(spec)
     return spec
+
+
+def _check_slurm(path: Path, table: Any) -> dict[str, Any]:
+    from crosstask_cli.sweep_launch import check_slurm_table
+
+    return check_slurm_table(path, table)
 
 
 def _read_toml(path: Path) -> dict:
@@ -474,8 +482,9 @@ def rebuild_manifest(spec: SweepSpec) -> dict:
     """Rebuild ``OUT/sweep.json`` from the run directories (under the manifest's lock, atomically) and return it."""
     from crosstask_cli.atomic import atomic_write_json
     from crosstask_cli.locks import FileLock, is_locked
+    from crosstask_cli.sweep_launch import read_jobs
 
-    rows = []
+    rows, jobs = [], read_jobs(spec)
     for run in spec.runs():
         record, status = read_record(run), run_status(run)
         row = {"variant": run.variant, "seed": run.seed, "run_dir": f"{run.variant}/seed-{run.seed}",
@@ -483,6 +492,9 @@ def rebuild_manifest(spec: SweepSpec) -> dict:
         holder = is_locked(run_lock_path(spec, run)) if status != "done" else None
         if holder is not None:  # a sweep process works on it now
             row.update(status="running", pid=holder)
+        job = record.get("job") or jobs.get(f"{run.variant}/seed-{run.seed}")
+        if job and status != "done":
+            row["job"] = job
         for key in ("recipe", "started", "seconds", "error"):
             if key in record and (key != "error" or status == "failed"):
                 row[key] = record[key]
@@ -515,15 +527,15 @@ def _set_value(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def train_command(spec: SweepSpec, run: SweepRun, afresh: bool = False) -> str:
-    """One shell line that trains (or resumes) and evaluates ``run`` as the sweep would; a trained run is only
-    evaluated. ``afresh`` (its recipe changed, ``--rerun-changed``): trained again with ``--force``."""
+def train_argv(spec: SweepSpec, run: SweepRun, afresh: bool = False, device: str | None = None) -> list[str] | None:
+    """The ``crosstask train …`` arguments that train ``run`` as the sweep would (new runs with the full
+    configuration as ``--set``, started ones ``--resume``, ``afresh`` ones ``--force``); None for a trained run,
+    which is only evaluated."""
     from crosstask_cli.engine.config import FIELDS
 
     status = run_status(run)
-    evaluate = " ".join(shlex.quote(p) for p in eval_args(spec, run))
     if status == "trained" and not afresh:
-        return evaluate
+        return None
     parts = ["crosstask", "train", spec.dataset, "--run-dir", str(run.run_dir)]
     if status in ("running", "failed") and not afresh and (run.run_dir / "config.json").is_file():
         parts.append("--resume")
@@ -534,11 +546,18 @@ def train_command(spec: SweepSpec, run: SweepRun, afresh: bool = False) -> str:
                 parts += ["--set", f"{FIELDS[key].path}={_set_value(value)}"]
         if (run.run_dir / "config.json").is_file():
             parts.append("--force")
-    train = " ".join(shlex.quote(p) for p in parts)
-    return f"{train} && {evaluate}"
+    return parts + (["--device", device] if device else [])
 
 
-def eval_args(spec: SweepSpec, run: SweepRun) -> list[str]:
+def train_command(spec: SweepSpec, run: SweepRun, afresh: bool = False) -> str:
+    """One shell line that trains (or resumes) and evaluates ``run`` as the sweep would; a trained run is only
+    evaluated. ``afresh`` (its recipe changed, ``--rerun-changed``): trained again with ``--force``."""
+    evaluate = " ".join(shlex.quote(p) for p in eval_args(spec, run))
+    train = train_argv(spec, run, afresh)
+    return evaluate if train is None else f"{' '.join(shlex.quote(p) for p in train)} && {evaluate}"
+
+
+def eval_args(spec: SweepSpec, run: SweepRun, device: str | None = None) -> list[str]:
     ckpt = run.run_dir / "checkpoints" / f"{spec.eval_checkpoint}.pt"
     args = [
         "crosstask",
@@ -549,11 +568,12 @@ def eval_args(spec: SweepSpec, run: SweepRun) -> list[str]:
         spec.eval_split,
         "--json",
         str(run.run_dir / EVAL_FILE),
+        "--no-energy",  # as the sweep's own evaluation: the compared metrics only
     ]
     data = spec.eval_data or run.options.get("data")
     if data:
         args += ["--data", str(data)]
-    return args
+    return args + (["--device", device] if device else [])
 
 
 def prepare_commands(spec: SweepSpec) -> list[str]:
