@@ -1,5 +1,6 @@
 """Sweeps: a base training configuration, named variants and a list of seeds, trained, resumed and evaluated run by
-run, with a manifest written after every run.
+run (this module: the spec, the run records, the manifest, the serial launcher; :mod:`crosstask_cli.sweep_launch`:
+the pool and SLURM launchers).
 
 Spec (TOML)::
 
@@ -20,6 +21,11 @@ Spec (TOML)::
     [eval]                           # after training: `crosstask eval` of a checkpoint → RUN/eval.json
     split = "val"
     checkpoint = "best"              # or "last"
+
+    [slurm]                          # optional, for --launcher slurm (sweep_launch.SLURM_KEYS)
+    partition = "gpu"
+    time = "0-12:00:00"
+    gpus_per_run = 1
 
     [variants.seg-only]
     tasks = "seg"

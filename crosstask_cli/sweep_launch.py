@@ -320,9 +320,10 @@ def slurm_parameters(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def submit_jobs(spec: SweepSpec, executor, only: list[str] | None = None, rerun_changed: bool = False,
-                gpus: int = 0, device: str | None = None) -> dict[str, str]:  # fmt: skip
+                gpus: int = 0, device: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Submit every unfinished run as one :class:`SweepJob` through a submitit ``executor`` (one job array on
-    SLURM); returns {variant/seed-N: job id}, also written to ``OUT/slurm/jobs.json`` for ``--status``."""
+    SLURM); returns {variant/seed-N: submitit job}; their ids are also written to ``OUT/slurm/jobs.json`` (and
+    into the runs' records) for ``--status``."""
     from crosstask_cli.atomic import atomic_write_json
 
     runs = spec.runs(only)
@@ -334,11 +335,14 @@ def submit_jobs(spec: SweepSpec, executor, only: list[str] | None = None, rerun_
     with executor.batch():
         submitted = [executor.submit(job) for job in jobs]
     ids = {f"{r.variant}/seed-{r.seed}": str(s.job_id) for r, s in zip(todo, submitted, strict=True)}
+    for run, sub in zip(todo, submitted, strict=True):
+        if read_record(run):  # an earlier attempt's job id would stand in the manifest otherwise
+            write_record(run, job=str(sub.job_id))
     path = spec.out / SLURM_FOLDER / "jobs.json"
     earlier = read_jobs(spec)
     atomic_write_json(path, {**earlier, **ids})
     rebuild_manifest(spec)
-    return ids
+    return {f"{r.variant}/seed-{r.seed}": sub for r, sub in zip(todo, submitted, strict=True)}
 
 
 def read_jobs(spec: SweepSpec) -> dict[str, str]:

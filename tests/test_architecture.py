@@ -45,6 +45,7 @@ LAYERS = [
             "bench_options",
             "demo",
             "sweep",
+            "sweep_launch",
         },
     ),
     ("cli", {"cli", "__main__"}),

@@ -176,7 +176,8 @@ def _submit(spec, only, rerun_changed: bool, gpus_per_run: int, device) -> None:
         table["gpus_per_run"] = gpus_per_run
     executor = slurm_executor(spec, table)
     gpus = int(table.get("gpus_per_run", 0))
-    ids = submit_jobs(spec, executor, only, rerun_changed, gpus, device or ("cuda" if gpus else None))
+    jobs = submit_jobs(spec, executor, only, rerun_changed, gpus, device or ("cuda" if gpus else None))
+    ids = {name: str(job.job_id) for name, job in jobs.items()}
     if not ids:
         out.print("nothing to submit: every run is done")
         return
