@@ -22,7 +22,7 @@ Spec (TOML)::
     split = "val"
     checkpoint = "best"              # or "last"
 
-    [slurm]                          # optional, for --launcher slurm (sweep_launch.SLURM_KEYS)
+    [slurm]                          # optional, for --launcher slurm (SLURM_KEYS)
     partition = "gpu"
     time = "0-12:00:00"
     gpus_per_run = 1
@@ -62,6 +62,7 @@ from crosstask_cli.errors import ConfigError, InputError
 MANIFEST = "sweep.json"
 EVAL_FILE = "eval.json"
 RUN_RECORD = "sweep-run.json"  # in each run directory: status, recipe hash, metrics or error
+SLURM_FOLDER = "slurm"  # OUT/slurm/: submitit's job files, and jobs.json (run → job id)
 LOCKS = ".locks"  # OUT/.locks/: one lock file per run being worked on, and the manifest's
 _SECTIONS = {"sweep", "prepare", "base", "eval", "variants", "slurm"}
 EVAL_SPLITS = ("val", "train", "holdout")  # holdout: prepared with --val-from-train
@@ -93,7 +94,7 @@ class SweepSpec:
     eval_checkpoint: str = "best"
     eval_data: str | None = None
     prepare: dict[str, dict[str, Any]] = field(default_factory=dict)
-    slurm: dict[str, Any] = field(default_factory=dict)  # [slurm]: sweep_launch.SLURM_KEYS
+    slurm: dict[str, Any] = field(default_factory=dict)  # [slurm]: SLURM_KEYS
 
     def runs(self, only: list[str] | None = None) -> list[SweepRun]:
         """Every variant × seed (variant order of the spec, then seeds), optionally only the named variants."""
@@ -238,7 +239,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         eval_checkpoint=ev.get("checkpoint", "best"),
         eval_data=ev.get("data"),
         prepare=prepare,
-        slurm=_check_slurm(path, raw.get("slurm", {})),
+        slurm=check_slurm_table(path, raw.get("slurm", {})),
     )
     from crosstask_cli.engine.rundir import run_inputs
     from crosstask_cli.outputs import check_not_an_input
@@ -251,12 +252,6 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise ConfigError(f"{path}: variant {run.variant!r}: {exc}") from None
     _check_eval_split(spec)
     return spec
-
-
-def _check_slurm(path: Path, table: Any) -> dict[str, Any]:
-    from crosstask_cli.sweep_launch import check_slurm_table
-
-    return check_slurm_table(path, table)
 
 
 def _read_toml(path: Path) -> dict:
@@ -371,6 +366,54 @@ def _check_prepare_options(path: Path, where: str, kind: str, table: dict) -> No
         raise ConfigError(f"{path}: [{where}] {exc}") from None
 
 
+SLURM_KEYS = {
+    "partition": str, "time": (int, str), "gpus_per_run": int, "cpus": int, "mem": str, "account": str,
+    "constraint": str, "qos": str, "array_parallelism": int, "setup": list, "extra": dict,
+}  # fmt: skip
+
+
+def check_slurm_table(path: Path, table: Any) -> dict[str, Any]:
+    """The spec's ``[slurm]`` table: known keys of the right types (errors name the file, the table and the key)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [slurm] must be a table of keys and values")
+    for key, value in table.items():
+        if key not in SLURM_KEYS:
+            raise ConfigError(f"{path}: [slurm] knows {', '.join(SLURM_KEYS)}, not {key}")
+        kind = SLURM_KEYS[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{path}: [slurm] {key} = {value!r}: expected {_kind_word(kind)}")
+    for key in ("gpus_per_run", "cpus", "array_parallelism"):
+        if key in table and table[key] < (0 if key == "gpus_per_run" else 1):
+            raise ConfigError(f"{path}: [slurm] {key} must be ≥ {0 if key == 'gpus_per_run' else 1}")
+    if "time" in table:
+        slurm_minutes(table["time"], path)
+    if "setup" in table and not all(isinstance(x, str) for x in table["setup"]):
+        raise ConfigError(f"{path}: [slurm] setup must be a list of shell lines")
+    return table
+
+
+def _kind_word(kind: Any) -> str:
+    words = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
+    return " or ".join(words[k] for k in kind) if isinstance(kind, tuple) else words[kind]
+
+
+def slurm_minutes(value: int | str, path: Path | str = "[slurm]") -> int:
+    """A SLURM time limit (minutes, or ``MM``, ``HH:MM:SS``, ``D-HH:MM:SS``) in whole minutes (at least 1)."""
+    if isinstance(value, int):
+        minutes = value
+    else:
+        try:
+            days, _, clock = value.rpartition("-")
+            parts = [int(p) for p in clock.split(":")]
+            h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+            minutes = (int(days or 0) * 24 + h) * 60 + m + (1 if s else 0)
+        except ValueError:
+            raise ConfigError(f"{path}: [slurm] time = {value!r}: expected minutes or D-HH:MM:SS") from None
+    if minutes < 1:
+        raise ConfigError(f"{path}: [slurm] time must be at least 1 minute, got {value!r}")
+    return minutes
+
+
 # --- run records, recipes and the manifest ------------------------------------------------------------------
 
 
@@ -480,6 +523,14 @@ def run_status(run: SweepRun) -> str:
     return "running" if (run.run_dir / "config.json").is_file() else "pending"
 
 
+def read_jobs(spec: SweepSpec) -> dict[str, str]:
+    try:
+        d = json.loads((spec.out / SLURM_FOLDER / "jobs.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 def run_lock_path(spec: SweepSpec, run: SweepRun) -> Path:
     return spec.out / LOCKS / f"{run.variant}.seed-{run.seed}.lock"
 
@@ -488,7 +539,6 @@ def rebuild_manifest(spec: SweepSpec) -> dict:
     """Rebuild ``OUT/sweep.json`` from the run directories (under the manifest's lock, atomically) and return it."""
     from crosstask_cli.atomic import atomic_write_json
     from crosstask_cli.locks import FileLock, is_locked
-    from crosstask_cli.sweep_launch import read_jobs
 
     rows, jobs = [], read_jobs(spec)
     for run in spec.runs():

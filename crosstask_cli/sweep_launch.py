@@ -22,6 +22,7 @@ from typing import Any
 from crosstask_cli.errors import ConfigError, MissingDependencyError
 from crosstask_cli.sweep import (
     EVAL_FILE,
+    SLURM_FOLDER,
     SweepReport,
     SweepRun,
     SweepSpec,
@@ -31,17 +32,18 @@ from crosstask_cli.sweep import (
     eval_args,
     load_spec,
     prepare_data,
+    read_jobs,
     read_record,
     rebuild_manifest,
     recipe_hash,
     run_lock_path,
     run_status,
+    slurm_minutes,
     train_argv,
     write_record,
 )
 
 LOGS = "logs"  # OUT/logs/<variant>/seed-<seed>.log: each run's output, attempts appended
-SLURM_FOLDER = "slurm"  # OUT/slurm/: submitit's job files, and jobs.json (run → job id)
 LAUNCHERS = ("serial", "pool", "slurm")
 
 
@@ -253,53 +255,6 @@ def _account(report: SweepReport, results: list[tuple[SweepRun, str]]) -> None:
 
 # --- SLURM through submitit -------------------------------------------------------------------------------------
 
-SLURM_KEYS = {
-    "partition": str, "time": (int, str), "gpus_per_run": int, "cpus": int, "mem": str, "account": str,
-    "constraint": str, "qos": str, "array_parallelism": int, "setup": list, "extra": dict,
-}  # fmt: skip
-
-
-def check_slurm_table(path: Path, table: Any) -> dict[str, Any]:
-    """The spec's ``[slurm]`` table: known keys of the right types (errors name the file, the table and the key)."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [slurm] must be a table of keys and values")
-    for key, value in table.items():
-        if key not in SLURM_KEYS:
-            raise ConfigError(f"{path}: [slurm] knows {', '.join(SLURM_KEYS)}, not {key}")
-        kind = SLURM_KEYS[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{path}: [slurm] {key} = {value!r}: expected {_kind_word(kind)}")
-    for key in ("gpus_per_run", "cpus", "array_parallelism"):
-        if key in table and table[key] < (0 if key == "gpus_per_run" else 1):
-            raise ConfigError(f"{path}: [slurm] {key} must be ≥ {0 if key == 'gpus_per_run' else 1}")
-    if "time" in table:
-        slurm_minutes(table["time"], path)
-    if "setup" in table and not all(isinstance(x, str) for x in table["setup"]):
-        raise ConfigError(f"{path}: [slurm] setup must be a list of shell lines")
-    return table
-
-
-def _kind_word(kind: Any) -> str:
-    words = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
-    return " or ".join(words[k] for k in kind) if isinstance(kind, tuple) else words[kind]
-
-
-def slurm_minutes(value: int | str, path: Path | str = "[slurm]") -> int:
-    """A SLURM time limit (minutes, or ``MM``, ``HH:MM:SS``, ``D-HH:MM:SS``) in whole minutes (at least 1)."""
-    if isinstance(value, int):
-        minutes = value
-    else:
-        try:
-            days, _, clock = value.rpartition("-")
-            parts = [int(p) for p in clock.split(":")]
-            h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
-            minutes = (int(days or 0) * 24 + h) * 60 + m + (1 if s else 0)
-        except ValueError:
-            raise ConfigError(f"{path}: [slurm] time = {value!r}: expected minutes or D-HH:MM:SS") from None
-    if minutes < 1:
-        raise ConfigError(f"{path}: [slurm] time must be at least 1 minute, got {value!r}")
-    return minutes
-
 
 def slurm_parameters(table: dict[str, Any]) -> dict[str, Any]:
     """The ``[slurm]`` table → submitit ``SlurmExecutor.update_parameters`` keywords: one task per job on one node
@@ -343,16 +298,6 @@ def submit_jobs(spec: SweepSpec, executor, only: list[str] | None = None, rerun_
     atomic_write_json(path, {**earlier, **ids})
     rebuild_manifest(spec)
     return {f"{r.variant}/seed-{r.seed}": sub for r, sub in zip(todo, submitted, strict=True)}
-
-
-def read_jobs(spec: SweepSpec) -> dict[str, str]:
-    import json
-
-    try:
-        d = json.loads((spec.out / SLURM_FOLDER / "jobs.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
 
 
 def slurm_executor(spec: SweepSpec, table: dict[str, Any]):

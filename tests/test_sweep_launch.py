@@ -18,16 +18,8 @@ from helpers import run_cli
 from test_sweep import write_spec
 
 from crosstask_cli.errors import ConfigError
-from crosstask_cli.sweep import load_spec, read_record, run_status
-from crosstask_cli.sweep_launch import (
-    SweepJob,
-    check_slurm_table,
-    last_error_line,
-    pool_slots,
-    run_pool,
-    slurm_minutes,
-    slurm_parameters,
-)
+from crosstask_cli.sweep import check_slurm_table, load_spec, read_record, run_status, slurm_minutes
+from crosstask_cli.sweep_launch import SweepJob, last_error_line, pool_slots, run_pool, slurm_parameters
 
 SLURM = """
 [slurm]
