@@ -286,6 +286,8 @@ def submit_jobs(spec: SweepSpec, executor, only: list[str] | None = None, rerun_
     prepare_data(spec)  # here, once, before any job starts
     rebuild_manifest(spec)
     todo = [r for r in runs if run_status(r) != "done" or r.key in changed]
+    if not todo:
+        return {}
     jobs = [SweepJob(str(spec.path.resolve()), r.variant, r.seed, gpus, device, r.key in changed) for r in todo]
     with executor.batch():
         submitted = [executor.submit(job) for job in jobs]
@@ -303,7 +305,11 @@ def submit_jobs(spec: SweepSpec, executor, only: list[str] | None = None, rerun_
 def slurm_executor(spec: SweepSpec, table: dict[str, Any]):
     """A submitit SlurmExecutor writing its job files to ``OUT/slurm``, with the ``[slurm]`` table's parameters."""
     submitit = require_submitit()
-    executor = submitit.SlurmExecutor(folder=spec.out / SLURM_FOLDER / "%j", max_num_timeout=20)
+    try:
+        executor = submitit.SlurmExecutor(folder=spec.out / SLURM_FOLDER / "%j", max_num_timeout=20)
+    except RuntimeError as exc:  # no srun/sbatch on this machine
+        raise ConfigError(f"--launcher slurm: {exc} Run it on the cluster's login node, or use --launcher pool "
+                          "here") from None  # fmt: skip
     executor.update_parameters(**slurm_parameters(table))
     return executor
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,11 @@ def test_slurm_table_becomes_the_sbatch_script_submitit_renders(tmp_path, synthe
                  "module load cuda/12.4"):  # fmt: skip
         assert line in text, line
     assert "--signal=USR2@120" in text  # submitit's preemption signal, ahead of the time limit
+    assert set(params) <= set(submitit_slurm._get_default_parameters())  # names SlurmExecutor accepts
+    if shutil.which("srun") is None:  # this machine: one line, not submitit's traceback
+        r = run_cli("sweep", path, "--launcher", "slurm")
+        assert r.exit_code == 1 and "--launcher slurm: Could not detect" in " ".join(r.output.split())
+        assert "--launcher pool" in " ".join(r.output.split())
 
 
 @pytest.mark.parametrize(
@@ -209,3 +215,25 @@ def test_two_sweep_processes_on_one_spec_never_run_the_same_run(tmp_path, synthe
         assert len((run.run_dir / "metrics.csv").read_text().splitlines()) == 3  # two epochs, trained once
     manifest = json.loads((spec.out / "sweep.json").read_text())
     assert [r["status"] for r in manifest["runs"]] == ["done"] * 4
+
+
+@pytest.mark.slow  # four tiny runs as four local submitit jobs: about 40 s
+@pytest.mark.integration
+def test_submitits_local_executor_runs_the_whole_sweep_as_separate_jobs(tmp_path, synthetic_prepared):
+    """The path --launcher slurm takes, with submitit's local executor instead of sbatch: one job per run, each
+    recording its job id, all four evaluated, and a second submission has nothing left to do."""
+    submitit = pytest.importorskip("submitit")
+    from crosstask_cli.sweep_launch import submit_jobs
+
+    spec = load_spec(write_spec(tmp_path, synthetic_prepared, epochs=1, seeds=(0, 1)))
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=10)
+    jobs = submit_jobs(spec, executor)
+    assert sorted(jobs) == ["mtl/seed-0", "mtl/seed-1", "seg-only/seed-0", "seg-only/seed-1"]
+    assert [job.result() for job in jobs.values()] == ["done"] * 4
+    for run in spec.runs():
+        record = read_record(run)
+        assert record["status"] == "done" and record["job"] == str(jobs[f"{run.variant}/seed-{run.seed}"].job_id)
+    manifest = json.loads((spec.out / "sweep.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["done"] * 4
+    assert submit_jobs(spec, executor) == {}
